@@ -1,0 +1,366 @@
+"""GPU benchmark: the sparse-ref CuPy kernels against FlexAttention and torch SDPA.
+
+Cases (B=1, H=16, d=128, DESIGN §12): causal window 1024 at n=16384; causal window 4096 at n=65536;
+BigBird-like 128-blocks at n=65536 (3 window, 2 global, 3 random blocks per block row); each in
+float32 and bfloat16. Prints a table (median of CUDA-event timings, warm-up excluded; useful
+TFLOP/s = 4*nnz*d / time; ratio = FlexAttention time / ours; fraction of the H100 peak: fp32 SIMT
+67 TFLOP/s, bf16 dense 990 TFLOP/s) and writes JSON with ``--json``.
+
+Run from the repository root on a GPU machine::
+
+    PYTHONPATH=. python gpu/bench.py --json bench.json
+    PYTHONPATH=. python gpu/bench.py --cases window1k --dtypes bfloat16 --no-sdpa
+
+Every implementation is also checked on 64 sampled rows against a float64 reference (``err64``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+
+PEAK = {"float32": 67e12, "bfloat16": 990e12}
+B, H, D = 1, 16, 128
+
+
+# ------------------------------------------------------------------------------ patterns
+class Case:
+    """A benchmark pattern: token rule, block form, useful nonzeros."""
+
+    def __init__(self, name: str, n: int, block: int, kind: str, **params: Any) -> None:
+        self.name, self.n, self.block, self.kind, self.params = name, n, block, kind, params
+        self.layout: np.ndarray | None = None
+        if kind == "bigbird":
+            self.layout = bigbird_layout(n, block, seed=params.get("seed", 0))
+
+    # token rule, vectorised over broadcast index arrays (NumPy or torch)
+    def allowed(self, i: Any, j: Any) -> Any:
+        if self.kind == "window":
+            w = self.params["window"]
+            return (j <= i) & (i - j < w)
+        lay = self.layout if isinstance(i, np.ndarray) else self.layout_t
+        return lay[i // self.block, j // self.block]
+
+    def nnz(self) -> int:
+        n = self.n
+        if self.kind == "window":
+            w = self.params["window"]
+            i = np.arange(n, dtype=np.int64)
+            return int(np.minimum(i + 1, w).sum())
+        assert self.layout is not None
+        sizes = np.minimum(self.block, n - np.arange(self.layout.shape[0]) * self.block)
+        return int((self.layout * sizes[:, None] * sizes[None, :]).sum())
+
+    def block_form(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(indptr (1, nb+1), bcols, mask_index, masks)`` with block (block, block)."""
+        n, b = self.n, self.block
+        nb = -(-n // b)
+        ip, cols, mis, masks = [0], [], [], []
+        for bi in range(nb):
+            r_lo, r_hi = bi * b, min(n, bi * b + b) - 1
+            if self.kind == "window":
+                w = self.params["window"]
+                bjs = range(max(0, r_lo - w + 1) // b, r_hi // b + 1)
+            else:
+                assert self.layout is not None
+                bjs = np.flatnonzero(self.layout[bi])
+            for bj in bjs:
+                c_lo, c_hi = bj * b, min(n, bj * b + b) - 1
+                if self.kind == "window":
+                    full = c_hi <= r_lo and c_lo > r_hi - self.params["window"]
+                else:
+                    full = True
+                cols.append(bj)
+                if full:
+                    mis.append(-1)
+                else:
+                    i = np.arange(r_lo, r_lo + b)[:, None]
+                    j = np.arange(c_lo, c_lo + b)[None, :]
+                    m = self.allowed(i, j) & (i < n) & (j < n)
+                    mis.append(len(masks))
+                    masks.append(m)
+            ip.append(len(cols))
+        masks_arr = np.stack(masks) if masks else np.zeros((0, b, b), dtype=bool)
+        return (
+            np.asarray([ip], dtype=np.int64),
+            np.asarray(cols, dtype=np.int32),
+            np.asarray(mis, dtype=np.int32),
+            masks_arr,
+        )
+
+
+def bigbird_layout(n: int, block: int, seed: int = 0) -> np.ndarray:
+    """Block layout: 3 window blocks, global first/last block rows and columns, 3 random blocks
+    per non-global block row drawn outside its window and the global blocks."""
+    nb = -(-n // block)
+    lay = np.zeros((nb, nb), dtype=bool)
+    idx = np.arange(nb)
+    lay[np.abs(idx[:, None] - idx[None, :]) <= 1] = True
+    glob = [0, nb - 1]
+    lay[glob, :] = True
+    lay[:, glob] = True
+    rng = np.random.default_rng(seed)
+    for bi in range(1, nb - 1):
+        cand = np.flatnonzero(~lay[bi])
+        if len(cand):
+            lay[bi, rng.choice(cand, size=min(3, len(cand)), replace=False)] = True
+    return lay
+
+
+CASES = {
+    "window1k": lambda: Case("causal window 1024, n=16384", 16384, 128, "window", window=1024),
+    "window4k": lambda: Case("causal window 4096, n=65536", 65536, 128, "window", window=4096),
+    "bigbird": lambda: Case("BigBird 128-blocks, n=65536", 65536, 128, "bigbird"),
+}
+
+
+# ------------------------------------------------------------------------------ timing
+def timed(
+    fn: Callable[[], Any], torch: Any, budget_ms: float = 1500.0
+) -> tuple[float, list[float]]:
+    """Median CUDA-event time (ms) of ``fn``; warm-up excluded; the GPU is kept busy while the host
+    enqueues (``torch.cuda._sleep``) so launch overhead does not count as idle GPU time."""
+    fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    first = (time.perf_counter() - t0) * 1e3
+    reps = int(min(20, max(3, budget_ms / max(first, 1e-3))))
+    times = []
+    for _ in range(reps):
+        torch.cuda._sleep(200_000)
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn()
+        e.record()
+        torch.cuda.synchronize()
+        times.append(s.elapsed_time(e))
+    return statistics.median(times), times
+
+
+def make_mask_mod(case: Case) -> Callable[[Any, Any, Any, Any], Any]:
+    def mask_mod(b: Any, h: Any, q_idx: Any, kv_idx: Any) -> Any:
+        return case.allowed(q_idx, kv_idx)
+
+    return mask_mod
+
+
+def sampled_reference(case: Case, q: Any, k: Any, v: Any, rows: Any, torch: Any) -> Any:
+    """float64 attention for the given rows of every head (dense over keys, masked)."""
+    n = case.n
+    j = torch.arange(n, device=q.device)
+    mask = case.allowed(rows[:, None], j[None, :])
+    s = torch.einsum("hrd,hnd->hrn", q[0][:, rows].double(), k[0].double()) / math.sqrt(D)
+    s = s.masked_fill(~mask[None], float("-inf"))
+    p = torch.softmax(s, dim=-1).nan_to_num(0.0)
+    return torch.einsum("hrn,hnd->hrd", p, v[0].double())
+
+
+def run_dtype(
+    case: Case,
+    dtype: str,
+    csr: Any,
+    bsr: Any,
+    block_mask: Any,
+    rows: Any,
+    flex: Any,
+    gen: Any,
+    stream: Any,
+    args: Any,
+) -> list[dict[str, Any]]:
+    """Time every implementation of one case in one dtype; rows of the result table."""
+    import cupy as cp
+    import torch
+    import torch.nn.functional as F
+
+    from sparse_ref.backends import cupy as gpu
+
+    n = case.n
+    tdt = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+    q, k, v = (torch.randn(B, H, n, D, device="cuda", generator=gen).to(tdt) for _ in range(3))
+    ref = sampled_reference(case, q, k, v, rows, torch)
+    scale = 1.0 / math.sqrt(D)
+    if dtype == "bfloat16":
+        qa, ka, va = (cp.from_dlpack(x.view(torch.int16)).view(cp.uint16) for x in (q, k, v))
+    else:
+        qa, ka, va = (cp.from_dlpack(x) for x in (q, k, v))
+
+    def ours(kind: str, **kw: Any) -> Callable[[], Any]:
+        def fn() -> Any:
+            with stream:
+                if kind == "csr":
+                    return gpu.forward_csr(qa, ka, va, csr, scale, None, dtype=dtype, **kw)[0]
+                return gpu.forward_bsr(qa, ka, va, bsr, scale, None, dtype=dtype, **kw)[0]
+
+        return fn
+
+    impls: list[tuple[str, Callable[[], Any]]] = []
+    if dtype == "float32":
+        configs = sorted(gpu.SIMT_CONFIGS) if args.variants else [None]
+        for cfg in configs:
+            tag = f" {cfg}" if cfg else ""
+            if csr is not None:
+                impls.append((f"sparse-ref csr simt{tag}", ours("csr", simt=cfg)))
+            impls.append((f"sparse-ref bsr simt{tag}", ours("bsr", mma=False, simt=cfg)))
+    else:
+        shapes = [(8, 1), (4, 1), (4, 2)] if args.variants else [(None, None)]
+        for warps, mt in shapes:
+            tag = f" {warps}w x{mt}" if warps else ""
+            impls.append((f"sparse-ref bsr mma{tag}", ours("bsr", warps=warps, mt=mt)))
+    if flex is not None:
+        impls.append(("FlexAttention", lambda: flex(q, k, v, block_mask=block_mask, scale=scale)))
+    if not args.no_sdpa and n <= 16384:
+        ii = torch.arange(n, device="cuda")
+        dense = case.allowed(ii[:, None], ii[None, :])
+        impls.append(
+            (
+                "SDPA dense + bool mask",
+                lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=dense, scale=scale),
+            )
+        )
+    nnz_head = case.nnz()
+    flops = 4.0 * nnz_head * H * D
+    out_rows: list[dict[str, Any]] = []
+    flex_ms = None
+    for name, fn in impls:
+        row: dict[str, Any] = {
+            "case": case.name,
+            "dtype": dtype,
+            "impl": name,
+            "nnz_per_head": nnz_head,
+        }
+        try:
+            ms, times = timed(fn, torch)
+            out = fn()
+            if not isinstance(out, torch.Tensor):
+                if dtype == "bfloat16":
+                    out = torch.from_dlpack(out.view(cp.int16)).view(torch.bfloat16)
+                else:
+                    out = torch.from_dlpack(out)
+            err = (out[0][:, rows].double() - ref).abs().max().item()
+            row.update(ms=ms, times_ms=times, tflops=flops / ms / 1e9, err64=err,
+                       frac_peak=flops / ms / 1e-3 / PEAK[dtype])  # fmt: skip
+            if name == "FlexAttention":
+                flex_ms = ms
+            msg = f"{ms:9.3f} ms {row['tflops']:7.1f} TFLOP/s err64 {err:.2e}"
+        except Exception as exc:  # keep going: the failure is reported in the table
+            row.update(error=f"{type(exc).__name__}: {exc}"[:300])
+            traceback.print_exc()
+            msg = row["error"]
+        out_rows.append(row)
+        print(f"  {dtype:9s} {name:28s} {msg}", flush=True)
+    for r in out_rows:
+        if "ms" in r and flex_ms:
+            r["flex_over_this"] = flex_ms / r["ms"]
+    return out_rows
+
+
+# ------------------------------------------------------------------------------ main
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
+    ap.add_argument("--dtypes", nargs="*", default=["float32", "bfloat16"])
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--no-flex", action="store_true")
+    ap.add_argument("--no-sdpa", action="store_true")
+    ap.add_argument("--variants", action="store_true", help="also time alternative kernel configs")
+    args = ap.parse_args()
+
+    import cupy as cp
+    import torch
+
+    from sparse_ref.backends import cupy as gpu
+
+    dev = torch.cuda.get_device_name()
+    print(f"device: {dev}; torch {torch.__version__}; cupy {cp.__version__}", flush=True)
+    results: list[dict[str, Any]] = []
+    meta = {
+        "device": dev,
+        "torch": torch.__version__,
+        "cupy": cp.__version__,
+        "B": B,
+        "H": H,
+        "d": D,
+    }
+
+    def dump() -> None:
+        if args.json:
+            args.json.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+
+    flex = create_block_mask = None
+    if not args.no_flex:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+        flex = torch.compile(flex_attention, dynamic=False)
+
+    stream = cp.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+
+    for cname in args.cases:
+        case = CASES[cname]()
+        n = case.n
+        if case.layout is not None:
+            case.layout_t = torch.as_tensor(case.layout, device="cuda")
+        t0 = time.perf_counter()
+        nnz_head = case.nnz()
+        ip, bc, mi, masks = case.block_form()
+        bsr = gpu.device_bsr((case.block, case.block), ip, bc, mi, masks, n, n)
+        csr = None
+        if case.kind == "window":
+            w = case.params["window"]
+            starts = np.maximum(0, np.arange(n) - w + 1)
+            counts = np.arange(n) - starts + 1
+            indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+            with stream:
+                ip_d = cp.asarray(indptr)
+                pos = cp.arange(int(indptr[-1]), dtype=cp.int64)
+                row = cp.searchsorted(ip_d, pos, side="right") - 1
+                idx = (pos - ip_d[row] + cp.asarray(starts)[row]).astype(cp.int32)
+                del pos, row
+            csr = gpu.DeviceCSR(ip_d[None, :], idx, n, n, {})
+        print(f"\n== {case.name}: nnz/head {nnz_head:.4g} (density {nnz_head / n / n:.4f}), "
+              f"{len(bc)} blocks ({int((mi >= 0).sum())} partial); built in "
+              f"{time.perf_counter() - t0:.1f}s", flush=True)  # fmt: skip
+        block_mask = None
+        if flex is not None:
+            block_mask = create_block_mask(
+                make_mask_mod(case), None, None, n, n, device="cuda", BLOCK_SIZE=128, _compile=True
+            )
+        rows = torch.randint(0, n, (64,), device="cuda", generator=gen)
+        for dtype in args.dtypes:
+            results += run_dtype(case, dtype, csr, bsr, block_mask, rows, flex, gen, stream, args)
+            dump()
+            torch.cuda.empty_cache()
+        dump()
+
+    print("\n| case | dtype | implementation | ms | useful TFLOP/s | Flex time / this | % of peak "
+          "| max err vs fp64 |")  # fmt: skip
+    print("|---|---|---|---:|---:|---:|---:|---:|")
+    for r in results:
+        if "ms" not in r:
+            print(
+                f"| {r['case']} | {r['dtype']} | {r['impl']} | failed: {r['error'][:60]} | | | | |"
+            )
+            continue
+        ratio = f"{r['flex_over_this']:.2f}x" if "flex_over_this" in r else "-"
+        print(f"| {r['case']} | {r['dtype']} | {r['impl']} | {r['ms']:.3f} | {r['tflops']:.1f} "
+              f"| {ratio} | {100 * r['frac_peak']:.1f}% | {r['err64']:.1e} |")  # fmt: skip
+    print(f"\n(GPU: {dev}; B={B}, H={H}, d={D}; useful FLOPs = 4*nnz*d)")
+    dump()
+
+
+if __name__ == "__main__":
+    main()

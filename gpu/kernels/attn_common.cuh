@@ -1,0 +1,97 @@
+// Shared helpers for the sparse-ref CUDA kernels (no standard headers: builds with NVRTC and nvcc).
+//
+// Element types: float, double, and the 16-bit tags f16_t / bf16_t (raw bits; CuPy has no bf16
+// dtype, so the host passes uint16 views). Accumulator types: float (f32/f16/bf16), double (f64).
+#pragma once
+
+namespace sparse_ref {
+
+struct f16_t { unsigned short x; };
+struct bf16_t { unsigned short x; };
+
+template <typename A, typename B> struct is_same { static constexpr bool value = false; };
+template <typename A> struct is_same<A, A> { static constexpr bool value = true; };
+
+// ---------------------------------------------------------------- math per accumulator type
+template <typename A> struct num;
+template <> struct num<float> {
+  static __device__ __forceinline__ float inf() { return __int_as_float(0x7f800000); }
+  static __device__ __forceinline__ float exp_(float x) { return expf(x); }
+  static __device__ __forceinline__ float log_(float x) { return logf(x); }
+  static __device__ __forceinline__ float tanh_(float x) { return tanhf(x); }
+  static __device__ __forceinline__ float max_(float a, float b) { return fmaxf(a, b); }
+};
+template <> struct num<double> {
+  static __device__ __forceinline__ double inf() { return __longlong_as_double(0x7ff0000000000000LL); }
+  static __device__ __forceinline__ double exp_(double x) { return exp(x); }
+  static __device__ __forceinline__ double log_(double x) { return log(x); }
+  static __device__ __forceinline__ double tanh_(double x) { return tanh(x); }
+  static __device__ __forceinline__ double max_(double a, double b) { return fmax(a, b); }
+};
+
+// ---------------------------------------------------------------- conversions
+template <typename A> __device__ __forceinline__ A load_acc(const float* p) { return (A)*p; }
+template <typename A> __device__ __forceinline__ A load_acc(const double* p) { return (A)*p; }
+template <typename A> __device__ __forceinline__ A load_acc(const f16_t* p) {
+  float f;
+  asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(p->x));
+  return (A)f;
+}
+template <typename A> __device__ __forceinline__ A load_acc(const bf16_t* p) {
+  return (A)__uint_as_float(((unsigned)p->x) << 16);
+}
+
+__device__ __forceinline__ void store_val(float* p, float x) { *p = x; }
+__device__ __forceinline__ void store_val(double* p, double x) { *p = x; }
+__device__ __forceinline__ void store_val(f16_t* p, float x) {
+  unsigned short h;
+  asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(x));
+  p->x = h;
+}
+__device__ __forceinline__ void store_val(bf16_t* p, float x) {
+  unsigned short h;
+  asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(x));
+  p->x = h;
+}
+
+// two floats -> packed 16-bit pair, `lo` in the low half (the lower k / column index)
+template <typename T> __device__ __forceinline__ unsigned pack2(float lo, float hi);
+template <> __device__ __forceinline__ unsigned pack2<bf16_t>(float lo, float hi) {
+  unsigned r;
+  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+  return r;
+}
+template <> __device__ __forceinline__ unsigned pack2<f16_t>(float lo, float hi) {
+  unsigned r;
+  asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+  return r;
+}
+
+// ---------------------------------------------------------------- vectors and async copies
+template <typename A, int N> struct alignas(sizeof(A) * N) VecN { A v[N]; };
+
+__device__ __forceinline__ unsigned smem_addr(const void* p) {
+  unsigned a;
+  asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+  return a;
+}
+// 16-byte global->shared copy; zero-fills when !valid (gmem must still be a valid address)
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem)), "l"(gmem),
+               "r"(valid ? 16 : 0));
+}
+// 4-byte global->shared copy (always valid source)
+__device__ __forceinline__ void cp_async4(void* smem, const void* gmem) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(smem_addr(smem)), "l"(gmem));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ float shfl_xor(float x, int m) { return __shfl_xor_sync(0xffffffffu, x, m); }
+__device__ __forceinline__ double shfl_xor(double x, int m) { return __shfl_xor_sync(0xffffffffu, x, m); }
+
+static constexpr int BIG_INDEX = 0x7fffffff;
+
+}  // namespace sparse_ref

@@ -1,0 +1,134 @@
+"""``attention()`` and ``attention_backward()``: validation, layout handling and dispatch to a backend."""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from .backends import get_backend
+from .pattern import Pattern
+from .validation import check_lse, prepare
+
+__all__ = ["attention", "attention_backward"]
+
+
+def _resolve(backend: Any, q: Any) -> tuple[ModuleType, ModuleType]:
+    """Backend module and array module; ``"auto"`` is CuPy for GPU arrays, Numba otherwise."""
+    if backend == "auto":
+        backend = "cupy" if hasattr(q, "__cuda_array_interface__") else "numba"
+    module = get_backend(backend)
+    return module, (module.array_module() if backend == "cupy" else np)
+
+
+def attention(
+    q: Any,
+    k: Any,
+    v: Any,
+    pattern: Pattern,
+    *,
+    scale: float | None = None,
+    softcap: float | None = None,
+    backend: str = "numba",
+    return_lse: bool = False,
+    check_finite: bool = True,
+) -> Any:
+    """Sparse attention: each query attends only to the keys its pattern row allows.
+
+    Args:
+        q: ``(B, H, n_q, d)``, or ``(H, n_q, d)`` / ``(n_q, d)``; float64/float32 (float16 and
+            bfloat16 are computed in float32 on the CPU). Any ``__dlpack__``/``__array__`` object.
+        k: ``(B, H_kv, n_k, d)`` of the same rank and dtype; ``H % H_kv == 0`` (GQA/MQA: query head
+            ``h`` uses kv head ``h // (H // H_kv)``).
+        v: ``(B, H_kv, n_k, d_v)``.
+        pattern: a :class:`Pattern` of shape ``(n_q, n_k)`` with 1 or ``H`` heads.
+        scale: score scale, default ``1/sqrt(d)``, applied in the compute dtype.
+        softcap: if set, scores become ``softcap * tanh(s / softcap)``.
+        backend: ``"numba"`` (CPU kernels), ``"oracle"`` (exact float64, rounded), ``"cupy"``
+            (GPU), or ``"auto"`` (CuPy for GPU arrays, Numba otherwise).
+        return_lse: also return ``lse (..., n_q)``, the natural-log logsumexp of the allowed scores
+            (float64 for float64 inputs, float32 otherwise; ``-inf`` for rows with no keys).
+        check_finite: raise ``ValueError`` on NaN/Inf inputs (default, like SciPy); ``False`` lets
+            IEEE semantics run.
+
+    Returns:
+        ``out (..., n_q, d_v)`` in the input dtype (NumPy on CPU, CuPy on GPU), and ``lse`` if asked.
+        Rows with no allowed keys give ``out = 0`` and ``lse = -inf``.
+
+    Example:
+        >>> import numpy as np, sparse_ref
+        >>> from sparse_ref import patterns
+        >>> x = np.ones((4, 2))
+        >>> sparse_ref.attention(x, x, np.arange(8.0).reshape(4, 2), patterns.causal(4))[1]
+        array([1., 2.])
+    """
+    module, xp = _resolve(backend, q)
+    prep = prepare(q, k, v, pattern, scale=scale, softcap=softcap, check_finite=check_finite, xp=xp)
+    out, lse = module.forward(prep.q, prep.k, prep.v, pattern, prep.scale, prep.softcap)
+    out = prep.restore(out)
+    return (out, prep.restore(lse)) if return_lse else out
+
+
+def attention_backward(
+    q: Any,
+    k: Any,
+    v: Any,
+    pattern: Pattern,
+    dout: Any,
+    *,
+    out: Any = None,
+    lse: Any = None,
+    scale: float | None = None,
+    softcap: float | None = None,
+    backend: str = "numba",
+    check_finite: bool = True,
+) -> tuple[Any, Any, Any]:
+    """Gradients of :func:`attention` with respect to ``q``, ``k`` and ``v``.
+
+    FlashAttention-2 style: probabilities are recomputed from ``lse``, ``delta = rowsum(dout *
+    out)``; dq is computed over the pattern's rows and dk/dv over its transpose, so there are no
+    atomics and the Numba results are bitwise identical for any thread count.
+
+    Args:
+        q, k, v, pattern, scale, softcap: as in :func:`attention` (same shapes, dtypes, checks).
+        dout: gradient of the loss with respect to ``out``, shaped like ``out`` ``(..., n_q, d_v)``,
+            same dtype as q.
+        out, lse: the forward's results (``attention(..., return_lse=True)``), to skip recomputing
+            them; pass both or neither. ``out`` has q's shape and dtype; ``lse (..., n_q)`` is
+            float64 for float64 inputs and float32 otherwise, ``-inf`` on rows with no keys. The
+            oracle backend ignores them and differentiates its exact forward.
+        backend: ``"numba"`` (CPU kernels), ``"oracle"`` (exact float64, rounded), or ``"auto"``.
+        check_finite: raise ``ValueError`` on NaN/Inf in the inputs (``lse`` may hold ``-inf``).
+
+    Returns:
+        ``(dq, dk, dv)`` shaped like ``(q, k, v)`` in the input dtype and rank. With GQA, dk/dv of
+        a kv head sum over the query heads that share it. Rows with no allowed keys get ``dq = 0``
+        and contribute nothing to dk/dv.
+
+    Example:
+        >>> import numpy as np, sparse_ref
+        >>> from sparse_ref import Pattern
+        >>> x = np.eye(2)
+        >>> p = Pattern.from_dense(np.eye(2, dtype=bool))
+        >>> dq, dk, dv = sparse_ref.attention_backward(x, x, x, p, x)
+        >>> dv  # each key is the only key of its row, so dv_j = dout_j
+        array([[1., 0.],
+               [0., 1.]])
+    """
+    if (out is None) != (lse is None):
+        raise ValueError("pass both out and lse (from attention(..., return_lse=True)), or neither")
+    module, xp = _resolve(backend, q)
+    if not hasattr(module, "backward"):
+        raise NotImplementedError(f"backend {backend!r} has no backward pass yet; use 'numba'")
+    extra = {"dout": dout} if out is None else {"dout": dout, "out": out}
+    prep = prepare(
+        q, k, v, pattern, scale=scale, softcap=softcap, check_finite=check_finite, xp=xp,
+        extra=extra,
+    )
+    lse4 = None if lse is None else check_lse(lse, prep, check_finite=check_finite, xp=xp)
+    dq, dk, dv = module.backward(
+        prep.q, prep.k, prep.v, pattern, prep.extra["dout"], prep.extra.get("out"), lse4,
+        prep.scale, prep.softcap,
+    )
+    return prep.restore(dq), prep.restore(dk), prep.restore(dv)

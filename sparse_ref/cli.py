@@ -1,0 +1,102 @@
+"""The ``sparse-ref`` command (typer + rich)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.progress import track
+from rich.table import Table
+
+from . import oracle, patterns, testing
+from .api import attention
+from .golden.cli import golden_app
+from .pattern import Pattern
+from .patterns_cli import patterns_app
+
+app = typer.Typer(
+    help="sparse-ref: the reference for sparse attention.", no_args_is_help=True, add_completion=False
+)
+app.add_typer(golden_app, name="golden")
+app.add_typer(patterns_app, name="patterns")
+console = Console()
+
+
+def demo_patterns(n: int) -> list[tuple[str, Callable[[], Pattern]]]:
+    """The demo's catalog entries at length ``n``: (label, builder)."""
+    w = max(1, n // 16)
+    return [
+        (f"causal_sliding_window(n, {w})", lambda: patterns.causal_sliding_window(n, w)),
+        (f"sliding_window(n, {w // 2}, {w // 2})", lambda: patterns.sliding_window(n, w // 2, w // 2)),
+        (f"dilated(n, {w // 4}, 4)", lambda: patterns.dilated(n, w // 4, 4)),
+        ("strided(n, 64, causal)", lambda: patterns.strided(n, 64, causal=True)),
+        (
+            f"global_local(n, {w // 2}, {w // 2}, 8 globals)",
+            lambda: patterns.global_local(n, w // 2, w // 2, list(range(8))),
+        ),
+        (f"sinks(n, 4, {w})", lambda: patterns.sinks(n, 4, w)),
+        ("random(n, per_row=64)", lambda: patterns.random(n, per_row=64, seed=0)),
+        ("causal(n)", lambda: patterns.causal(n)),
+    ]
+
+
+def _best_time(fn: Callable[[], object], repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+@app.command()
+def demo(
+    n: Annotated[int, typer.Option(help="sequence length")] = 4096,
+    heads: Annotated[int, typer.Option(help="attention heads")] = 2,
+    d: Annotated[int, typer.Option(help="head dimension")] = 64,
+    seed: Annotated[int, typer.Option(help="input seed")] = 0,
+) -> None:
+    """Build catalog patterns, run the Numba kernels against the float64 oracle, print a table."""
+    if n < 1 or heads < 1 or d < 1:
+        raise typer.BadParameter("n, heads and d must be positive")
+    rng = np.random.default_rng(seed)
+    q, k, v = (rng.standard_normal((1, heads, n, d), dtype=np.float32) for _ in range(3))
+    table = Table(title=f"sparse-ref demo: float32, B=1, H={heads}, n={n}, d={d}")
+    for col in ("family", "nnz", "density", "max err", "tolerance", "ok", "numba ms", "oracle ms"):
+        table.add_column(col, justify="left" if col == "family" else "right")
+    table.add_column("speed-up", justify="right")
+    failures = 0
+    for label, build in track(demo_patterns(n), description="patterns", console=console):
+        pattern = build()
+        attention(q, k, v, pattern)  # compile / warm up
+        kernel_s = _best_time(lambda p=pattern: attention(q, k, v, p), repeat=3)
+        oracle_s = _best_time(lambda p=pattern: oracle.attention(q, k, v, p), repeat=1)
+        ref = testing.oracle_reference(q, k, v, pattern, dtype=np.float32)
+        out = attention(q, k, v, pattern)
+        err = float(np.max(np.abs(out.astype(np.float64) - ref.out)))
+        ok = err <= ref.out_tol
+        failures += not ok
+        table.add_row(
+            label,
+            f"{pattern.nnz * heads // pattern.num_heads:,}",
+            f"{pattern.density:.4f}",
+            f"{err:.2e}",
+            f"{ref.out_tol:.2e}",
+            "[green]yes[/]" if ok else "[red]NO[/]",
+            f"{kernel_s * 1e3:.1f}",
+            f"{oracle_s * 1e3:.0f}",
+            f"{oracle_s / kernel_s:.0f}x",
+        )
+    console.print(table)
+    if failures:
+        console.print(f"[red]{failures} pattern(s) outside the tolerance rule[/]")
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    """Entry point for ``python -m sparse_ref``."""
+    app()

@@ -1,0 +1,599 @@
+"""Numba backward kernels over token CSR: dq over the pattern's rows, dk/dv over its transpose.
+
+    s_ij    = scale * q_i . k_j           (with softcap: t_ij = tanh(s_ij / softcap), s_ij = softcap t_ij)
+    p_ij    = exp(s_ij - m_i) / l_i       (m_i = max_j s_ij, l_i = sum_j exp(s_ij - m_i))
+    dp_ij   = dout_i . v_j
+    delta_i = sum_j p_ij dp_ij            (= dout_i . out_i)
+    ds_ij   = p_ij (dp_ij - delta_i)      (times 1 - t_ij**2 with softcap)
+    dq_i    = scale * sum_j ds_ij k_j     over the keys j of row i         (row pass, pattern rows)
+    dk_j    = scale * sum_i ds_ij q_i,  dv_j = sum_i p_ij dout_i
+                                          over the queries i of key j      (column pass, transpose)
+
+As in FlashAttention-2, probabilities are recomputed, never stored, and the column pass reads
+per-row statistics saved by the row pass. Unlike FlashAttention-2, the row pass derives those
+statistics (``m``, ``1/l``, ``delta``) from the scores it computes anyway instead of taking ``lse``
+and ``delta = rowsum(dout * out)`` from the forward: ``p`` and ``delta`` are then consistent to
+rounding, so ``sum_j ds_ij`` cancels as it should and the gradients do not inherit the rounding of
+the forward's ``out`` (with ``delta`` from a float32 ``out``, about 4% of small random cases broke
+the DESIGN §9 rule). The cost is a few vectorised passes over each row's scores.
+
+Schedule. Both passes produce ``GROUP`` consecutive output rows per parallel task (query rows in
+the row pass, keys in the column pass; with GQA the column task walks the query heads of its kv
+head in increasing order). For each task there are two paths, chosen from the pattern alone:
+
+* **run path**: the ``GROUP`` rows' entries are runs of consecutive indices (windows, causal, local
+  and block patterns) overlapping enough. The scores of the union run are then small matrix
+  products ``X_g @ Y_run^T`` vectorised over the run, against a copy of ``Y`` transposed tile by
+  tile (``TILE`` indices per tile, so a tile is one contiguous block and cache friendly), with the
+  ``GROUP`` rows blocked in registers. The accumulations ``acc_g += W_g @ Y_run`` run over the
+  indices common to all rows with the rows blocked in registers again; indices of only some rows
+  are added row by row, so an entry outside a row's pattern is never multiplied, not even by 0.
+* **gather path** (any sorted CSR row): dot products through the index array four entries at a
+  time, then ``acc += w_u y_u`` four entries per pass over ``acc``.
+
+Determinism: each output row (``dq_i``, or ``dk_j``/``dv_j``) is written by exactly one task, and
+its sequence of floating-point operations depends only on the pattern and the shapes (the groups,
+the tiles and the choice of path are fixed by them), so results are bitwise identical for any
+thread count and across runs. No atomics.
+
+Special values: a row with no allowed keys (or only ``-inf`` scores) gets ``dq = 0`` and weight 0
+in the column pass; a NaN score makes its row's gradients NaN. ``exp`` is :func:`._exp.fast_exp`
+(vectorisable, about 1 ulp); ``fastmath`` only ``reassoc``/``contract``/``arcp`` (never
+``nnan``/``ninf``).
+
+The kernels trust their inputs (validated by ``sparse_ref.api``): q ``(B, H, n_q, d)``, k
+``(B, H_kv, n_k, d)``, v ``(B, H_kv, n_k, d_v)``, dout ``(B, H, n_q, d_v)``, all C-contiguous of
+one float dtype, which is also the accumulation dtype (float32 kernels accumulate in float32);
+``indptr (P, n_q + 1)`` / ``t_indptr (P, n_k + 1)`` int64 absolute offsets into ``indices`` /
+``t_indices`` (``P`` is 1 or ``H``: :meth:`Pattern.stacked_csr` of the pattern and of its
+transpose); ``scale``/``softcap`` scalars of the data dtype, ``softcap = 0`` meaning none.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from numba import prange
+
+from ._exp import fast_exp
+
+__all__ = ["csr_backward", "csr_backward_dq", "csr_backward_dkdv", "tile_transpose", "GROUP", "TILE"]
+
+#: IEEE-preserving fast-math: reassociation (vectorised sums), FMA contraction and reciprocal
+#: approximation are allowed; ``nnan``/``ninf`` never, so -inf and NaN keep their meaning.
+_FASTMATH = {"reassoc", "contract", "arcp"}
+
+#: output rows per task, blocked in registers on the run path
+GROUP = 4
+#: indices per tile of the transposed copies used by the run path
+TILE = 64
+#: entries per block on the column pass's gather path (its buffers stay in L1)
+_BLOCK = 64
+
+_BIG = np.int64(1) << 62
+
+
+# ------------------------------------------------------------------------------------- layout
+@numba.njit(parallel=True, cache=True)
+def tile_transpose(x, out):  # type: ignore[no-untyped-def]
+    """``out[b, h, t, c, u] = x[b, h, t * TILE + u, c]``, zero past the end (``out`` is
+    ``(B, H, ceil(n / TILE), d, TILE)``): rows of a tile become contiguous columns."""
+    B, Hx, n, d = x.shape
+    ntile = out.shape[2]
+    zero = x.dtype.type(0)
+    for task in prange(B * Hx * ntile):
+        b = task // (Hx * ntile)
+        h = (task // ntile) % Hx
+        t = task % ntile
+        tile = out[b, h, t]
+        for u in range(TILE):
+            j = t * TILE + u
+            if j < n:
+                row = x[b, h, j]
+                for c in range(d):
+                    tile[c, u] = row[c]
+            else:
+                for c in range(d):
+                    tile[c, u] = zero
+
+
+# ----------------------------------------------------------------------------- gather path
+@numba.njit(cache=True, fastmath=_FASTMATH, inline="always")
+def _dot(a, b):  # type: ignore[no-untyped-def]
+    acc = a.dtype.type(0)
+    for c in range(a.shape[0]):
+        acc += a[c] * b[c]
+    return acc
+
+
+@numba.njit(cache=True, fastmath=_FASTMATH, inline="always")
+def _dot4(a, b0, b1, b2, b3):  # type: ignore[no-untyped-def]
+    """``(a . b0, a . b1, a . b2, a . b3)`` in one pass over ``a``."""
+    s0 = s1 = s2 = s3 = a.dtype.type(0)
+    for c in range(a.shape[0]):
+        x = a[c]
+        s0 += x * b0[c]
+        s1 += x * b1[c]
+        s2 += x * b2[c]
+        s3 += x * b3[c]
+    return s0, s1, s2, s3
+
+
+@numba.njit(cache=True, fastmath=_FASTMATH, inline="always")
+def _axpy(y, w, x):  # type: ignore[no-untyped-def]
+    for c in range(y.shape[0]):
+        y[c] += w * x[c]
+
+
+@numba.njit(cache=True, fastmath=_FASTMATH, inline="always")
+def _axpy4(y, w0, x0, w1, x1, w2, x2, w3, x3):  # type: ignore[no-untyped-def]
+    """``y += (w0 x0 + w1 x1) + (w2 x2 + w3 x3)`` in one pass over ``y``."""
+    for c in range(y.shape[0]):
+        y[c] += (w0 * x0[c] + w1 * x1[c]) + (w2 * x2[c] + w3 * x3[c])
+
+
+@numba.njit(cache=True, fastmath=_FASTMATH, inline="always")
+def _gather_scores(a, rows_a, b, rows_b, idx, start, n, scale, out_a, out_b):  # type: ignore[no-untyped-def]
+    """``out_a[u] = scale * a . rows_a[idx[start + u]]`` and ``out_b[u] = b . rows_b[...]``."""
+    u = 0
+    while u + 4 <= n:
+        j0, j1, j2, j3 = idx[start + u], idx[start + u + 1], idx[start + u + 2], idx[start + u + 3]
+        s0, s1, s2, s3 = _dot4(a, rows_a[j0], rows_a[j1], rows_a[j2], rows_a[j3])
+        out_a[u], out_a[u + 1], out_a[u + 2], out_a[u + 3] = s0 * scale, s1 * scale, s2 * scale, s3 * scale
+        out_b[u], out_b[u + 1], out_b[u + 2], out_b[u + 3] = _dot4(
+            b, rows_b[j0], rows_b[j1], rows_b[j2], rows_b[j3]
+        )
+        u += 4
+    while u < n:
+        j = idx[start + u]
+        out_a[u] = _dot(a, rows_a[j]) * scale
+        out_b[u] = _dot(b, rows_b[j])
+        u += 1
+
+
+@numba.njit(cache=True, fastmath=_FASTMATH, inline="always")
+def _gather_accumulate(y, w, rows, idx, start, n):  # type: ignore[no-untyped-def]
+    """``y += sum_u w[u] rows[idx[start + u]]``, four rows per pass over ``y``."""
+    u = 0
+    while u + 4 <= n:
+        _axpy4(
+            y,
+            w[u], rows[idx[start + u]],
+            w[u + 1], rows[idx[start + u + 1]],
+            w[u + 2], rows[idx[start + u + 2]],
+            w[u + 3], rows[idx[start + u + 3]],
+        )
+        u += 4
+    while u < n:
+        _axpy(y, w[u], rows[idx[start + u]])
+        u += 1
+
+
+# -------------------------------------------------------------------------------- run path
+@numba.njit(cache=True, fastmath=_FASTMATH)
+def _tile_scores4(x4, ytf, base, nu, sv):  # type: ignore[no-untyped-def]
+    """``sv[r * TILE + u] = x4[r] . Y[u]`` for the 4 rows of ``x4`` and ``nu <= TILE`` indices,
+    where ``ytf[base + c * TILE + u]`` is component ``c`` of ``Y[u]`` (one transposed tile): the
+    inner loop runs over indices with unit stride and each loaded value serves the 4 rows."""
+    d = x4.shape[1]
+    d4 = d - d % 4
+    zero = sv.dtype.type(0)
+    for u in range(nu):
+        sv[u] = zero
+        sv[TILE + u] = zero
+        sv[2 * TILE + u] = zero
+        sv[3 * TILE + u] = zero
+    for c in range(0, d4, 4):
+        q00, q01, q02, q03 = x4[0, c], x4[0, c + 1], x4[0, c + 2], x4[0, c + 3]
+        q10, q11, q12, q13 = x4[1, c], x4[1, c + 1], x4[1, c + 2], x4[1, c + 3]
+        q20, q21, q22, q23 = x4[2, c], x4[2, c + 1], x4[2, c + 2], x4[2, c + 3]
+        q30, q31, q32, q33 = x4[3, c], x4[3, c + 1], x4[3, c + 2], x4[3, c + 3]
+        yv = ytf[base + c * TILE :]
+        for u in range(nu):
+            y0, y1, y2, y3 = yv[u], yv[TILE + u], yv[2 * TILE + u], yv[3 * TILE + u]
+            sv[u] += q00 * y0 + q01 * y1 + q02 * y2 + q03 * y3
+            sv[TILE + u] += q10 * y0 + q11 * y1 + q12 * y2 + q13 * y3
+            sv[2 * TILE + u] += q20 * y0 + q21 * y1 + q22 * y2 + q23 * y3
+            sv[3 * TILE + u] += q30 * y0 + q31 * y1 + q32 * y2 + q33 * y3
+    for c in range(d4, d):
+        q00, q10, q20, q30 = x4[0, c], x4[1, c], x4[2, c], x4[3, c]
+        yv = ytf[base + c * TILE :]
+        for u in range(nu):
+            y0 = yv[u]
+            sv[u] += q00 * y0
+            sv[TILE + u] += q10 * y0
+            sv[2 * TILE + u] += q20 * y0
+            sv[3 * TILE + u] += q30 * y0
+
+
+@numba.njit(cache=True, fastmath=_FASTMATH, inline="always")
+def _run_scores4(x4, ytf, base, d, lo, nu, scale, sv, out):  # type: ignore[no-untyped-def]
+    """``out[r, u] = scale * x4[r] . Y[lo + u]`` for ``u < nu``, tile by tile; ``base`` is the
+    offset of this (batch, head)'s first tile in the flat tiled transpose ``ytf``."""
+    j = lo
+    while j < lo + nu:
+        t = j // TILE
+        a = j - t * TILE
+        m = min(TILE - a, lo + nu - j)
+        _tile_scores4(x4, ytf, base + t * d * TILE, TILE, sv)  # whole tile: no scalar tail
+        for r in range(GROUP):
+            o = out[r]
+            for u in range(m):
+                o[j - lo + u] = sv[r * TILE + a + u] * scale
+        j += m
+
+
+@numba.njit(cache=True, fastmath=_FASTMATH)
+def _run_accumulate4(a0, a1, a2, a3, w, off, rows, lo, n):  # type: ignore[no-untyped-def]
+    """``a_r += sum_u w[r, off + u] rows[lo + u]`` for ``u < n``, four indices at a time."""
+    n4 = n - n % 4
+    for u in range(0, n4, 4):
+        w0, w1, w2, w3 = w[0], w[1], w[2], w[3]
+        p00, p01, p02, p03 = w0[off + u], w0[off + u + 1], w0[off + u + 2], w0[off + u + 3]
+        p10, p11, p12, p13 = w1[off + u], w1[off + u + 1], w1[off + u + 2], w1[off + u + 3]
+        p20, p21, p22, p23 = w2[off + u], w2[off + u + 1], w2[off + u + 2], w2[off + u + 3]
+        p30, p31, p32, p33 = w3[off + u], w3[off + u + 1], w3[off + u + 2], w3[off + u + 3]
+        y0, y1, y2, y3 = rows[lo + u], rows[lo + u + 1], rows[lo + u + 2], rows[lo + u + 3]
+        for c in range(a0.shape[0]):
+            x0, x1, x2, x3 = y0[c], y1[c], y2[c], y3[c]
+            a0[c] += p00 * x0 + p01 * x1 + p02 * x2 + p03 * x3
+            a1[c] += p10 * x0 + p11 * x1 + p12 * x2 + p13 * x3
+            a2[c] += p20 * x0 + p21 * x1 + p22 * x2 + p23 * x3
+            a3[c] += p30 * x0 + p31 * x1 + p32 * x2 + p33 * x3
+    for u in range(n4, n):
+        p0, p1, p2, p3 = w[0, off + u], w[1, off + u], w[2, off + u], w[3, off + u]
+        y0 = rows[lo + u]
+        for c in range(a0.shape[0]):
+            x0 = y0[c]
+            a0[c] += p0 * x0
+            a1[c] += p1 * x0
+            a2[c] += p2 * x0
+            a3[c] += p3 * x0
+
+
+@numba.njit(cache=True, fastmath=_FASTMATH, inline="always")
+def _run_accumulate(y, w, off, rows, lo, n):  # type: ignore[no-untyped-def]
+    """``y += sum_u w[off + u] rows[lo + u]`` for ``u < n``, four rows per pass over ``y``."""
+    u = 0
+    while u + 4 <= n:
+        _axpy4(
+            y,
+            w[off + u], rows[lo + u],
+            w[off + u + 1], rows[lo + u + 1],
+            w[off + u + 2], rows[lo + u + 2],
+            w[off + u + 3], rows[lo + u + 3],
+        )
+        u += 4
+    while u < n:
+        _axpy(y, w[off + u], rows[lo + u])
+        u += 1
+
+
+@numba.njit(cache=True, inline="always")
+def _runs(ptr, idx, r0, rn):  # type: ignore[no-untyped-def]
+    """Whether rows ``r0 .. r0 + GROUP - 1`` take the run path, and ``(lo, hi, core_lo, core_hi)``:
+    the union and the intersection of their index ranges."""
+    ok = rn == GROUP
+    lo = _BIG
+    hi = -_BIG
+    core_lo = -_BIG
+    core_hi = _BIG
+    total = 0
+    for r in range(rn):
+        start = ptr[r0 + r]
+        n = ptr[r0 + r + 1] - start
+        if n == 0:
+            ok = False
+            continue
+        a = np.int64(idx[start])
+        z = np.int64(idx[start + n - 1]) + 1
+        if z - a != n:
+            ok = False
+        lo = min(lo, a)
+        hi = max(hi, z)
+        core_lo = max(core_lo, a)
+        core_hi = min(core_hi, z)
+        total += n
+    ok = ok and 2 * total >= GROUP * (hi - lo)  # dense enough: at most half of the union wasted
+    return ok, lo, hi, core_lo, max(core_lo, core_hi)
+
+
+# ------------------------------------------------------------------------------ softmax parts
+@numba.njit(cache=True, fastmath=_FASTMATH, inline="always")
+def _max_ignoring_nan(x, n):  # type: ignore[no-untyped-def]
+    """``max(x[:n])`` over the non-NaN entries (``-inf`` if none), as eight interleaved chains."""
+    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = x.dtype.type(-np.inf)
+    u = 0
+    while u + 8 <= n:
+        m0 = x[u] if x[u] > m0 else m0
+        m1 = x[u + 1] if x[u + 1] > m1 else m1
+        m2 = x[u + 2] if x[u + 2] > m2 else m2
+        m3 = x[u + 3] if x[u + 3] > m3 else m3
+        m4 = x[u + 4] if x[u + 4] > m4 else m4
+        m5 = x[u + 5] if x[u + 5] > m5 else m5
+        m6 = x[u + 6] if x[u + 6] > m6 else m6
+        m7 = x[u + 7] if x[u + 7] > m7 else m7
+        u += 8
+    while u < n:
+        m0 = x[u] if x[u] > m0 else m0
+        u += 1
+    m0 = m1 if m1 > m0 else m0
+    m2 = m3 if m3 > m2 else m2
+    m4 = m5 if m5 > m4 else m4
+    m6 = m7 if m7 > m6 else m6
+    m0 = m2 if m2 > m0 else m0
+    m4 = m6 if m6 > m4 else m4
+    return m4 if m4 > m0 else m0
+
+
+@numba.njit(cache=True, fastmath=_FASTMATH, inline="always")
+def _any_nan(x, n):  # type: ignore[no-untyped-def]
+    for u in range(n):
+        if x[u] != x[u]:
+            return True
+    return False
+
+
+@numba.njit(cache=True, fastmath=_FASTMATH, inline="always")
+def _softcap(s, f, n, softcap):  # type: ignore[no-untyped-def]
+    """``s = softcap * tanh(s / softcap)`` and ``f = 1 - tanh**2`` (the softcap's derivative)."""
+    one = s.dtype.type(1)
+    for u in range(n):
+        t = math.tanh(s[u] / softcap)
+        s[u] = softcap * t
+        f[u] = one - t * t
+
+
+@numba.njit(cache=True, fastmath=_FASTMATH, inline="always")
+def _row_grad(s, dp, f, n, softcap):  # type: ignore[no-untyped-def]
+    """One query row: scores ``s`` and ``dp = dout . v`` of its ``n`` keys in, ``ds`` out (in
+    ``dp``). Returns ``(m, 1/l, delta)``; ``1/l = 0`` marks a row without keys (or with only
+    ``-inf`` scores), whose ``ds`` must not be used."""
+    zero = s.dtype.type(0)
+    if softcap != zero:
+        _softcap(s, f, n, softcap)
+    m = _max_ignoring_nan(s, n)
+    if m == -np.inf:
+        if not _any_nan(s, n):
+            return zero, zero, zero
+        m = zero  # only NaN and -inf scores: any finite shift lets the NaN through
+    total = zero
+    dl = zero
+    for u in range(n):  # vectorised
+        e = fast_exp(s[u] - m)
+        s[u] = e
+        total += e
+        dl += e * dp[u]
+    r = s.dtype.type(1) / total
+    dl *= r
+    if softcap != zero:
+        for u in range(n):
+            dp[u] = s[u] * r * (dp[u] - dl) * f[u]
+    else:
+        for u in range(n):
+            dp[u] = s[u] * r * (dp[u] - dl)
+    return m, r, dl
+
+
+@numba.njit(cache=True, fastmath=_FASTMATH, inline="always")
+def _col_weights(s, dp, f, n, softcap, m, r, dl, p):  # type: ignore[no-untyped-def]
+    """One key: scores ``s`` and ``dp = v . dout`` of its ``n`` queries and their row statistics
+    ``m``, ``r = 1/l``, ``dl = delta`` in; ``p`` and ``ds`` (in ``dp``) out."""
+    zero = s.dtype.type(0)
+    if softcap != zero:
+        _softcap(s, f, n, softcap)
+        for u in range(n):
+            dp[u] = (dp[u] - dl[u]) * f[u]
+    else:
+        for u in range(n):
+            dp[u] = dp[u] - dl[u]
+    for u in range(n):  # vectorised; a query row without keys (r = 0) contributes nothing
+        pu = fast_exp(s[u] - m[u]) * r[u]
+        ds = pu * dp[u]
+        if r[u] == zero:
+            pu = zero
+            ds = zero
+        p[u] = pu
+        dp[u] = ds
+
+
+# ----------------------------------------------------------------------------------- kernels
+@numba.njit(parallel=True, cache=True, fastmath=_FASTMATH)
+def csr_backward_dq(q, k, v, dout, ktf, vtf, indptr, indices, scale, softcap, width, dq, m_out, inv_l, delta):  # type: ignore[no-untyped-def]
+    """Row pass: ``dq (B, H, n_q, d)`` and the row statistics ``m``, ``1/l``, ``delta (B, H,
+    n_q)``. One task per (b, h, group of ``GROUP`` query rows); ``ktf``/``vtf`` are the flat
+    :func:`tile_transpose` of k and v; ``width >= 2 * longest row``."""
+    B, H, n_q, d = q.shape
+    H_kv, n_k = k.shape[1], k.shape[2]
+    d_v = v.shape[3]
+    group = H // H_kv
+    per_head = indptr.shape[0] > 1
+    ntile = (n_k + TILE - 1) // TILE
+    ngroups = (n_q + GROUP - 1) // GROUP
+    zero = q.dtype.type(0)
+    one = q.dtype.type(1)
+    for task in prange(B * H * ngroups):
+        b = task // (H * ngroups)
+        h = (task // ngroups) % H
+        i0 = (task % ngroups) * GROUP
+        rn = min(GROUP, n_q - i0)
+        g = h // group
+        sv = np.empty(GROUP * TILE, q.dtype)  # hoisted out of the loop by Numba: one per thread
+        s4 = np.empty((GROUP, width), q.dtype)
+        d4 = np.empty((GROUP, width), q.dtype)
+        f4 = np.empty((GROUP, width), q.dtype)
+        ptr = indptr[h if per_head else 0]
+        k_bg = k[b, g]
+        v_bg = v[b, g]
+        for r in range(rn):
+            dq[b, h, i0 + r, :] = zero
+        run, lo, hi, core_lo, core_hi = _runs(ptr, indices, i0, rn)
+        if run:
+            nu = hi - lo
+            _run_scores4(q[b, h, i0 : i0 + GROUP], ktf, (b * H_kv + g) * ntile * d * TILE, d, lo,
+                         nu, scale, sv, s4)
+            _run_scores4(dout[b, h, i0 : i0 + GROUP], vtf, (b * H_kv + g) * ntile * d_v * TILE,
+                         d_v, lo, nu, one, sv, d4)
+            for r in range(GROUP):
+                i = i0 + r
+                a = np.int64(indices[ptr[i]]) - lo
+                n = ptr[i + 1] - ptr[i]
+                m_out[b, h, i], inv_l[b, h, i], delta[b, h, i] = _row_grad(
+                    s4[r, a : a + n], d4[r, a : a + n], f4[r, a : a + n], n, softcap
+                )
+            dq_g = dq[b, h]
+            _run_accumulate4(dq_g[i0], dq_g[i0 + 1], dq_g[i0 + 2], dq_g[i0 + 3], d4, core_lo - lo,
+                             k_bg, core_lo, core_hi - core_lo)
+            for r in range(GROUP):
+                i = i0 + r
+                a = np.int64(indices[ptr[i]])
+                z = a + ptr[i + 1] - ptr[i]
+                left, right = min(z, core_lo), max(a, core_hi)  # outside the common range
+                _run_accumulate(dq_g[i], d4[r], a - lo, k_bg, a, left - a)
+                _run_accumulate(dq_g[i], d4[r], right - lo, k_bg, right, z - right)
+        else:
+            for r in range(rn):
+                i = i0 + r
+                start = ptr[i]
+                n = ptr[i + 1] - start
+                s, dp, f = s4[0], d4[0], f4[0]
+                _gather_scores(q[b, h, i], k_bg, dout[b, h, i], v_bg, indices, start, n, scale, s, dp)
+                m_out[b, h, i], inv_l[b, h, i], delta[b, h, i] = _row_grad(s, dp, f, n, softcap)
+                if inv_l[b, h, i] != zero:
+                    _gather_accumulate(dq[b, h, i], dp, k_bg, indices, start, n)
+        for r in range(rn):
+            dqi = dq[b, h, i0 + r]
+            if inv_l[b, h, i0 + r] == zero:  # no keys: no gradient (the run path summed zeros)
+                dqi[:] = zero
+            for c in range(d):
+                dqi[c] *= scale
+
+
+@numba.njit(parallel=True, cache=True, fastmath=_FASTMATH)
+def csr_backward_dkdv(q, k, v, dout, qtf, gtf, t_indptr, t_indices, scale, softcap, width, m_in, inv_l, delta, dk, dv):  # type: ignore[no-untyped-def]
+    """Column pass: ``dk``/``dv (B, H_kv, n_k, ·)`` with the row statistics of
+    :func:`csr_backward_dq` (``p = exp(s - m) / l``). One task per (b, kv head, group of ``GROUP``
+    keys), walking the query heads of the kv head in increasing order; ``qtf``/``gtf`` are the flat
+    :func:`tile_transpose` of q and dout; ``width >= max(2 * longest column, _BLOCK)``."""
+    B, H, n_q, d = q.shape
+    H_kv, n_k = k.shape[1], k.shape[2]
+    d_v = v.shape[3]
+    group = H // H_kv
+    per_head = t_indptr.shape[0] > 1
+    ntile = (n_q + TILE - 1) // TILE
+    ngroups = (n_k + GROUP - 1) // GROUP
+    zero = q.dtype.type(0)
+    one = q.dtype.type(1)
+    for task in prange(B * H_kv * ngroups):
+        b = task // (H_kv * ngroups)
+        g = (task // ngroups) % H_kv
+        j0 = (task % ngroups) * GROUP
+        rn = min(GROUP, n_k - j0)
+        sv = np.empty(GROUP * TILE, q.dtype)  # hoisted out of the loop by Numba: one per thread
+        s4 = np.empty((GROUP, width), q.dtype)
+        d4 = np.empty((GROUP, width), q.dtype)
+        f4 = np.empty((GROUP, width), q.dtype)
+        p4 = np.empty((GROUP, width), q.dtype)
+        m_buf = np.empty(_BLOCK, q.dtype)
+        r_buf = np.empty(_BLOCK, q.dtype)
+        l_buf = np.empty(_BLOCK, q.dtype)
+        dk_g = dk[b, g]
+        dv_g = dv[b, g]
+        for r in range(rn):
+            dk_g[j0 + r, :] = zero
+            dv_g[j0 + r, :] = zero
+        for h in range(g * group, (g + 1) * group):
+            ptr = t_indptr[h if per_head else 0]
+            q_bh = q[b, h]
+            g_bh = dout[b, h]
+            run, lo, hi, core_lo, core_hi = _runs(ptr, t_indices, j0, rn)
+            if run:
+                nu = hi - lo
+                _run_scores4(k[b, g, j0 : j0 + GROUP], qtf, (b * H + h) * ntile * d * TILE, d, lo,
+                             nu, scale, sv, s4)
+                _run_scores4(v[b, g, j0 : j0 + GROUP], gtf, (b * H + h) * ntile * d_v * TILE, d_v,
+                             lo, nu, one, sv, d4)
+                for r in range(GROUP):
+                    j = j0 + r
+                    a = np.int64(t_indices[ptr[j]])
+                    n = ptr[j + 1] - ptr[j]
+                    u0 = a - lo
+                    _col_weights(s4[r, u0 : u0 + n], d4[r, u0 : u0 + n], f4[r, u0 : u0 + n], n,
+                                 softcap, m_in[b, h, a : a + n], inv_l[b, h, a : a + n],
+                                 delta[b, h, a : a + n], p4[r, u0 : u0 + n])
+                _run_accumulate4(dv_g[j0], dv_g[j0 + 1], dv_g[j0 + 2], dv_g[j0 + 3], p4,
+                                 core_lo - lo, g_bh, core_lo, core_hi - core_lo)
+                _run_accumulate4(dk_g[j0], dk_g[j0 + 1], dk_g[j0 + 2], dk_g[j0 + 3], d4,
+                                 core_lo - lo, q_bh, core_lo, core_hi - core_lo)
+                for r in range(GROUP):
+                    j = j0 + r
+                    a = np.int64(t_indices[ptr[j]])
+                    z = a + ptr[j + 1] - ptr[j]
+                    left, right = min(z, core_lo), max(a, core_hi)  # outside the common range
+                    _run_accumulate(dv_g[j], p4[r], a - lo, g_bh, a, left - a)
+                    _run_accumulate(dv_g[j], p4[r], right - lo, g_bh, right, z - right)
+                    _run_accumulate(dk_g[j], d4[r], a - lo, q_bh, a, left - a)
+                    _run_accumulate(dk_g[j], d4[r], right - lo, q_bh, right, z - right)
+            else:
+                s, dp, f, p = s4[0], d4[0], f4[0], p4[0]
+                for r in range(rn):
+                    j = j0 + r
+                    for start in range(ptr[j], ptr[j + 1], _BLOCK):
+                        n = min(_BLOCK, ptr[j + 1] - start)
+                        _gather_scores(k[b, g, j], q_bh, v[b, g, j], g_bh, t_indices, start, n,
+                                       scale, s, dp)
+                        for u in range(n):
+                            i = t_indices[start + u]
+                            m_buf[u] = m_in[b, h, i]
+                            r_buf[u] = inv_l[b, h, i]
+                            l_buf[u] = delta[b, h, i]
+                        _col_weights(s, dp, f, n, softcap, m_buf, r_buf, l_buf, p)
+                        _gather_accumulate(dv_g[j], p, g_bh, t_indices, start, n)
+                        _gather_accumulate(dk_g[j], dp, q_bh, t_indices, start, n)
+        for r in range(rn):
+            dkj = dk_g[j0 + r]
+            for c in range(d):
+                dkj[c] *= scale
+
+
+def _tiled(x: np.ndarray) -> np.ndarray:
+    """Flat :func:`tile_transpose` of a 4-D array."""
+    B, Hx, n, d = x.shape
+    out = np.empty((B, Hx, (n + TILE - 1) // TILE, d, TILE), dtype=x.dtype)
+    tile_transpose(x, out)
+    return out.reshape(-1)
+
+
+def csr_backward(
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    dout: np.ndarray,
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    t_indptr: np.ndarray,
+    t_indices: np.ndarray,
+    scale: np.floating,
+    softcap: np.floating,
+    dq: np.ndarray,
+    dk: np.ndarray,
+    dv: np.ndarray,
+) -> None:
+    """Fill ``dq``, ``dk``, ``dv`` in place (shapes and rules in the module doc).
+
+    Runs :func:`csr_backward_dq` (which also derives each row's softmax statistics and ``delta``),
+    then :func:`csr_backward_dkdv` over the transposed pattern. Extra memory: tiled transposes of
+    q, k, v and dout (the run path's operands) and three ``(B, H, n_q)`` statistics.
+    """
+    B, H, n_q, _ = q.shape
+    longest_row = int(np.diff(indptr, axis=1).max(initial=0))
+    longest_col = int(np.diff(t_indptr, axis=1).max(initial=0))
+    m = np.empty((B, H, n_q), dtype=q.dtype)
+    inv_l = np.empty((B, H, n_q), dtype=q.dtype)
+    delta = np.empty((B, H, n_q), dtype=q.dtype)
+    csr_backward_dq(q, k, v, dout, _tiled(k), _tiled(v), indptr, indices, scale, softcap,
+                    max(2 * longest_row, 1), dq, m, inv_l, delta)
+    csr_backward_dkdv(q, k, v, dout, _tiled(q), _tiled(dout), t_indptr, t_indices, scale, softcap,
+                      max(2 * longest_col, _BLOCK), m, inv_l, delta, dk, dv)

@@ -1,0 +1,170 @@
+"""sparse_ref.attention: layouts, dtypes, GQA, backends, and clear errors for bad input."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import sparse_ref
+from sparse_ref import Pattern, testing
+
+BACKENDS = ["numba", "oracle"]
+
+
+def random_pattern(rng, n_q, n_k, heads=1, density=0.4):
+    mask = rng.random((heads, n_q, n_k)) < density
+    mask[:, 0, :] = False  # always one empty row
+    return Pattern.from_dense(mask if heads > 1 else mask[0])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rank", [2, 3, 4])
+def test_ranks_and_dtypes(rng, backend, dtype, rank):
+    shape = {2: (), 3: (3,), 4: (2, 3)}[rank]
+    q = rng.standard_normal((*shape, 10, 4)).astype(dtype)
+    k = rng.standard_normal((*shape, 7, 4)).astype(dtype)
+    v = rng.standard_normal((*shape, 7, 5)).astype(dtype)
+    p = random_pattern(rng, 10, 7)
+    out, lse = sparse_ref.attention(q, k, v, p, backend=backend, return_lse=True)
+    assert out.shape == (*shape, 10, 5) and out.dtype == dtype
+    assert lse.shape == (*shape, 10) and lse.dtype == dtype
+    testing.assert_close_to_oracle(out, q, k, v, p, lse=lse)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("h_kv", [1, 2, 4])
+def test_gqa_and_per_head_patterns(rng, backend, h_kv):
+    q = rng.standard_normal((2, 4, 9, 8)).astype(np.float32)
+    k = rng.standard_normal((2, h_kv, 9, 8)).astype(np.float32)
+    v = rng.standard_normal((2, h_kv, 9, 8)).astype(np.float32)
+    p = random_pattern(rng, 9, 9, heads=4)
+    out, lse = sparse_ref.attention(q, k, v, p, backend=backend, return_lse=True, softcap=2.0)
+    testing.assert_close_to_oracle(out, q, k, v, p, lse=lse, softcap=2.0)
+
+
+def test_float16_is_computed_in_float32_and_returned_as_float16(rng):
+    q, k, v = (rng.standard_normal((6, 4)).astype(np.float16) for _ in range(3))
+    p = random_pattern(rng, 6, 6)
+    out, lse = sparse_ref.attention(q, k, v, p, return_lse=True)
+    assert out.dtype == np.float16 and lse.dtype == np.float32
+    testing.assert_close_to_oracle(out, q, k, v, p)
+
+
+def test_non_contiguous_non_writeable_and_big_endian_inputs(rng):
+    base = rng.standard_normal((12, 8, 2)).astype(np.float32)
+    q = base[:, :, 0]  # strided view
+    k = np.array(base[:, :, 1])
+    k.flags.writeable = False
+    v = base[:, :, 1].astype(">f4")
+    p = random_pattern(rng, 12, 12)
+    out = sparse_ref.attention(q, k, v, p)
+    testing.assert_close_to_oracle(out, q, k, v.astype(np.float32), p)
+
+
+def test_dlpack_and_array_protocol_inputs(rng):
+    class ArrayLike:
+        def __init__(self, a):
+            self.a = a
+
+        def __array__(self, dtype=None, copy=None):
+            return self.a
+
+    q = rng.standard_normal((5, 3))
+    p = random_pattern(rng, 5, 5)
+    want = sparse_ref.attention(q, q, q, p)
+    np.testing.assert_array_equal(sparse_ref.attention(ArrayLike(q), q, q, p), want)
+    torch = pytest.importorskip("torch", reason="torch not installed: DLPack input not tested")
+    t = torch.from_numpy(q)
+    np.testing.assert_array_equal(sparse_ref.attention(t, t, t, p), want)
+
+
+def test_explicit_scale_is_used(rng):
+    q, k, v = (rng.standard_normal((5, 3)) for _ in range(3))
+    p = random_pattern(rng, 5, 5)
+    a = sparse_ref.attention(q, k, v, p, scale=0.25)
+    b = sparse_ref.attention(q * 0.25 * np.sqrt(3), k, v, p)
+    np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+def test_check_finite_false_propagates_nan_like_the_oracle(rng):
+    q, k, v = (rng.standard_normal((6, 3)) for _ in range(3))
+    q[2, 1] = np.nan
+    p = random_pattern(rng, 6, 6)
+    out, lse = sparse_ref.attention(q, k, v, p, check_finite=False, return_lse=True)
+    testing.assert_close_to_oracle(out, q, k, v, p, lse=lse)
+
+
+def _inputs(rng, n_q=6, n_k=6, d=4):
+    return (
+        rng.standard_normal((n_q, d)),
+        rng.standard_normal((n_k, d)),
+        rng.standard_normal((n_k, d)),
+        Pattern.from_dense(np.ones((n_q, n_k), dtype=bool)),
+    )
+
+
+def _call(rng, **over):
+    q, k, v, p = _inputs(rng)
+    args = {"q": q, "k": k, "v": v, "pattern": p}
+    kwargs = {key: over.pop(key) for key in list(over) if key not in args}
+    args.update(over)
+    return sparse_ref.attention(args["q"], args["k"], args["v"], args["pattern"], **kwargs)
+
+
+BAD_INPUTS = [
+    # (overrides, exception, message fragment naming the argument)
+    ({"q": np.ones((2, 2, 2, 2, 2))}, ValueError, "q must be 2-D"),
+    ({"q": np.ones(4)}, ValueError, "q must be 2-D"),
+    ({"k": np.ones((1, 6, 4))}, ValueError, "k must have the same rank"),
+    ({"k": np.ones((6, 5))}, ValueError, "k must have the head dimension"),
+    ({"v": np.ones((5, 4))}, ValueError, "v must have the heads and length of k"),
+    ({"q": np.ones((6, 4), dtype=np.int64)}, TypeError, "q must have a floating dtype"),
+    ({"k": np.ones((6, 4), dtype=np.complex128)}, TypeError, "k must have a floating dtype"),
+    ({"v": np.ones((6, 4), dtype=object)}, TypeError, "v must have a floating dtype"),
+    ({"q": np.ones((6, 4), dtype=bool)}, TypeError, "q must have a floating dtype"),
+    ({"q": np.ones((6, 4), dtype=np.float32)}, TypeError, "mixed dtypes"),
+    ({"q": [[1.0]] * 6}, TypeError, "q must be an array"),
+    ({"q": "abc"}, TypeError, "q must be an array"),
+    ({"q": np.full((6, 4), np.nan)}, ValueError, "q contains NaN"),
+    ({"v": np.full((6, 4), np.inf)}, ValueError, "v contains NaN"),
+    ({"q": np.ones((6, 0)), "k": np.ones((6, 0))}, ValueError, "d >= 1"),
+    ({"pattern": np.ones((6, 6), dtype=bool)}, TypeError, "pattern must be a sparse_ref.Pattern"),
+    ({"pattern": Pattern.from_dense(np.ones((5, 6), dtype=bool))}, ValueError, "pattern has shape"),
+    ({"scale": "x"}, TypeError, "scale must be"),
+    ({"scale": float("nan")}, ValueError, "scale must be finite"),
+    ({"softcap": -1.0}, ValueError, "softcap must be"),
+    ({"softcap": True}, TypeError, "softcap must be"),
+    ({"backend": "torch"}, ValueError, "backend must be one of"),
+    ({"check_finite": "yes"}, TypeError, "check_finite must be a bool"),
+]
+
+
+@pytest.mark.parametrize("over, exc, message", BAD_INPUTS, ids=[m for _, _, m in BAD_INPUTS])
+def test_bad_input_gives_a_clear_error(rng, over, exc, message):
+    with pytest.raises(exc, match=message):
+        _call(rng, **over)
+
+
+def test_gqa_ratio_not_integral(rng):
+    q = rng.standard_normal((3, 6, 4))
+    k = rng.standard_normal((2, 6, 4))
+    with pytest.raises(ValueError, match="multiple of k/v heads"):
+        sparse_ref.attention(q, k, k, Pattern.from_dense(np.ones((6, 6), dtype=bool)))
+
+
+def test_pattern_heads_must_be_one_or_h(rng):
+    q = rng.standard_normal((4, 6, 4))
+    p = Pattern.from_dense(np.ones((2, 6, 6), dtype=bool))
+    with pytest.raises(ValueError, match="pattern has 2 heads"):
+        sparse_ref.attention(q, q, q, p)
+
+
+def test_zero_length_sequences(rng):
+    q = rng.standard_normal((0, 4))
+    k = rng.standard_normal((3, 4))
+    out, lse = sparse_ref.attention(q, k, k, Pattern.from_csr(sp.csr_array((0, 3))), return_lse=True)
+    assert out.shape == (0, 4) and lse.shape == (0,)
+    q = rng.standard_normal((3, 4))
+    k = rng.standard_normal((0, 4))
+    out, lse = sparse_ref.attention(q, k, k, Pattern.from_csr(sp.csr_array((3, 0))), return_lse=True)
+    assert np.array_equal(out, np.zeros((3, 4))) and np.isneginf(lse).all()

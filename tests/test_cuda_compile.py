@@ -1,0 +1,118 @@
+"""Every CUDA source compiles for Hopper, without a GPU.
+
+With nvcc: each ``gpu/kernels/*.cu`` with its representative instantiations. With NVRTC, where the
+library is present: the exact source text and name expressions that the CuPy backend hands to
+``cupy.RawModule``."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import glob
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from sparse_ref.backends import cupy as gpu
+
+KERNELS = Path(__file__).resolve().parent.parent / "gpu" / "kernels"
+SOURCES = sorted(KERNELS.glob("*.cu"))
+
+
+def _nvcc() -> str | None:
+    found = shutil.which("nvcc")
+    if found:
+        return found
+    for cand in ("/usr/local/cuda/bin/nvcc", *sorted(glob.glob("/usr/local/cuda-*/bin/nvcc"))):
+        if os.access(cand, os.X_OK):
+            return cand
+    return None
+
+
+def test_sources_exist():
+    assert {p.name for p in SOURCES} >= {"csr_forward.cu", "bsr_forward.cu"}
+    assert gpu.kernel_dir() == KERNELS
+
+
+@pytest.mark.parametrize("src", SOURCES, ids=lambda p: p.name)
+def test_nvcc_compiles(src: Path, tmp_path: Path) -> None:
+    nvcc = _nvcc()
+    if nvcc is None:
+        pytest.skip("nvcc not found (install the CUDA toolkit to compile-check the kernels)")
+    cmd = [
+        nvcc, "-std=c++17", "-arch=sm_90", "-c", "-DSPARSE_REF_INSTANTIATE", f"-I{KERNELS}",
+        "-Xptxas", "-warn-spills", str(src), "-o", str(tmp_path / (src.stem + ".o")),
+    ]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, f"nvcc failed on {src.name}:\n{res.stderr}"
+    assert "error" not in res.stderr.lower(), res.stderr
+
+
+def _libnvrtc() -> ctypes.CDLL | None:
+    names = [ctypes.util.find_library("nvrtc")]
+    try:
+        import nvidia
+
+        for base in nvidia.__path__:
+            names += sorted(glob.glob(os.path.join(base, "*", "lib", "libnvrtc.so*")))
+    except ImportError:
+        pass
+    names += sorted(glob.glob("/usr/local/cuda*/lib64/libnvrtc.so*"))
+    for name in names:
+        if not name or "alt" in os.path.basename(name) or "builtins" in name:
+            continue
+        try:
+            for builtins in sorted(glob.glob(os.path.join(os.path.dirname(name), "libnvrtc-b*"))):
+                if "alt" not in os.path.basename(builtins):  # found by name when compiling
+                    ctypes.CDLL(builtins, mode=ctypes.RTLD_GLOBAL)
+            return ctypes.CDLL(name)
+        except OSError:
+            continue
+    return None
+
+
+def _nvrtc_compile(lib: ctypes.CDLL, source: str, names: list[str]) -> tuple[int, str]:
+    prog = ctypes.c_void_p()
+    assert lib.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), b"k.cu", 0, None, None) == 0
+    for n in names:
+        assert lib.nvrtcAddNameExpression(prog, n.encode()) == 0
+    opts = [b"-std=c++17", b"--gpu-architecture=sm_90"]
+    arr = (ctypes.c_char_p * len(opts))(*opts)
+    rc = lib.nvrtcCompileProgram(prog, len(opts), arr)
+    size = ctypes.c_size_t()
+    lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+    log = ctypes.create_string_buffer(size.value)
+    lib.nvrtcGetProgramLog(prog, log)
+    if rc == 0:
+        for n in names:
+            lowered = ctypes.c_char_p()
+            assert lib.nvrtcGetLoweredName(prog, n.encode(), ctypes.byref(lowered)) == 0
+            assert lowered.value
+    lib.nvrtcDestroyProgram(ctypes.byref(prog))
+    return rc, log.value.decode(errors="replace")
+
+
+# the instantiations the backend launches for representative head dims
+_CSR_NAMES = [gpu.csr_kernel_name(t, dm) for t in ("float64", "float32") for dm in (32, 128)]
+_CSR_NAMES += [gpu.csr_kernel_name("float32", 128, "4x4"), gpu.csr_kernel_name("bfloat16", 64)]
+_CSR_NAMES += [gpu.csr_kernel_name("float16", 256)]
+_BSR_NAMES = [gpu.bsr_kernel_name("float32", 128, c) for c in ("4x4", "8x4split")]
+_BSR_NAMES += [gpu.bsr_kernel_name("float64", 16)]
+_BSR_NAMES += [gpu.mma_kernel_name(t, dm, w, mt) for t, dm, w, mt in
+               (("bfloat16", 128, 8, 1), ("bfloat16", 128, 4, 2), ("float16", 96, 4, 1),
+                ("bfloat16", 32, 4, 1))]  # fmt: skip
+_NVRTC_CASES = [("csr_forward.cu", _CSR_NAMES), ("bsr_forward.cu", _BSR_NAMES)]
+
+
+@pytest.mark.parametrize(("file", "names"), _NVRTC_CASES, ids=[c[0] for c in _NVRTC_CASES])
+def test_nvrtc_compiles_backend_source(file: str, names: list[str]) -> None:
+    lib = _libnvrtc()
+    if lib is None:
+        pytest.skip("libnvrtc not found (pip install nvidia-cuda-nvrtc to check the CuPy path)")
+    source = gpu.kernel_source(file)
+    assert '#include "' not in source
+    rc, log = _nvrtc_compile(lib, source, names)
+    assert rc == 0, f"NVRTC failed on {file}:\n{log}"

@@ -1,0 +1,67 @@
+"""The tolerance rule itself: it must reject what is wrong, not only accept what is right."""
+
+import numpy as np
+import pytest
+
+from sparse_ref import Pattern, testing
+
+
+def test_rounding_floor_is_twice_the_rounding_of_plus_minus_point_three():
+    ref = np.array([1.0, -2.5, 1e-3, np.inf, np.nan])
+    r32 = ref[:3].astype(np.float32)
+    want = 2 * np.max(np.abs((r32 + np.float32(0.3)) - np.float32(0.3) - r32))
+    assert testing.rounding_floor(ref, np.float32) == pytest.approx(float(want))
+    assert testing.rounding_floor(ref, np.float32) > testing.rounding_floor(ref, np.float64) > 0
+
+
+def test_rule_tolerance_is_factor_times_naive_error_plus_floor():
+    ref = np.array([1.0, 2.0, 3.0])
+    naive = ref + np.array([0.0, 1e-3, -2e-3])
+    tol = testing.rule_tolerance(ref, naive, np.float32, factor=2.0)
+    assert tol == pytest.approx(4e-3 + testing.rounding_floor(ref, np.float32))
+
+
+def test_float64_reference_is_wider_than_float64():
+    assert np.finfo(testing.reference_dtype(np.float64)).eps <= np.finfo(np.float64).eps
+    assert testing.reference_dtype(np.float32) == np.float64
+
+
+@pytest.mark.parametrize(
+    "actual, expected, message",
+    [
+        (np.array([1.0, np.nan]), np.array([1.0, 2.0]), "NaN positions"),
+        (np.array([1.0, 2.0]), np.array([1.0, np.nan]), "NaN positions"),
+        (np.array([np.inf, 2.0]), np.array([-np.inf, 2.0]), "infinite"),
+        (np.array([5.0, 2.0]), np.array([-np.inf, 2.0]), "infinite"),
+        (np.array([1.0, 2.1]), np.array([1.0, 2.0]), "exceeds tolerance"),
+        (np.array([1.0]), np.array([1.0, 2.0]), "shape"),
+    ],
+)
+def test_assert_matches_rejects(actual, expected, message):
+    with pytest.raises(AssertionError, match=message):
+        testing.assert_matches(actual, expected, tol=1e-3)
+
+
+def test_assert_matches_accepts_within_tolerance():
+    err = testing.assert_matches(np.array([1.0005, -np.inf]), np.array([1.0, -np.inf]), tol=1e-3)
+    assert err == pytest.approx(5e-4)
+
+
+def test_assert_close_to_oracle_accepts_oracle_float32_and_rejects_perturbed(rng):
+    q, k, v = (rng.standard_normal((12, 8)).astype(np.float32) for _ in range(3))
+    p = Pattern.from_dense(rng.random((12, 12)) < 0.5)
+    from sparse_ref import oracle
+
+    good = oracle.attention(q, k, v, p, compute_dtype=np.float32)
+    testing.assert_close_to_oracle(good, q, k, v, p)
+    bad = good.copy()
+    bad[3, 2] += 1e-3
+    with pytest.raises(AssertionError, match="out: max error"):
+        testing.assert_close_to_oracle(bad, q, k, v, p)
+
+
+def test_float64_tolerance_is_tight(rng):
+    q, k, v = (rng.standard_normal((16, 8)) for _ in range(3))
+    p = Pattern.from_dense(rng.random((16, 16)) < 0.5)
+    ref = testing.oracle_reference(q, k, v, p, dtype=np.float64)
+    assert 0 < ref.out_tol < 1e-14
