@@ -19,9 +19,9 @@ demo: $(PY)
 	$(VENV)/bin/sparse-ref demo
 
 test: $(PY)
-	$(PIP) -e ".[test,lint]"
+	$(PIP) -e ".[test,lint,docs]"
 	@if [ -n "$(TORCH_SPEC)" ]; then $(PIP) "$(TORCH_SPEC)" || echo "torch not installed: torch tests will skip"; fi
-	$(PY) -m pytest --durations=15 --cov=sparse_ref --cov-report=term:skip-covered $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" --durations=15 --cov=sparse_ref --cov-report=term:skip-covered $(PYTEST_ARGS)
 
 test-gpu: $(PY)
 	$(PIP) -e ".[test,gpu]"

@@ -216,7 +216,7 @@ class FlexForward:
     case that means 64-blocks, all full: FlexAttention's best case).
     """
 
-    params = (CASES, FLEX_MASKS)
+    params = [CASES, FLEX_MASKS]
     param_names = ["case", "flex_mask"]
     timeout = 1800
 

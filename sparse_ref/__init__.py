@@ -5,9 +5,18 @@ them (or CuPy kernels on a GPU); ``sparse_ref.oracle`` is the exact float64 defi
 kernel is tested against (``sparse_ref.testing``).
 """
 
-from . import oracle, patterns, testing
+from . import analysis, golden, oracle, patterns, testing
 from .api import attention, attention_backward
 from .pattern import Pattern
 
-__all__ = ["Pattern", "attention", "attention_backward", "oracle", "patterns", "testing"]
+__all__ = [
+    "Pattern",
+    "analysis",
+    "attention",
+    "attention_backward",
+    "golden",
+    "oracle",
+    "patterns",
+    "testing",
+]
 __version__ = "0.1.0"

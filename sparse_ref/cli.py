@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from functools import partial
+from pathlib import Path
 from collections.abc import Callable
 from typing import Annotated
 
@@ -12,8 +14,9 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
-from . import oracle, patterns, testing
+from . import golden, oracle, patterns, testing
 from .api import attention
+from .bench_cli import bench_app
 from .golden.cli import golden_app
 from .pattern import Pattern
 from .patterns_cli import patterns_app
@@ -23,7 +26,10 @@ app = typer.Typer(
 )
 app.add_typer(golden_app, name="golden")
 app.add_typer(patterns_app, name="patterns")
+app.add_typer(bench_app, name="bench")
 console = Console()
+if not console.is_terminal:  # logs and pipes: keep the demo table on one line per row
+    console = Console(width=160)
 
 
 def demo_patterns(n: int) -> list[tuple[str, Callable[[], Pattern]]]:
@@ -59,8 +65,12 @@ def demo(
     heads: Annotated[int, typer.Option(help="attention heads")] = 2,
     d: Annotated[int, typer.Option(help="head dimension")] = 64,
     seed: Annotated[int, typer.Option(help="input seed")] = 0,
+    golden_dir: Annotated[
+        Path, typer.Option(help="where the smoke golden suite is written (resumed if present)")
+    ] = Path("golden-demo"),
 ) -> None:
-    """Build catalog patterns, run the Numba kernels against the float64 oracle, print a table."""
+    """Build catalog patterns, run the Numba kernels against the float64 oracle, print a table,
+    then write the smoke golden suite and check the kernels against it."""
     if n < 1 or heads < 1 or d < 1:
         raise typer.BadParameter("n, heads and d must be positive")
     rng = np.random.default_rng(seed)
@@ -73,8 +83,8 @@ def demo(
     for label, build in track(demo_patterns(n), description="patterns", console=console):
         pattern = build()
         attention(q, k, v, pattern)  # compile / warm up
-        kernel_s = _best_time(lambda p=pattern: attention(q, k, v, p), repeat=3)
-        oracle_s = _best_time(lambda p=pattern: oracle.attention(q, k, v, p), repeat=1)
+        kernel_s = _best_time(partial(attention, q, k, v, pattern), repeat=3)
+        oracle_s = _best_time(partial(oracle.attention, q, k, v, pattern), repeat=1)
         ref = testing.oracle_reference(q, k, v, pattern, dtype=np.float32)
         out = attention(q, k, v, pattern)
         err = float(np.max(np.abs(out.astype(np.float64) - ref.out)))
@@ -92,8 +102,14 @@ def demo(
             f"{oracle_s / kernel_s:.0f}x",
         )
     console.print(table)
-    if failures:
-        console.print(f"[red]{failures} pattern(s) outside the tolerance rule[/]")
+    report = golden.demo(golden_dir, progress=True)
+    console.print(report.table())
+    console.print(f"golden suite: {golden_dir} ({len(report.results)} cases)")
+    if failures or not report.passed:
+        console.print(
+            f"[red]{failures} pattern(s) outside the tolerance rule, "
+            f"{len(report.failures)} golden case(s) failed[/]"
+        )
         raise typer.Exit(1)
 
 

@@ -97,16 +97,18 @@ def _canonicalize(csr: sp.sparray | sp.spmatrix) -> sp.csr_array:
     return csr_from_arrays(csr.indptr, csr.indices, csr.shape)
 
 
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int | np.integer) and not isinstance(x, bool | np.bool_)
+
+
 def _check_shape(shape: Any, name: str = "shape") -> tuple[int, int]:
     try:
-        n_q, n_k = (int(s) for s in shape)
+        n_q, n_k = shape
     except (TypeError, ValueError):
-        raise ValueError(
-            f"{name} must be a pair (n_q, n_k) of non-negative ints, got {shape!r}"
-        ) from None
-    if n_q < 0 or n_k < 0 or (n_q, n_k) != tuple(shape):
+        n_q = n_k = None
+    if not (_is_int(n_q) and _is_int(n_k) and n_q >= 0 and n_k >= 0):
         raise ValueError(f"{name} must be a pair (n_q, n_k) of non-negative ints, got {shape!r}")
-    return n_q, n_k
+    return int(n_q), int(n_k)
 
 
 def _integer_array(x: Any, name: str) -> np.ndarray:
@@ -274,11 +276,13 @@ class Pattern:
         Every stored entry counts as allowed except explicit zeros/False (scipy input). The
         structure is validated: indptr of length ``n_q + 1``, starting at 0, non-decreasing, ending
         at ``len(indices)``; integer dtypes; indices in ``[0, n_k)``; strictly increasing within
-        each row unless ``sort=True``, which sorts and removes duplicates.
+        each row unless ``sort=True``, which sorts and removes duplicates (scipy input, whose own
+        format allows unsorted and duplicate storage, is always canonicalised).
         """
         if sp.issparse(csr):
             m = sp.csr_array(csr, copy=True)
             m.eliminate_zeros()  # explicit False/0 entries are not allowed keys
+            m.sum_duplicates()  # scipy allows unsorted/duplicate storage: canonicalise it
             return cls._new([_validated_csr(m.indptr, m.indices, m.shape, sort=sort)])
         if isinstance(csr, tuple) and len(csr) == 3:
             indptr, indices, shape = csr
@@ -308,7 +312,7 @@ class Pattern:
         """
         n_k = n_q if n_k is None else n_k
         n_q, n_k = _check_shape((n_q, n_k), "(n_q, n_k)")
-        if not isinstance(tile, int | np.integer) or tile < 1:
+        if not _is_int(tile) or tile < 1:
             raise ValueError(f"tile must be a positive int, got {tile!r}")
         tile = int(tile)
         counts = np.zeros(n_q, dtype=np.int64)

@@ -1,6 +1,7 @@
 """Shared fixtures and hypothesis profiles.
 
-Profiles: ``default`` (short, used by ``make test``) and ``slow`` (``HYPOTHESIS_PROFILE=slow``).
+Profiles: ``default`` (short and derandomized, so ``make test`` is reproducible) and ``slow``
+(``HYPOTHESIS_PROFILE=slow``: many random examples, for hunting).
 """
 
 import os
@@ -10,7 +11,11 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
-    "default", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    "default",
+    max_examples=25,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
 )
 settings.register_profile(
     "slow", max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow]

@@ -7,11 +7,21 @@ from sparse_ref import Pattern, testing
 
 
 def test_rounding_floor_is_twice_the_rounding_of_plus_minus_point_three():
-    ref = np.array([1.0, -2.5, 1e-3, np.inf, np.nan])
-    r32 = ref[:3].astype(np.float32)
-    want = 2 * np.max(np.abs((r32 + np.float32(0.3)) - np.float32(0.3) - r32))
-    assert testing.rounding_floor(ref, np.float32) == pytest.approx(float(want))
+    rng = np.random.default_rng(0)
+    ref = np.concatenate([rng.standard_normal(1000), [np.inf, np.nan]])
+    r32 = ref[:-2].astype(np.float32)
+    sampled = 2 * np.max(np.abs((r32 + np.float32(0.3)) - np.float32(0.3) - r32))
+    unit = np.spacing(np.float32(0.3) + np.max(np.abs(r32)))
+    assert sampled <= unit  # the sample estimates one ulp at the largest magnitude
+    assert testing.rounding_floor(ref, np.float32) == pytest.approx(float(max(sampled, unit)))
     assert testing.rounding_floor(ref, np.float32) > testing.rounding_floor(ref, np.float64) > 0
+
+
+@pytest.mark.parametrize("ref", [np.zeros(3), np.array([0.05]), np.array([1.0])])
+def test_rounding_floor_never_below_one_ulp_at_the_reference_magnitude(ref):
+    for dtype in (np.float32, np.float64):
+        unit = np.spacing(dtype(0.3) + dtype(np.max(np.abs(ref))))
+        assert testing.rounding_floor(ref, dtype) >= unit > 0
 
 
 def test_rule_tolerance_is_factor_times_naive_error_plus_floor():

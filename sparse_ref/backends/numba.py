@@ -7,25 +7,36 @@ called with ``block=``, or ``pattern.with_block_form(block)``) runs the BSR kern
 :mod:`..kernels.csr_forward`. The rule depends only on how the pattern was built.
 
 ``backward`` runs the gradient kernels of :mod:`..kernels.csr_backward`: dq over the pattern's rows,
-dk/dv over its transpose (kept in a small cache, see :func:`transposed_csr`).
+dk/dv over its transpose (kept in a small cache, see :func:`transposed`).
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from typing import NamedTuple
 
 import numpy as np
 
 from ..kernels.bsr_forward import bsr_forward
-from ..kernels.csr_backward import csr_backward
+from ..kernels.csr_backward import csr_backward, transpose_csr
 from ..kernels.csr_forward import csr_forward
-from ..pattern import Pattern, StackedCSR
+from ..pattern import Pattern
 from ..validation import compute_dtype
 
-#: patterns whose transposes are cached (most recently used last), keyed by ``id``; the entry holds
+
+class Transposed(NamedTuple):
+    """The key-major pattern (``Pattern.transpose().stacked_csr()``) plus ``iperm``: CSR position
+    -> transposed position."""
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    iperm: np.ndarray
+
+
+#: transposes of the last few patterns used (most recent last), keyed by ``id``; each entry holds
 #: the pattern itself so its id cannot be reused while cached
-_TRANSPOSE_CACHE: OrderedDict[int, tuple[Pattern, StackedCSR]] = OrderedDict()
+_TRANSPOSE_CACHE: OrderedDict[int, tuple[Pattern, Transposed]] = OrderedDict()
 _TRANSPOSE_CACHE_SIZE = 2
 _TRANSPOSE_LOCK = threading.Lock()
 
@@ -60,11 +71,12 @@ def forward(
     return out.astype(q.dtype, copy=False), lse
 
 
-def transposed_csr(pattern: Pattern) -> StackedCSR:
-    """``pattern.transpose().stacked_csr()``, cached for the last few patterns used.
+def transposed(pattern: Pattern) -> Transposed:
+    """The pattern's transpose for the backward kernels, cached for the last few patterns used.
 
-    Building the transpose costs about as much as a backward pass (70 ms for 4.2M entries), and a
-    training loop calls backward with the same pattern every step. The cache holds strong
+    A counting sort (:func:`..kernels.csr_backward.transpose_csr`, O(nnz), about 10 ms for 4.2M
+    entries; ``Pattern.transpose()`` through scipy takes 70 ms and gives no ``iperm``). A training
+    loop calls backward with the same pattern every step, so it is kept: the cache holds strong
     references to at most ``_TRANSPOSE_CACHE_SIZE`` patterns, found by identity (patterns are
     immutable, so identity implies the same structure).
     """
@@ -73,7 +85,16 @@ def transposed_csr(pattern: Pattern) -> StackedCSR:
         if hit is not None and hit[0] is pattern:
             _TRANSPOSE_CACHE.move_to_end(id(pattern))
             return hit[1]
-    t = pattern.transpose().stacked_csr()
+    csr = pattern.stacked_csr()
+    n_k = pattern.shape[1]
+    t = Transposed(
+        np.empty((csr.indptr.shape[0], n_k + 1), dtype=np.int64),
+        np.empty(len(csr.indices), dtype=csr.indices.dtype),
+        np.empty(len(csr.indices), dtype=np.int64),
+    )
+    transpose_csr(csr.indptr, csr.indices, n_k, *t)
+    for a in t:
+        a.flags.writeable = False
     with _TRANSPOSE_LOCK:
         _TRANSPOSE_CACHE[id(pattern)] = (pattern, t)
         _TRANSPOSE_CACHE.move_to_end(id(pattern))
@@ -103,9 +124,9 @@ def backward(
     qc, kc, vc, gc = (np.ascontiguousarray(x, dtype=ct) for x in (q, k, v, dout))
     dq, dk, dv = np.empty_like(qc), np.empty_like(kc), np.empty_like(vc)
     csr = pattern.stacked_csr()
-    t = transposed_csr(pattern)
+    t = transposed(pattern)
     csr_backward(
-        qc, kc, vc, gc, csr.indptr, csr.indices, t.indptr, t.indices,
+        qc, kc, vc, gc, csr.indptr, csr.indices, t.indptr, t.indices, t.iperm,
         ct(scale), ct(softcap or 0.0), dq, dk, dv,
     )
     return tuple(g.astype(q.dtype, copy=False) for g in (dq, dk, dv))  # type: ignore[return-value]

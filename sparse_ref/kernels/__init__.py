@@ -1,1 +1,1 @@
-"""Numba CPU kernels: private plain loops over raw CSR/BSR index arrays (see DESIGN.md section 6)."""
+"""Numba CPU kernels: private plain loops over raw CSR/BSR index arrays (DESIGN.md §6)."""

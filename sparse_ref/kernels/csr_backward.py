@@ -9,44 +9,54 @@
     dk_j    = scale * sum_i ds_ij q_i,  dv_j = sum_i p_ij dout_i
                                           over the queries i of key j      (column pass, transpose)
 
-As in FlashAttention-2, probabilities are recomputed, never stored, and the column pass reads
-per-row statistics saved by the row pass. Unlike FlashAttention-2, the row pass derives those
-statistics (``m``, ``1/l``, ``delta``) from the scores it computes anyway instead of taking ``lse``
-and ``delta = rowsum(dout * out)`` from the forward: ``p`` and ``delta`` are then consistent to
-rounding, so ``sum_j ds_ij`` cancels as it should and the gradients do not inherit the rounding of
-the forward's ``out`` (with ``delta`` from a float32 ``out``, about 4% of small random cases broke
-the DESIGN §9 rule). The cost is a few vectorised passes over each row's scores.
+Two passes, no atomics. The **row pass** computes, for each query row, the scores and ``dp`` of its
+keys, the row's exact softmax (``m``, ``l``) and ``delta = sum_j p_ij dp_ij`` from them, then ``ds``
+and ``dq``; it writes ``p`` and ``ds`` of every entry into scratch arrays laid out in the order of
+the *transposed* pattern (through ``iperm``, the CSR position -> transposed position map of
+:func:`transpose_csr`). The **column pass** walks the transposed rows (the queries of each key) and
+accumulates ``dv_j += p_ij dout_i`` and ``dk_j += ds_ij q_i``, reading the weights contiguously.
+This is five matrix products per entry, as in FlashAttention-2 (which instead recomputes ``p`` in
+its key-major pass and adds ``dq`` with atomics), and memory for two floats per entry; the caller
+(:func:`csr_backward`) bounds that memory by running the passes over a few heads at a time.
 
-Schedule. Both passes produce ``GROUP`` consecutive output rows per parallel task (query rows in
-the row pass, keys in the column pass; with GQA the column task walks the query heads of its kv
-head in increasing order). For each task there are two paths, chosen from the pattern alone:
+Deriving ``m``, ``l`` and ``delta`` from the row's own scores, instead of taking ``lse`` and
+``delta = rowsum(dout * out)`` from the forward, keeps ``p`` and ``delta`` consistent to rounding,
+so ``sum_j ds_ij`` cancels as it should and the gradients do not inherit the rounding of the
+forward's ``out`` (with ``delta`` from a float32 ``out``, about 4% of small random cases broke the
+DESIGN §9 rule). It costs a few vectorised passes over each row's scores.
+
+Schedule. Each task produces ``GROUP`` consecutive output rows (query rows in the row pass, keys in
+the column pass; with GQA the column task walks the query heads of its kv head in increasing
+order), by one of two paths chosen from the pattern alone:
 
 * **run path**: the ``GROUP`` rows' entries are runs of consecutive indices (windows, causal, local
-  and block patterns) overlapping enough. The scores of the union run are then small matrix
-  products ``X_g @ Y_run^T`` vectorised over the run, against a copy of ``Y`` transposed tile by
-  tile (``TILE`` indices per tile, so a tile is one contiguous block and cache friendly), with the
-  ``GROUP`` rows blocked in registers. The accumulations ``acc_g += W_g @ Y_run`` run over the
-  indices common to all rows with the rows blocked in registers again; indices of only some rows
-  are added row by row, so an entry outside a row's pattern is never multiplied, not even by 0.
+  and block patterns) overlapping enough. In the row pass the scores of the union run are small
+  matrix products ``Q_g @ K_run^T`` (and ``dout_g @ V_run^T``) vectorised over the run, against
+  copies of k and v transposed tile by tile (``TILE`` keys per contiguous tile), with the ``GROUP``
+  rows blocked in registers. Accumulations ``acc_g += W_g @ Y_run`` run over the indices common to
+  all rows with the rows blocked in registers again; indices of only some rows are added row by
+  row, so an entry outside a row's pattern is never multiplied, not even by 0.
 * **gather path** (any sorted CSR row): dot products through the index array four entries at a
   time, then ``acc += w_u y_u`` four entries per pass over ``acc``.
 
 Determinism: each output row (``dq_i``, or ``dk_j``/``dv_j``) is written by exactly one task, and
 its sequence of floating-point operations depends only on the pattern and the shapes (the groups,
-the tiles and the choice of path are fixed by them), so results are bitwise identical for any
-thread count and across runs. No atomics.
+the tiles, the choice of path; head chunks only split a sequence of additions into the same
+additions), so results are bitwise identical for any thread count and across runs.
 
-Special values: a row with no allowed keys (or only ``-inf`` scores) gets ``dq = 0`` and weight 0
-in the column pass; a NaN score makes its row's gradients NaN. ``exp`` is :func:`._exp.fast_exp`
+Special values: a row with no allowed keys (or only ``-inf`` scores) gets ``dq = 0`` and weights 0
+in the column pass (a weight 0 still meets the row's ``q``/``dout`` there: an infinite value in
+such a row, possible only with ``check_finite=False``, gives NaN where the oracle, which skips the
+row, gives 0). A NaN score makes its row's gradients NaN. ``exp`` is :func:`._exp.fast_exp`
 (vectorisable, about 1 ulp); ``fastmath`` only ``reassoc``/``contract``/``arcp`` (never
 ``nnan``/``ninf``).
 
 The kernels trust their inputs (validated by ``sparse_ref.api``): q ``(B, H, n_q, d)``, k
 ``(B, H_kv, n_k, d)``, v ``(B, H_kv, n_k, d_v)``, dout ``(B, H, n_q, d_v)``, all C-contiguous of
 one float dtype, which is also the accumulation dtype (float32 kernels accumulate in float32);
-``indptr (P, n_q + 1)`` / ``t_indptr (P, n_k + 1)`` int64 absolute offsets into ``indices`` /
-``t_indices`` (``P`` is 1 or ``H``: :meth:`Pattern.stacked_csr` of the pattern and of its
-transpose); ``scale``/``softcap`` scalars of the data dtype, ``softcap = 0`` meaning none.
+``indptr (P, n_q + 1)`` int64 absolute offsets into ``indices`` (``P`` is 1 or ``H``,
+:meth:`Pattern.stacked_csr`); ``scale``/``softcap`` scalars of the data dtype, ``softcap = 0``
+meaning none.
 """
 
 from __future__ import annotations
@@ -59,7 +69,16 @@ from numba import prange
 
 from ._exp import fast_exp
 
-__all__ = ["csr_backward", "csr_backward_dq", "csr_backward_dkdv", "tile_transpose", "GROUP", "TILE"]
+__all__ = [
+    "GROUP",
+    "TILE",
+    "SCRATCH_BYTES",
+    "csr_backward",
+    "csr_backward_rows",
+    "csr_backward_columns",
+    "tile_transpose",
+    "transpose_csr",
+]
 
 #: IEEE-preserving fast-math: reassociation (vectorised sums), FMA contraction and reciprocal
 #: approximation are allowed; ``nnan``/``ninf`` never, so -inf and NaN keep their meaning.
@@ -67,15 +86,42 @@ _FASTMATH = {"reassoc", "contract", "arcp"}
 
 #: output rows per task, blocked in registers on the run path
 GROUP = 4
-#: indices per tile of the transposed copies used by the run path
+#: keys per tile of the transposed copies of k and v used by the run path
 TILE = 64
-#: entries per block on the column pass's gather path (its buffers stay in L1)
-_BLOCK = 64
+#: the scratch (``p`` and ``ds`` per entry) of one call of the passes stays under this, unless a
+#: single head needs more
+SCRATCH_BYTES = 256 << 20
 
 _BIG = np.int64(1) << 62
 
 
 # ------------------------------------------------------------------------------------- layout
+@numba.njit(parallel=True, cache=True)
+def transpose_csr(indptr, indices, n_k, t_indptr, t_indices, iperm):  # type: ignore[no-untyped-def]
+    """Counting-sort transpose of a stacked CSR, per head: fills ``t_indptr (P, n_k + 1)`` and
+    ``t_indices`` (the key-major pattern, queries ascending in each row, as
+    ``Pattern.transpose().stacked_csr()``) and ``iperm`` (CSR position -> transposed position)."""
+    P, n_q = indptr.shape[0], indptr.shape[1] - 1
+    for p in prange(P):
+        start, end = indptr[p, 0], indptr[p, n_q]
+        tp = t_indptr[p]
+        for j in range(n_k + 1):
+            tp[j] = 0
+        for pos in range(start, end):
+            tp[indices[pos] + 1] += 1
+        tp[0] = start
+        for j in range(n_k):
+            tp[j + 1] += tp[j]
+        cursor = tp[:n_k].copy()
+        for i in range(n_q):
+            for pos in range(indptr[p, i], indptr[p, i + 1]):
+                j = indices[pos]
+                t = cursor[j]
+                cursor[j] = t + 1
+                t_indices[t] = i
+                iperm[pos] = t
+
+
 @numba.njit(parallel=True, cache=True)
 def tile_transpose(x, out):  # type: ignore[no-untyped-def]
     """``out[b, h, t, c, u] = x[b, h, t * TILE + u, c]``, zero past the end (``out`` is
@@ -173,25 +219,23 @@ def _gather_accumulate(y, w, rows, idx, start, n):  # type: ignore[no-untyped-de
 
 # -------------------------------------------------------------------------------- run path
 @numba.njit(cache=True, fastmath=_FASTMATH)
-def _tile_scores4(x4, ytf, base, nu, sv):  # type: ignore[no-untyped-def]
-    """``sv[r * TILE + u] = x4[r] . Y[u]`` for the 4 rows of ``x4`` and ``nu <= TILE`` indices,
-    where ``ytf[base + c * TILE + u]`` is component ``c`` of ``Y[u]`` (one transposed tile): the
-    inner loop runs over indices with unit stride and each loaded value serves the 4 rows."""
+def _tile_scores4(x4, ytf, base, sv):  # type: ignore[no-untyped-def]
+    """``sv[r * TILE + u] = x4[r] . Y[u]`` for the 4 rows of ``x4`` and the ``TILE`` indices of one
+    tile, where ``ytf[base + c * TILE + u]`` is component ``c`` of ``Y[u]`` (the transposed tile):
+    the inner loop has a fixed trip count, runs over indices with unit stride, and each loaded
+    value serves the 4 rows."""
     d = x4.shape[1]
     d4 = d - d % 4
     zero = sv.dtype.type(0)
-    for u in range(nu):
+    for u in range(GROUP * TILE):
         sv[u] = zero
-        sv[TILE + u] = zero
-        sv[2 * TILE + u] = zero
-        sv[3 * TILE + u] = zero
     for c in range(0, d4, 4):
         q00, q01, q02, q03 = x4[0, c], x4[0, c + 1], x4[0, c + 2], x4[0, c + 3]
         q10, q11, q12, q13 = x4[1, c], x4[1, c + 1], x4[1, c + 2], x4[1, c + 3]
         q20, q21, q22, q23 = x4[2, c], x4[2, c + 1], x4[2, c + 2], x4[2, c + 3]
         q30, q31, q32, q33 = x4[3, c], x4[3, c + 1], x4[3, c + 2], x4[3, c + 3]
-        yv = ytf[base + c * TILE :]
-        for u in range(nu):
+        yv = ytf[base + c * TILE : base + (c + 4) * TILE]
+        for u in range(TILE):
             y0, y1, y2, y3 = yv[u], yv[TILE + u], yv[2 * TILE + u], yv[3 * TILE + u]
             sv[u] += q00 * y0 + q01 * y1 + q02 * y2 + q03 * y3
             sv[TILE + u] += q10 * y0 + q11 * y1 + q12 * y2 + q13 * y3
@@ -199,8 +243,8 @@ def _tile_scores4(x4, ytf, base, nu, sv):  # type: ignore[no-untyped-def]
             sv[3 * TILE + u] += q30 * y0 + q31 * y1 + q32 * y2 + q33 * y3
     for c in range(d4, d):
         q00, q10, q20, q30 = x4[0, c], x4[1, c], x4[2, c], x4[3, c]
-        yv = ytf[base + c * TILE :]
-        for u in range(nu):
+        yv = ytf[base + c * TILE : base + (c + 1) * TILE]
+        for u in range(TILE):
             y0 = yv[u]
             sv[u] += q00 * y0
             sv[TILE + u] += q10 * y0
@@ -217,7 +261,7 @@ def _run_scores4(x4, ytf, base, d, lo, nu, scale, sv, out):  # type: ignore[no-u
         t = j // TILE
         a = j - t * TILE
         m = min(TILE - a, lo + nu - j)
-        _tile_scores4(x4, ytf, base + t * d * TILE, TILE, sv)  # whole tile: no scalar tail
+        _tile_scores4(x4, ytf, base + t * d * TILE, sv)  # the whole tile: no scalar tail
         for r in range(GROUP):
             o = out[r]
             for u in range(m):
@@ -226,15 +270,14 @@ def _run_scores4(x4, ytf, base, d, lo, nu, scale, sv, out):  # type: ignore[no-u
 
 
 @numba.njit(cache=True, fastmath=_FASTMATH)
-def _run_accumulate4(a0, a1, a2, a3, w, off, rows, lo, n):  # type: ignore[no-untyped-def]
-    """``a_r += sum_u w[r, off + u] rows[lo + u]`` for ``u < n``, four indices at a time."""
+def _run_accumulate4(a0, a1, a2, a3, w, o0, o1, o2, o3, rows, lo, n):  # type: ignore[no-untyped-def]
+    """``a_r += sum_u w[o_r + u] rows[lo + u]`` for ``u < n``, four indices at a time."""
     n4 = n - n % 4
     for u in range(0, n4, 4):
-        w0, w1, w2, w3 = w[0], w[1], w[2], w[3]
-        p00, p01, p02, p03 = w0[off + u], w0[off + u + 1], w0[off + u + 2], w0[off + u + 3]
-        p10, p11, p12, p13 = w1[off + u], w1[off + u + 1], w1[off + u + 2], w1[off + u + 3]
-        p20, p21, p22, p23 = w2[off + u], w2[off + u + 1], w2[off + u + 2], w2[off + u + 3]
-        p30, p31, p32, p33 = w3[off + u], w3[off + u + 1], w3[off + u + 2], w3[off + u + 3]
+        p00, p01, p02, p03 = w[o0 + u], w[o0 + u + 1], w[o0 + u + 2], w[o0 + u + 3]
+        p10, p11, p12, p13 = w[o1 + u], w[o1 + u + 1], w[o1 + u + 2], w[o1 + u + 3]
+        p20, p21, p22, p23 = w[o2 + u], w[o2 + u + 1], w[o2 + u + 2], w[o2 + u + 3]
+        p30, p31, p32, p33 = w[o3 + u], w[o3 + u + 1], w[o3 + u + 2], w[o3 + u + 3]
         y0, y1, y2, y3 = rows[lo + u], rows[lo + u + 1], rows[lo + u + 2], rows[lo + u + 3]
         for c in range(a0.shape[0]):
             x0, x1, x2, x3 = y0[c], y1[c], y2[c], y3[c]
@@ -243,7 +286,7 @@ def _run_accumulate4(a0, a1, a2, a3, w, off, rows, lo, n):  # type: ignore[no-un
             a2[c] += p20 * x0 + p21 * x1 + p22 * x2 + p23 * x3
             a3[c] += p30 * x0 + p31 * x1 + p32 * x2 + p33 * x3
     for u in range(n4, n):
-        p0, p1, p2, p3 = w[0, off + u], w[1, off + u], w[2, off + u], w[3, off + u]
+        p0, p1, p2, p3 = w[o0 + u], w[o1 + u], w[o2 + u], w[o3 + u]
         y0 = rows[lo + u]
         for c in range(a0.shape[0]):
             x0 = y0[c]
@@ -348,16 +391,16 @@ def _softcap(s, f, n, softcap):  # type: ignore[no-untyped-def]
 
 @numba.njit(cache=True, fastmath=_FASTMATH, inline="always")
 def _row_grad(s, dp, f, n, softcap):  # type: ignore[no-untyped-def]
-    """One query row: scores ``s`` and ``dp = dout . v`` of its ``n`` keys in, ``ds`` out (in
-    ``dp``). Returns ``(m, 1/l, delta)``; ``1/l = 0`` marks a row without keys (or with only
-    ``-inf`` scores), whose ``ds`` must not be used."""
+    """One query row: scores ``s`` and ``dp = dout . v`` of its ``n`` keys in; ``p`` (in ``s``) and
+    ``ds`` (in ``dp``) out. Returns False for a row without keys or with only ``-inf`` scores,
+    which gets no gradient (``s`` and ``dp`` are then left unspecified)."""
     zero = s.dtype.type(0)
     if softcap != zero:
         _softcap(s, f, n, softcap)
     m = _max_ignoring_nan(s, n)
     if m == -np.inf:
         if not _any_nan(s, n):
-            return zero, zero, zero
+            return False
         m = zero  # only NaN and -inf scores: any finite shift lets the NaN through
     total = zero
     dl = zero
@@ -370,40 +413,66 @@ def _row_grad(s, dp, f, n, softcap):  # type: ignore[no-untyped-def]
     dl *= r
     if softcap != zero:
         for u in range(n):
-            dp[u] = s[u] * r * (dp[u] - dl) * f[u]
+            p = s[u] * r
+            s[u] = p
+            dp[u] = p * (dp[u] - dl) * f[u]
     else:
         for u in range(n):
-            dp[u] = s[u] * r * (dp[u] - dl)
-    return m, r, dl
+            p = s[u] * r
+            s[u] = p
+            dp[u] = p * (dp[u] - dl)
+    return True
 
 
-@numba.njit(cache=True, fastmath=_FASTMATH, inline="always")
-def _col_weights(s, dp, f, n, softcap, m, r, dl, p):  # type: ignore[no-untyped-def]
-    """One key: scores ``s`` and ``dp = v . dout`` of its ``n`` queries and their row statistics
-    ``m``, ``r = 1/l``, ``dl = delta`` in; ``p`` and ``ds`` (in ``dp``) out."""
-    zero = s.dtype.type(0)
-    if softcap != zero:
-        _softcap(s, f, n, softcap)
-        for u in range(n):
-            dp[u] = (dp[u] - dl[u]) * f[u]
-    else:
-        for u in range(n):
-            dp[u] = dp[u] - dl[u]
-    for u in range(n):  # vectorised; a query row without keys (r = 0) contributes nothing
-        pu = fast_exp(s[u] - m[u]) * r[u]
-        ds = pu * dp[u]
-        if r[u] == zero:
-            pu = zero
-            ds = zero
-        p[u] = pu
-        dp[u] = ds
+@numba.njit(cache=True, inline="always")
+def _store(ps, ds, n, iperm, idx, pos, t_off, pad, p_out, ds_out):  # type: ignore[no-untyped-def]
+    """Scatter a row's ``p`` and ``ds`` to the scratch positions of its entries (see
+    :func:`csr_backward_rows`)."""
+    for u in range(n):
+        t = iperm[pos + u] - t_off + np.int64(idx[pos + u]) * pad
+        p_out[t] = ps[u]
+        ds_out[t] = ds[u]
+
+
+@numba.njit(cache=True, inline="always")
+def _store_run(s4, d4, lo, core_lo, core_hi, ptr, idx, i0, iperm, t_off, pad, p_out, ds_out):  # type: ignore[no-untyped-def]
+    """:func:`_store` for the ``GROUP`` rows of a run (entry ``key - lo`` of ``s4[r]``/``d4[r]``):
+    on the keys common to all rows the rows' entries are adjacent in transposed order, so they
+    are written as one block of ``GROUP`` per key."""
+    width = s4.shape[1]
+    sf = s4.reshape(GROUP * width)
+    df = d4.reshape(GROUP * width)
+    pos = ptr[i0] + core_lo - np.int64(idx[ptr[i0]])  # CSR position of (i0, core_lo)
+    c = core_lo - lo
+    t_base = core_lo * pad - t_off
+    for u in range(core_hi - core_lo):
+        t = iperm[pos + u] + t_base + u * pad
+        cu = c + u
+        p_out[t] = sf[cu]
+        p_out[t + 1] = sf[width + cu]
+        p_out[t + 2] = sf[2 * width + cu]
+        p_out[t + 3] = sf[3 * width + cu]
+        ds_out[t] = df[cu]
+        ds_out[t + 1] = df[width + cu]
+        ds_out[t + 2] = df[2 * width + cu]
+        ds_out[t + 3] = df[3 * width + cu]
+    for r in range(GROUP):
+        i = i0 + r
+        a = np.int64(idx[ptr[i]])
+        z = a + ptr[i + 1] - ptr[i]
+        left, right = min(z, core_lo), max(a, core_hi)  # outside the common range
+        _store(s4[r, a - lo :], d4[r, a - lo :], left - a, iperm, idx, ptr[i], t_off, pad, p_out,
+               ds_out)
+        _store(s4[r, right - lo :], d4[r, right - lo :], z - right, iperm, idx, ptr[i] + right - a,
+               t_off, pad, p_out, ds_out)
 
 
 # ----------------------------------------------------------------------------------- kernels
 @numba.njit(parallel=True, cache=True, fastmath=_FASTMATH)
-def csr_backward_dq(q, k, v, dout, ktf, vtf, indptr, indices, scale, softcap, width, dq, m_out, inv_l, delta):  # type: ignore[no-untyped-def]
-    """Row pass: ``dq (B, H, n_q, d)`` and the row statistics ``m``, ``1/l``, ``delta (B, H,
-    n_q)``. One task per (b, h, group of ``GROUP`` query rows); ``ktf``/``vtf`` are the flat
+def csr_backward_rows(q, k, v, dout, ktf, vtf, indptr, indices, iperm, t_off, pad, scale, softcap, f0, f1, width, dq, p_t, ds_t):  # type: ignore[no-untyped-def]
+    """Row pass over the query heads ``f = b * H + h`` in ``[f0, f1)``: fills their ``dq`` and
+    ``p_t[f - f0]``, ``ds_t[f - f0]`` (``p`` and ``ds`` in transposed order, position minus
+    ``t_off[p]``). One task per (head, group of ``GROUP`` query rows); ``ktf``/``vtf`` are the flat
     :func:`tile_transpose` of k and v; ``width >= 2 * longest row``."""
     B, H, n_q, d = q.shape
     H_kv, n_k = k.shape[1], k.shape[2]
@@ -414,21 +483,27 @@ def csr_backward_dq(q, k, v, dout, ktf, vtf, indptr, indices, scale, softcap, wi
     ngroups = (n_q + GROUP - 1) // GROUP
     zero = q.dtype.type(0)
     one = q.dtype.type(1)
-    for task in prange(B * H * ngroups):
-        b = task // (H * ngroups)
-        h = (task // ngroups) % H
+    for task in prange((f1 - f0) * ngroups):
+        f = f0 + task // ngroups
+        b = f // H
+        h = f % H
+        g = h // group
         i0 = (task % ngroups) * GROUP
         rn = min(GROUP, n_q - i0)
-        g = h // group
         sv = np.empty(GROUP * TILE, q.dtype)  # hoisted out of the loop by Numba: one per thread
         s4 = np.empty((GROUP, width), q.dtype)
         d4 = np.empty((GROUP, width), q.dtype)
         f4 = np.empty((GROUP, width), q.dtype)
-        ptr = indptr[h if per_head else 0]
+        live = np.empty(GROUP, np.bool_)
+        ph = h if per_head else 0
+        ptr = indptr[ph]
+        p_f = p_t[f - f0]
+        ds_f = ds_t[f - f0]
         k_bg = k[b, g]
         v_bg = v[b, g]
+        dq_bh = dq[b, h]
         for r in range(rn):
-            dq[b, h, i0 + r, :] = zero
+            dq_bh[i0 + r, :] = zero
         run, lo, hi, core_lo, core_hi = _runs(ptr, indices, i0, rn)
         if run:
             nu = hi - lo
@@ -440,122 +515,116 @@ def csr_backward_dq(q, k, v, dout, ktf, vtf, indptr, indices, scale, softcap, wi
                 i = i0 + r
                 a = np.int64(indices[ptr[i]]) - lo
                 n = ptr[i + 1] - ptr[i]
-                m_out[b, h, i], inv_l[b, h, i], delta[b, h, i] = _row_grad(
-                    s4[r, a : a + n], d4[r, a : a + n], f4[r, a : a + n], n, softcap
-                )
-            dq_g = dq[b, h]
-            _run_accumulate4(dq_g[i0], dq_g[i0 + 1], dq_g[i0 + 2], dq_g[i0 + 3], d4, core_lo - lo,
-                             k_bg, core_lo, core_hi - core_lo)
+                live[r] = _row_grad(s4[r, a : a + n], d4[r, a : a + n], f4[r, a : a + n], n, softcap)
+                if not live[r]:
+                    s4[r, a : a + n] = zero
+                    d4[r, a : a + n] = zero
+            _store_run(s4, d4, lo, core_lo, core_hi, ptr, indices, i0, iperm, t_off[ph], pad, p_f,
+                       ds_f)
+            w = d4.reshape(GROUP * width)
+            c0 = core_lo - lo
+            _run_accumulate4(dq_bh[i0], dq_bh[i0 + 1], dq_bh[i0 + 2], dq_bh[i0 + 3], w, c0,
+                             width + c0, 2 * width + c0, 3 * width + c0, k_bg, core_lo,
+                             core_hi - core_lo)
             for r in range(GROUP):
                 i = i0 + r
                 a = np.int64(indices[ptr[i]])
                 z = a + ptr[i + 1] - ptr[i]
                 left, right = min(z, core_lo), max(a, core_hi)  # outside the common range
-                _run_accumulate(dq_g[i], d4[r], a - lo, k_bg, a, left - a)
-                _run_accumulate(dq_g[i], d4[r], right - lo, k_bg, right, z - right)
+                _run_accumulate(dq_bh[i], d4[r], a - lo, k_bg, a, left - a)
+                _run_accumulate(dq_bh[i], d4[r], right - lo, k_bg, right, z - right)
         else:
             for r in range(rn):
                 i = i0 + r
                 start = ptr[i]
                 n = ptr[i + 1] - start
-                s, dp, f = s4[0], d4[0], f4[0]
+                s, dp, fb = s4[0], d4[0], f4[0]
                 _gather_scores(q[b, h, i], k_bg, dout[b, h, i], v_bg, indices, start, n, scale, s, dp)
-                m_out[b, h, i], inv_l[b, h, i], delta[b, h, i] = _row_grad(s, dp, f, n, softcap)
-                if inv_l[b, h, i] != zero:
-                    _gather_accumulate(dq[b, h, i], dp, k_bg, indices, start, n)
+                live[r] = _row_grad(s, dp, fb, n, softcap)
+                if live[r]:
+                    _gather_accumulate(dq_bh[i], dp, k_bg, indices, start, n)
+                else:
+                    s[:n] = zero
+                    dp[:n] = zero
+                _store(s, dp, n, iperm, indices, start, t_off[ph], pad, p_f, ds_f)
         for r in range(rn):
-            dqi = dq[b, h, i0 + r]
-            if inv_l[b, h, i0 + r] == zero:  # no keys: no gradient (the run path summed zeros)
+            dqi = dq_bh[i0 + r]
+            if not live[r]:  # no keys: no gradient (the run path summed zeros)
                 dqi[:] = zero
             for c in range(d):
                 dqi[c] *= scale
 
 
 @numba.njit(parallel=True, cache=True, fastmath=_FASTMATH)
-def csr_backward_dkdv(q, k, v, dout, qtf, gtf, t_indptr, t_indices, scale, softcap, width, m_in, inv_l, delta, dk, dv):  # type: ignore[no-untyped-def]
-    """Column pass: ``dk``/``dv (B, H_kv, n_k, ·)`` with the row statistics of
-    :func:`csr_backward_dq` (``p = exp(s - m) / l``). One task per (b, kv head, group of ``GROUP``
-    keys), walking the query heads of the kv head in increasing order; ``qtf``/``gtf`` are the flat
-    :func:`tile_transpose` of q and dout; ``width >= max(2 * longest column, _BLOCK)``."""
+def csr_backward_columns(q, dout, t_indptr, t_indices, t_off, pad, scale, f0, f1, p_t, ds_t, dk, dv):  # type: ignore[no-untyped-def]
+    """Column pass for the query heads ``f = b * H + h`` in ``[f0, f1)``: adds their terms to
+    ``dk``/``dv (B, H_kv, n_k, ·)`` with the weights of :func:`csr_backward_rows`. One task per
+    (b, kv head, group of ``GROUP`` keys), walking its query heads in increasing order. A kv head's
+    rows are zeroed by the call holding its first query head and scaled by the one holding its
+    last, so splitting the heads over calls leaves every sum's order unchanged."""
     B, H, n_q, d = q.shape
-    H_kv, n_k = k.shape[1], k.shape[2]
-    d_v = v.shape[3]
+    H_kv, n_k = dk.shape[1], dk.shape[2]
     group = H // H_kv
     per_head = t_indptr.shape[0] > 1
-    ntile = (n_q + TILE - 1) // TILE
     ngroups = (n_k + GROUP - 1) // GROUP
+    u0, u1 = f0 // group, (f1 - 1) // group + 1  # kv heads b * H_kv + g touched
     zero = q.dtype.type(0)
-    one = q.dtype.type(1)
-    for task in prange(B * H_kv * ngroups):
-        b = task // (H_kv * ngroups)
-        g = (task // ngroups) % H_kv
+    for task in prange((u1 - u0) * ngroups):
+        unit = u0 + task // ngroups
+        b = unit // H_kv
+        g = unit % H_kv
         j0 = (task % ngroups) * GROUP
         rn = min(GROUP, n_k - j0)
-        sv = np.empty(GROUP * TILE, q.dtype)  # hoisted out of the loop by Numba: one per thread
-        s4 = np.empty((GROUP, width), q.dtype)
-        d4 = np.empty((GROUP, width), q.dtype)
-        f4 = np.empty((GROUP, width), q.dtype)
-        p4 = np.empty((GROUP, width), q.dtype)
-        m_buf = np.empty(_BLOCK, q.dtype)
-        r_buf = np.empty(_BLOCK, q.dtype)
-        l_buf = np.empty(_BLOCK, q.dtype)
         dk_g = dk[b, g]
         dv_g = dv[b, g]
-        for r in range(rn):
-            dk_g[j0 + r, :] = zero
-            dv_g[j0 + r, :] = zero
-        for h in range(g * group, (g + 1) * group):
-            ptr = t_indptr[h if per_head else 0]
+        h_lo = max(g * group, f0 - b * H)
+        h_hi = min((g + 1) * group, f1 - b * H)
+        if h_lo == g * group:
+            for r in range(rn):
+                dk_g[j0 + r, :] = zero
+                dv_g[j0 + r, :] = zero
+        for h in range(h_lo, h_hi):
+            ph = h if per_head else 0
+            ptr = t_indptr[ph]
             q_bh = q[b, h]
             g_bh = dout[b, h]
+            p_f = p_t[b * H + h - f0]
+            ds_f = ds_t[b * H + h - f0]
+            toff = t_off[ph]
             run, lo, hi, core_lo, core_hi = _runs(ptr, t_indices, j0, rn)
             if run:
-                nu = hi - lo
-                _run_scores4(k[b, g, j0 : j0 + GROUP], qtf, (b * H + h) * ntile * d * TILE, d, lo,
-                             nu, scale, sv, s4)
-                _run_scores4(v[b, g, j0 : j0 + GROUP], gtf, (b * H + h) * ntile * d_v * TILE, d_v,
-                             lo, nu, one, sv, d4)
+                o = np.empty(GROUP, np.int64)
                 for r in range(GROUP):
                     j = j0 + r
-                    a = np.int64(t_indices[ptr[j]])
-                    n = ptr[j + 1] - ptr[j]
-                    u0 = a - lo
-                    _col_weights(s4[r, u0 : u0 + n], d4[r, u0 : u0 + n], f4[r, u0 : u0 + n], n,
-                                 softcap, m_in[b, h, a : a + n], inv_l[b, h, a : a + n],
-                                 delta[b, h, a : a + n], p4[r, u0 : u0 + n])
-                _run_accumulate4(dv_g[j0], dv_g[j0 + 1], dv_g[j0 + 2], dv_g[j0 + 3], p4,
-                                 core_lo - lo, g_bh, core_lo, core_hi - core_lo)
-                _run_accumulate4(dk_g[j0], dk_g[j0 + 1], dk_g[j0 + 2], dk_g[j0 + 3], d4,
-                                 core_lo - lo, q_bh, core_lo, core_hi - core_lo)
+                    o[r] = ptr[j] - toff + j * pad + core_lo - np.int64(t_indices[ptr[j]])
+                n = core_hi - core_lo
+                _run_accumulate4(dv_g[j0], dv_g[j0 + 1], dv_g[j0 + 2], dv_g[j0 + 3], p_f, o[0],
+                                 o[1], o[2], o[3], g_bh, core_lo, n)
+                _run_accumulate4(dk_g[j0], dk_g[j0 + 1], dk_g[j0 + 2], dk_g[j0 + 3], ds_f, o[0],
+                                 o[1], o[2], o[3], q_bh, core_lo, n)
                 for r in range(GROUP):
                     j = j0 + r
                     a = np.int64(t_indices[ptr[j]])
                     z = a + ptr[j + 1] - ptr[j]
+                    base = ptr[j] - toff + j * pad - a  # weight of query i at base + i
                     left, right = min(z, core_lo), max(a, core_hi)  # outside the common range
-                    _run_accumulate(dv_g[j], p4[r], a - lo, g_bh, a, left - a)
-                    _run_accumulate(dv_g[j], p4[r], right - lo, g_bh, right, z - right)
-                    _run_accumulate(dk_g[j], d4[r], a - lo, q_bh, a, left - a)
-                    _run_accumulate(dk_g[j], d4[r], right - lo, q_bh, right, z - right)
+                    _run_accumulate(dv_g[j], p_f, base + a, g_bh, a, left - a)
+                    _run_accumulate(dv_g[j], p_f, base + right, g_bh, right, z - right)
+                    _run_accumulate(dk_g[j], ds_f, base + a, q_bh, a, left - a)
+                    _run_accumulate(dk_g[j], ds_f, base + right, q_bh, right, z - right)
             else:
-                s, dp, f, p = s4[0], d4[0], f4[0], p4[0]
                 for r in range(rn):
                     j = j0 + r
-                    for start in range(ptr[j], ptr[j + 1], _BLOCK):
-                        n = min(_BLOCK, ptr[j + 1] - start)
-                        _gather_scores(k[b, g, j], q_bh, v[b, g, j], g_bh, t_indices, start, n,
-                                       scale, s, dp)
-                        for u in range(n):
-                            i = t_indices[start + u]
-                            m_buf[u] = m_in[b, h, i]
-                            r_buf[u] = inv_l[b, h, i]
-                            l_buf[u] = delta[b, h, i]
-                        _col_weights(s, dp, f, n, softcap, m_buf, r_buf, l_buf, p)
-                        _gather_accumulate(dv_g[j], p, g_bh, t_indices, start, n)
-                        _gather_accumulate(dk_g[j], dp, q_bh, t_indices, start, n)
-        for r in range(rn):
-            dkj = dk_g[j0 + r]
-            for c in range(d):
-                dkj[c] *= scale
+                    start = ptr[j]
+                    n = ptr[j + 1] - start
+                    w0 = start - toff + j * pad
+                    _gather_accumulate(dv_g[j], p_f[w0:], g_bh, t_indices, start, n)
+                    _gather_accumulate(dk_g[j], ds_f[w0:], q_bh, t_indices, start, n)
+        if h_hi == (g + 1) * group:
+            for r in range(rn):
+                dkj = dk_g[j0 + r]
+                for c in range(d):
+                    dkj[c] *= scale
 
 
 def _tiled(x: np.ndarray) -> np.ndarray:
@@ -575,6 +644,7 @@ def csr_backward(
     indices: np.ndarray,
     t_indptr: np.ndarray,
     t_indices: np.ndarray,
+    iperm: np.ndarray,
     scale: np.floating,
     softcap: np.floating,
     dq: np.ndarray,
@@ -583,17 +653,27 @@ def csr_backward(
 ) -> None:
     """Fill ``dq``, ``dk``, ``dv`` in place (shapes and rules in the module doc).
 
-    Runs :func:`csr_backward_dq` (which also derives each row's softmax statistics and ``delta``),
-    then :func:`csr_backward_dkdv` over the transposed pattern. Extra memory: tiled transposes of
-    q, k, v and dout (the run path's operands) and three ``(B, H, n_q)`` statistics.
+    ``t_indptr``, ``t_indices``, ``iperm`` come from :func:`transpose_csr`. The row pass and the
+    column pass run over chunks of query heads whose scratch (``p`` and ``ds`` per entry, in the
+    data dtype) fits :data:`SCRATCH_BYTES` (at least one head per chunk). Extra memory besides the
+    scratch: tiled transposes of k and v.
     """
     B, H, n_q, _ = q.shape
-    longest_row = int(np.diff(indptr, axis=1).max(initial=0))
-    longest_col = int(np.diff(t_indptr, axis=1).max(initial=0))
-    m = np.empty((B, H, n_q), dtype=q.dtype)
-    inv_l = np.empty((B, H, n_q), dtype=q.dtype)
-    delta = np.empty((B, H, n_q), dtype=q.dtype)
-    csr_backward_dq(q, k, v, dout, _tiled(k), _tiled(v), indptr, indices, scale, softcap,
-                    max(2 * longest_row, 1), dq, m, inv_l, delta)
-    csr_backward_dkdv(q, k, v, dout, _tiled(q), _tiled(dout), t_indptr, t_indices, scale, softcap,
-                      max(2 * longest_col, _BLOCK), m, inv_l, delta, dk, dv)
+    t_off = np.ascontiguousarray(t_indptr[:, 0])
+    per_head_nnz = t_indptr[:, -1] - t_off
+    longest = int(np.diff(indptr, axis=1).max(initial=0))
+    pad = max(1, 64 // q.dtype.itemsize)  # one cache line between keys: no power-of-two strides
+    stride = max(int(per_head_nnz.max(initial=0)) + k.shape[2] * pad, 1)
+    heads = max(1, min(B * H, SCRATCH_BYTES // (2 * stride * q.dtype.itemsize)))
+    p_t = np.empty((heads, stride), dtype=q.dtype)
+    ds_t = np.empty((heads, stride), dtype=q.dtype)
+    ktf, vtf = _tiled(k), _tiled(v)
+    for f0 in range(0, B * H, heads):
+        f1 = min(f0 + heads, B * H)
+        csr_backward_rows(q, k, v, dout, ktf, vtf, indptr, indices, iperm, t_off, pad, scale,
+                          softcap, f0, f1, max(2 * longest, 1), dq, p_t, ds_t)
+        csr_backward_columns(q, dout, t_indptr, t_indices, t_off, pad, scale, f0, f1, p_t, ds_t,
+                             dk, dv)
+    if B * H == 0:  # no query heads: nothing reaches k and v
+        dk[...] = 0
+        dv[...] = 0

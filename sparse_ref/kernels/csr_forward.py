@@ -3,25 +3,25 @@
 Row ``i`` of head ``h`` attends exactly the keys ``indices[indptr[p, i]:indptr[p, i + 1]]``
 (``p = h`` when ``indptr`` holds one pattern per head, else ``0``); a masked key is never touched.
 The result is the FlashAttention running state per row, updated one *chunk* of keys at a time:
+for a chunk with scores ``s``: ``m' = max(m, max s)``, ``alpha = exp(m - m')``,
+``p = exp(s - m')``, ``l = alpha * l + sum p``, ``acc = alpha * acc + p @ V``; at the end
+``out = acc / l`` and ``lse = m + log(l)``.
 
-* a chunk is the part of a row's key list that falls in one key tile ``[t * TILE, (t + 1) * TILE)``;
-  for a chunk with scores ``s``: ``m' = max(m, max s)``, ``alpha = exp(m - m')``,
-  ``p = exp(s - m')``, ``l = alpha * l + sum p``, ``acc = alpha * acc + p @ V``;
-* at the end ``out = acc / l`` and ``lse = m + log(l)``.
+Schedule. A cheap pass over ``indices`` decides, for the whole call, between two schedules; one
+parallel task is ``BLOCK`` consecutive query rows of one ``(batch, head)`` in both.
 
-Schedule (what makes it fast; the chunks, hence the results, do not depend on it): one parallel task
-is ``BLOCK`` consecutive query rows of one ``(batch, head)``. The task walks the key tiles that its
-rows touch in ascending order, so the tile's K and V rows are loaded from memory once and reused by
-all ``BLOCK`` rows from cache. Inside a tile the rows go in groups of ``GROUP``:
-
-* **joint path**: when the ``GROUP`` rows' chunks are all runs of consecutive keys (sliding windows,
-  causal, local and block patterns) and they overlap enough, the scores of the union run are one
-  small matrix product ``S = Q_g @ K_run^T`` that is vectorised over keys (K is transposed tile by
-  tile once per call, ``kb`` below) with the ``GROUP`` rows blocked in registers, and ``P @ V`` runs
-  over the keys common to all rows with the rows blocked in registers again. Keys that belong to
-  only some of the rows are added row by row: a masked key's V row is never multiplied by zero.
-* **single path** (any sorted CSR chunk): per row, dot products over ``d`` four keys at a time
-  through ``indices``, then ``P @ V`` eight keys at a time.
+* **Tiled** (rows are mostly runs of consecutive keys, mean run >= 4: sliding windows, causal,
+  local, block and BigBird-like patterns): a chunk is the part of a row's keys that falls in one key
+  tile ``[t * TILE, (t + 1) * TILE)``. The task walks the key tiles that its rows touch in
+  ascending order, so a tile's K and V rows are loaded once and reused by all ``BLOCK`` rows from
+  cache. Inside a tile the rows go in groups of ``GROUP``. *Joint path*: when the group's chunks
+  are all runs and overlap enough, the scores of their union are one small product
+  ``S = Q_g @ K_tile^T`` vectorised over keys (K is transposed tile by tile once per call, ``kb``)
+  with the ``GROUP`` rows blocked in registers, and ``P @ V`` runs over the keys common to all the
+  rows, rows blocked in registers again; keys of only some of the rows are added row by row, so a
+  masked key's V row is never multiplied by zero. Otherwise the *single path*: per row, dot
+  products over ``d`` through ``indices``, four keys at a time, then ``P @ V`` eight at a time.
+* **Row by row** (scattered keys): each row on its own, ``TILE`` entries per chunk, single path.
 
 Special values follow the exact float64 oracle: a row with no keys, or whose scores are all
 ``-inf``, gives ``out = 0`` and ``lse = -inf``; a NaN score makes the whole row NaN (it reaches
@@ -31,12 +31,19 @@ through ``p * v`` (also when ``p == 0``), V rows of masked keys never do.
 
 Numerics: float32 inputs compute and accumulate in float32, float64 in float64 (one jitted
 function, specialised by Numba per dtype); ``exp`` is :func:`._exp.fast_exp` (vectorisable, about
-1 ulp). ``fastmath`` is only ``reassoc``/``contract``/``arcp``, never ``nnan``/``ninf``.
+1 ulp). ``fastmath`` is ``reassoc``/``contract``/``arcp`` for the reductions that must vectorise
+(dot products over ``d``, ``sum p``) and ``contract`` alone elsewhere, so that the ``P @ V`` sums
+keep the tree order written in the code (each chunk's ``p @ V`` is summed apart and then added
+to ``alpha * acc``); never ``nnan``/``ninf``. Accuracy is that of a naive float32 (float64)
+computation: DESIGN §9's rule holds, see ``tests/test_kernels_csr_forward.py``.
+
+Memory: besides ``out`` and ``lse``, a transposed copy of ``k`` on the tiled schedule (its size,
+rounded up to whole tiles) and a few kilobytes per task; nothing of size ``n_q x n_k``.
 
 Determinism: every output row is computed by exactly one thread, and its sequence of floating-point
-operations depends only on the pattern and the shapes (the tile grid, the row groups and the choice
-of path are fixed by them), so results are bitwise identical for any number of threads and across
-runs.
+operations depends only on the pattern and the shapes (the schedule, the tile grid, the row groups
+and the choice of path are fixed by them), so results are bitwise identical for any number of
+threads and across runs.
 
 The kernel trusts its inputs (validated in ``api.py`` and by the ``Pattern`` constructors):
 C-contiguous arrays of one float dtype, ``indptr`` int64 of shape ``(P, n_q + 1)`` with ``P`` 1 or
@@ -91,8 +98,9 @@ def _order_key(typingctx, x):  # type: ignore[no-untyped-def]
     def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
         lt = ir.IntType(width)
         bits = builder.bitcast(args[0], lt)
-        flip = builder.and_(builder.ashr(bits, ir.Constant(lt, width - 1)),
-                            ir.Constant(lt, (1 << (width - 1)) - 1))
+        flip = builder.and_(
+            builder.ashr(bits, ir.Constant(lt, width - 1)), ir.Constant(lt, (1 << (width - 1)) - 1)
+        )
         return builder.xor(bits, flip)
 
     return ity(x), codegen
@@ -110,8 +118,10 @@ def _from_order_key(typingctx, key):  # type: ignore[no-untyped-def]
 
     def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
         lt = ir.IntType(width)
-        flip = builder.and_(builder.ashr(args[0], ir.Constant(lt, width - 1)),
-                            ir.Constant(lt, (1 << (width - 1)) - 1))
+        flip = builder.and_(
+            builder.ashr(args[0], ir.Constant(lt, width - 1)),
+            ir.Constant(lt, (1 << (width - 1)) - 1),
+        )
         return builder.bitcast(builder.xor(args[0], flip), lft)
 
     return fty(key), codegen
@@ -426,11 +436,27 @@ def csr_forward(q, k, v, indptr, indices, scale, softcap, out, lse):  # type: ig
     big = np.int64(1) << 62
     ntile = (nk + TILE - 1) // TILE
 
+    # Is the block-tiled schedule worth it? It pays when rows are mostly runs of consecutive keys
+    # (mean run >= 4) and there are enough of them to amortise transposing K.
+    nnz = 0
+    cont = 0
+    for pi in prange(P * nq):
+        pp = pi // nq
+        i = pi - pp * nq
+        e_lo = indptr[pp, i]
+        e_hi = indptr[pp, i + 1]
+        nnz += e_hi - e_lo
+        for e in range(e_lo + 1, e_hi):
+            if np.int64(indices[e]) == np.int64(indices[e - 1]) + 1:
+                cont += 1
+    tiled = nnz > 0 and 4 * cont >= 3 * nnz and 4 * nnz >= P * nk
+
     # K transposed tile by tile: kb[b, hk, t, c, j] = k[b, hk, t * TILE + j, c] (zero padded).
-    kb = np.empty((B, Hkv, ntile, d, TILE), q.dtype)
-    for task in prange(B * Hkv * ntile):
-        bh = task // ntile
-        t = task - bh * ntile
+    nkb = ntile if tiled else 0
+    kb = np.empty((B, Hkv, nkb, d, TILE), q.dtype)
+    for task in prange(B * Hkv * nkb):
+        bh = task // nkb
+        t = task - bh * nkb
         b = bh // Hkv
         hk = bh - b * Hkv
         tile = kb[b, hk, t]
@@ -468,7 +494,18 @@ def csr_forward(q, k, v, indptr, indices, scale, softcap, out, lse):  # type: ig
             st[r, 0] = ninf
             cur[r] = indptr[p, i0 + r]
             end[r] = indptr[p, i0 + r + 1]
-        while True:
+        if not tiled:
+            # scattered keys: row by row, TILE entries per online-softmax step
+            for rr in range(rn):
+                for e0 in range(cur[rr], end[rr], TILE):
+                    idx = indices[e0 : min(e0 + TILE, end[rr])]
+                    srow = sbuf[: idx.shape[0]]
+                    _scores_idx(q[b, h, i0 + rr], kmat, idx, srow)
+                    a_r = _softmax_step(srow, scale, softcap, st, rr)
+                    _pv_idx(tacc[0], srow, vmat, idx)
+                    _combine(acc[rr], a_r, tacc[0])
+                cur[rr] = end[rr]
+        while tiled:
             # the next key tile that any row of the block touches
             t = big
             for r in range(rn):
@@ -527,19 +564,31 @@ def csr_forward(q, k, v, indptr, indices, scale, softcap, out, lse):  # type: ig
                     # extra scores are never read)
                     slo = ulo - ulo % 8
                     shi = min(TILE, uhi + (-uhi) % 8)
-                    _scores_joint(q[b, h, i0 + g0 : i0 + g0 + GROUP], kbf,
-                                  ((b * Hkv + hk) * ntile + t) * d * TILE + slo, shi - slo,
-                                  sbuf[slo:])
+                    _scores_joint(
+                        q[b, h, i0 + g0 : i0 + g0 + GROUP],
+                        kbf,
+                        ((b * Hkv + hk) * ntile + t) * d * TILE + slo,
+                        shi - slo,
+                        sbuf[slo:],
+                    )
                     for r in range(GROUP):
                         rr = g0 + r
                         a = np.int64(indices[cur[rr]]) - jlo
                         n_r = cut[rr] - cur[rr]
-                        alpha[r] = _softmax_step(sbuf[r * TILE + a : r * TILE + a + n_r], scale,
-                                                 softcap, st, rr)
+                        alpha[r] = _softmax_step(
+                            sbuf[r * TILE + a : r * TILE + a + n_r], scale, softcap, st, rr
+                        )
                     if core_hi < core_lo:
                         core_hi = core_lo
-                    _pv_joint(sbuf[core_lo:], vmat[jlo + core_lo :], core_hi - core_lo,
-                              tacc[0], tacc[1], tacc[2], tacc[3])
+                    _pv_joint(
+                        sbuf[core_lo:],
+                        vmat[jlo + core_lo :],
+                        core_hi - core_lo,
+                        tacc[0],
+                        tacc[1],
+                        tacc[2],
+                        tacc[3],
+                    )
                     # keys of only some of the rows: row by row
                     for r in range(GROUP):
                         rr = g0 + r
@@ -547,12 +596,18 @@ def csr_forward(q, k, v, indptr, indices, scale, softcap, out, lse):  # type: ig
                         z = a + (cut[rr] - cur[rr])
                         hi1 = min(z, core_lo)
                         if hi1 > a:
-                            _pv_run(tacc[r], sbuf[r * TILE + a : r * TILE + hi1],
-                                    vmat[jlo + a : jlo + hi1])
+                            _pv_run(
+                                tacc[r],
+                                sbuf[r * TILE + a : r * TILE + hi1],
+                                vmat[jlo + a : jlo + hi1],
+                            )
                         lo2 = max(a, core_hi)
                         if z > lo2:
-                            _pv_run(tacc[r], sbuf[r * TILE + lo2 : r * TILE + z],
-                                    vmat[jlo + lo2 : jlo + z])
+                            _pv_run(
+                                tacc[r],
+                                sbuf[r * TILE + lo2 : r * TILE + z],
+                                vmat[jlo + lo2 : jlo + z],
+                            )
                         _combine(acc[rr], alpha[r], tacc[r])
                         cur[rr] = cut[rr]
                 else:
@@ -579,7 +634,7 @@ def csr_forward(q, k, v, indptr, indices, scale, softcap, out, lse):  # type: ig
                     out[b, h, i, c] = zero
                 lse[b, h, i] = ninf
             else:
-                l = st[r, 1]
+                denom = st[r, 1]
                 for c in range(dv):
-                    out[b, h, i, c] = acc[r, c] / l
-                lse[b, h, i] = m + math.log(l)
+                    out[b, h, i, c] = acc[r, c] / denom
+                lse[b, h, i] = m + math.log(denom)

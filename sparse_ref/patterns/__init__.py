@@ -19,6 +19,7 @@ from typing import Any
 
 from ..pattern import Pattern
 from . import bigbird as _bigbird
+from . import block as _block
 from . import composite as _composite
 from . import data_dependent as _data_dependent
 from . import document as _document
@@ -30,6 +31,7 @@ from . import random_ as _random
 from . import sparse_transformer as _sparse_transformer
 from . import strided as _strided
 from .bigbird import *  # noqa: F403
+from .block import *  # noqa: F403
 from .composite import *  # noqa: F403
 from .data_dependent import *  # noqa: F403
 from .document import *  # noqa: F403  (re-export the family functions; modules named like a
@@ -43,7 +45,7 @@ from .strided import *  # noqa: F403
 
 _MODULES = [_local, _strided, _global, _random, _document]
 _MODULES += [_sparse_transformer, _bigbird, _neighborhood, _composite, _hierarchical]
-_MODULES += [_data_dependent]
+_MODULES += [_data_dependent, _block]
 
 
 def _collect_families() -> dict[str, Callable[..., Pattern]]:
@@ -58,9 +60,8 @@ def _collect_families() -> dict[str, Callable[..., Pattern]]:
 
 _FAMILIES = _collect_families()
 
-# Families made by the Pattern type itself: its algebra (rebuilt from the specs of the operands)
-# and Pattern.from_block_layout ("block_sparse").
-_DERIVED: tuple[str, ...] = ("block_sparse", "causal_of", "difference", "head", "intersection")
+# Families made by the Pattern type's algebra (rebuilt from the specs of the operands).
+_DERIVED: tuple[str, ...] = ("causal_of", "difference", "head", "intersection")
 _DERIVED += ("stack", "transpose", "union")
 
 
@@ -69,7 +70,7 @@ def available() -> list[str]:
 
     ``build`` also accepts the families made by the ``Pattern`` type: its algebra (``union``,
     ``intersection``, ``difference``, ``causal_of``, ``transpose``, ``stack``, ``head``), which
-    wrap other specs, and ``block_sparse`` (``Pattern.from_block_layout``).
+    wrap other specs.
 
     Example:
         >>> "causal" in available()
@@ -95,8 +96,6 @@ def build(family: str, **params: Any) -> Pattern:
             "family 'custom' (user structure from Pattern.from_dense / from_csr / from_predicate) "
             "cannot be rebuilt from params; keep the Pattern itself or its CSR arrays"
         )
-    if family == "block_sparse":  # Pattern.from_block_layout, unless a catalog module defines it
-        return Pattern.from_block_layout(**params)
     if family in ("union", "intersection", "difference"):
         a, b = _operands(params, family)
         ops = {"union": Pattern.__or__, "intersection": Pattern.__and__}
