@@ -123,12 +123,26 @@ def attention_backward(
         raise NotImplementedError(f"backend {backend!r} has no backward pass yet; use 'numba'")
     extra = {"dout": dout} if out is None else {"dout": dout, "out": out}
     prep = prepare(
-        q, k, v, pattern, scale=scale, softcap=softcap, check_finite=check_finite, xp=xp,
+        q,
+        k,
+        v,
+        pattern,
+        scale=scale,
+        softcap=softcap,
+        check_finite=check_finite,
+        xp=xp,
         extra=extra,
     )
     lse4 = None if lse is None else check_lse(lse, prep, check_finite=check_finite, xp=xp)
     dq, dk, dv = module.backward(
-        prep.q, prep.k, prep.v, pattern, prep.extra["dout"], prep.extra.get("out"), lse4,
-        prep.scale, prep.softcap,
+        prep.q,
+        prep.k,
+        prep.v,
+        pattern,
+        prep.extra["dout"],
+        prep.extra.get("out"),
+        lse4,
+        prep.scale,
+        prep.softcap,
     )
     return prep.restore(dq), prep.restore(dk), prep.restore(dv)

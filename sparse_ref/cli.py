@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from collections.abc import Callable
 from typing import Annotated
 
 import numpy as np
@@ -22,7 +22,9 @@ from .pattern import Pattern
 from .patterns_cli import patterns_app
 
 app = typer.Typer(
-    help="sparse-ref: the reference for sparse attention.", no_args_is_help=True, add_completion=False
+    help="sparse-ref: the reference for sparse attention.",
+    no_args_is_help=True,
+    add_completion=False,
 )
 app.add_typer(golden_app, name="golden")
 app.add_typer(patterns_app, name="patterns")
@@ -37,7 +39,10 @@ def demo_patterns(n: int) -> list[tuple[str, Callable[[], Pattern]]]:
     w = max(1, n // 16)
     return [
         (f"causal_sliding_window(n, {w})", lambda: patterns.causal_sliding_window(n, w)),
-        (f"sliding_window(n, {w // 2}, {w // 2})", lambda: patterns.sliding_window(n, w // 2, w // 2)),
+        (
+            f"sliding_window(n, {w // 2}, {w // 2})",
+            lambda: patterns.sliding_window(n, w // 2, w // 2),
+        ),
         (f"dilated(n, {w // 4}, 4)", lambda: patterns.dilated(n, w // 4, 4)),
         ("strided(n, 64, causal)", lambda: patterns.strided(n, 64, causal=True)),
         (

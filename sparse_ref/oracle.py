@@ -149,8 +149,14 @@ def attention(
     """
     prep = prepare(q, k, v, pattern, scale=scale, softcap=softcap, check_finite=check_finite)
     out, lse = forward(
-        prep.q, prep.k, prep.v, pattern, prep.scale, prep.softcap,
-        compute_dtype=compute_dtype, chunk=_check_chunk(chunk),
+        prep.q,
+        prep.k,
+        prep.v,
+        pattern,
+        prep.scale,
+        prep.softcap,
+        compute_dtype=compute_dtype,
+        chunk=_check_chunk(chunk),
     )
     return (prep.restore(out), prep.restore(lse)) if return_lse else prep.restore(out)
 
@@ -177,8 +183,14 @@ def attention_rows(
     if rows_arr.size and (rows_arr.min() < 0 or rows_arr.max() >= n_q):
         raise ValueError(f"rows must lie in [0, n_q = {n_q})")
     out, lse = forward(
-        prep.q, prep.k, prep.v, pattern, prep.scale, prep.softcap,
-        compute_dtype=compute_dtype, rows=rows_arr,
+        prep.q,
+        prep.k,
+        prep.v,
+        pattern,
+        prep.scale,
+        prep.softcap,
+        compute_dtype=compute_dtype,
+        rows=rows_arr,
     )
     return (prep.restore(out), prep.restore(lse)) if return_lse else prep.restore(out)
 
@@ -284,8 +296,13 @@ def backward(
                 rows = np.arange(r0, min(r0 + chunk, n_q))
                 mask = pattern.mask_rows(rows, head=h)
                 dq[b, h, rows], dk_part, dv_part = _row_block_backward(
-                    q[b, h, rows].astype(ct), k_bh, v_bh, dout[b, h, rows].astype(ct), mask,
-                    scale_c, softcap_c,
+                    q[b, h, rows].astype(ct),
+                    k_bh,
+                    v_bh,
+                    dout[b, h, rows].astype(ct),
+                    mask,
+                    scale_c,
+                    softcap_c,
                 )
                 dk[b, g] += dk_part
                 dv[b, g] += dv_part
@@ -323,11 +340,24 @@ def attention_backward(
                [0., 1.]])
     """
     prep = prepare(
-        q, k, v, pattern, scale=scale, softcap=softcap, check_finite=check_finite,
+        q,
+        k,
+        v,
+        pattern,
+        scale=scale,
+        softcap=softcap,
+        check_finite=check_finite,
         extra={"dout": dout},
     )
     dq, dk, dv = backward(
-        prep.q, prep.k, prep.v, pattern, prep.extra["dout"], prep.scale, prep.softcap,
-        compute_dtype=compute_dtype, chunk=_check_chunk(chunk),
+        prep.q,
+        prep.k,
+        prep.v,
+        pattern,
+        prep.extra["dout"],
+        prep.scale,
+        prep.softcap,
+        compute_dtype=compute_dtype,
+        chunk=_check_chunk(chunk),
     )
     return prep.restore(dq), prep.restore(dk), prep.restore(dv)

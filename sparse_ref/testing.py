@@ -72,7 +72,9 @@ def rule_tolerance(ref: np.ndarray, naive: np.ndarray, dtype: Any, factor: float
     ref = np.asarray(ref)
     naive = np.asarray(naive)
     both = np.isfinite(ref) & np.isfinite(naive)
-    naive_err = float(np.max(np.abs(naive[both].astype(ref.dtype) - ref[both]))) if both.any() else 0.0
+    naive_err = (
+        float(np.max(np.abs(naive[both].astype(ref.dtype) - ref[both]))) if both.any() else 0.0
+    )
     return factor * naive_err + rounding_floor(ref, dtype)
 
 

@@ -76,7 +76,9 @@ def check_softcap(softcap: Any) -> float | None:
     if softcap is None:
         return None
     if isinstance(softcap, bool) or not isinstance(softcap, int | float | np.integer | np.floating):
-        raise TypeError(f"softcap must be a positive real number or None, got {type(softcap).__name__}")
+        raise TypeError(
+            f"softcap must be a positive real number or None, got {type(softcap).__name__}"
+        )
     if not (math.isfinite(float(softcap)) and softcap > 0):
         raise ValueError(f"softcap must be a positive finite number or None, got {softcap}")
     return float(softcap)
@@ -140,7 +142,9 @@ def prepare(
         raise ValueError(f"q must be 2-D (n, d), 3-D (H, n, d) or 4-D (B, H, n, d), got {rank}-D")
     for name in names[1:]:
         if arrays[name].ndim != rank:
-            raise ValueError(f"{name} must have the same rank as q ({rank}-D), got {arrays[name].ndim}-D")
+            raise ValueError(
+                f"{name} must have the same rank as q ({rank}-D), got {arrays[name].ndim}-D"
+            )
     four = {name: a.reshape((1,) * (4 - rank) + a.shape) for name, a in arrays.items()}
     qa, ka, va = four["q"], four["k"], four["v"]
     B, H, n_q, d = qa.shape
@@ -156,17 +160,17 @@ def prepare(
             f"v must have the heads and length of k (H_kv = {H_kv}, n_k = {n_k}), got shape {va.shape}"
         )
     if H_kv == 0 or H % H_kv:
-        raise ValueError(
-            f"q heads H = {H} must be a multiple of k/v heads H_kv = {H_kv} (GQA/MQA)"
-        )
+        raise ValueError(f"q heads H = {H} must be a multiple of k/v heads H_kv = {H_kv} (GQA/MQA)")
     for name in names[3:]:
         want = (B, H, n_q, va.shape[3])
         if four[name].shape != want:
-            raise ValueError(f"{name} must have shape {want[4 - rank:]}, got {arrays[name].shape}")
+            raise ValueError(f"{name} must have shape {want[4 - rank :]}, got {arrays[name].shape}")
     if not isinstance(pattern, Pattern):
         raise TypeError(f"pattern must be a sparse_ref.Pattern, got {type(pattern).__name__}")
     if pattern.shape != (n_q, n_k):
-        raise ValueError(f"pattern has shape {pattern.shape} but q/k give (n_q, n_k) = {(n_q, n_k)}")
+        raise ValueError(
+            f"pattern has shape {pattern.shape} but q/k give (n_q, n_k) = {(n_q, n_k)}"
+        )
     if pattern.num_heads not in (1, H):
         raise ValueError(
             f"pattern has {pattern.num_heads} heads; expected 1 (shared) or H = {H} (one per query head)"
@@ -208,7 +212,9 @@ def check_lse(lse: Any, prep: Prepared, *, check_finite: bool = True, xp: Module
     B, H, n_q = prep.q.shape[:3]
     want = (B, H, n_q)[4 - prep.rank :]
     if tuple(arr.shape) != want:
-        raise ValueError(f"lse must have shape {want} (q's shape without d), got {tuple(arr.shape)}")
+        raise ValueError(
+            f"lse must have shape {want} (q's shape without d), got {tuple(arr.shape)}"
+        )
     if check_finite and arr.size and bool(xp.any(xp.isnan(arr) | (arr == xp.inf))):
         raise ValueError(
             "lse contains NaN or +inf (-inf is allowed for rows with no keys); pass "

@@ -422,20 +422,9 @@ def _cached(pattern: Any, kind: str, key: Any, build: Any) -> Any:
 
 
 def native_block(pattern: Any) -> tuple[int, int] | None:
-    """The block shape of a pattern built from blocks, or None (a token-level pattern)."""
-    for attr in ("block_shape", "block"):
-        b = getattr(pattern, attr, None)
-        if callable(b):
-            continue
-        if (
-            isinstance(b, tuple | list)
-            and len(b) == 2
-            and all(isinstance(x, int | np.integer) for x in b)
-        ):
-            return (int(b[0]), int(b[1]))
-        if isinstance(b, int | np.integer) and not isinstance(b, bool):
-            return (int(b), int(b))
-    return None
+    """The block shape of a pattern built from blocks (``Pattern.block``), or None."""
+    block = pattern.block
+    return None if block is None else (int(block[0]), int(block[1]))
 
 
 def _pattern_csr(pattern: Any) -> DeviceCSR:

@@ -62,8 +62,19 @@ def forward(
         bsr = pattern.stacked_bsr()
         bq, bk = bsr.block
         bsr_forward(
-            qc, kc, vc, bsr.indptr, bsr.indices, bsr.mask_index, bsr.masks, bq, bk,
-            ct(scale), ct(softcap or 0.0), out, lse,
+            qc,
+            kc,
+            vc,
+            bsr.indptr,
+            bsr.indices,
+            bsr.mask_index,
+            bsr.masks,
+            bq,
+            bk,
+            ct(scale),
+            ct(softcap or 0.0),
+            out,
+            lse,
         )
     else:
         csr = pattern.stacked_csr()
@@ -126,7 +137,19 @@ def backward(
     csr = pattern.stacked_csr()
     t = transposed(pattern)
     csr_backward(
-        qc, kc, vc, gc, csr.indptr, csr.indices, t.indptr, t.indices, t.iperm,
-        ct(scale), ct(softcap or 0.0), dq, dk, dv,
+        qc,
+        kc,
+        vc,
+        gc,
+        csr.indptr,
+        csr.indices,
+        t.indptr,
+        t.indices,
+        t.iperm,
+        ct(scale),
+        ct(softcap or 0.0),
+        dq,
+        dk,
+        dv,
     )
     return tuple(g.astype(q.dtype, copy=False) for g in (dq, dk, dv))  # type: ignore[return-value]

@@ -10,7 +10,12 @@ from ..validation import compute_dtype
 
 
 def forward(
-    q: np.ndarray, k: np.ndarray, v: np.ndarray, pattern: Pattern, scale: float, softcap: float | None
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    pattern: Pattern,
+    scale: float,
+    softcap: float | None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(out, lse)`` by the float64 oracle; out in q's dtype, lse in float64 or float32."""
     out, lse = oracle.forward(q, k, v, pattern, scale, softcap, compute_dtype=np.float64)

@@ -367,6 +367,16 @@ def _default() -> list[CaseSpec]:
         ),
         ("hierarchical-b16-n200", "hierarchical", {"n": 200, "block": 16, "left": 8, "right": 8}),
         (
+            "block_sparse-b16-q90k75",
+            "block_sparse",
+            {
+                "layout": [[(3 * i + 5 * j) % 4 != 0 for j in range(5)] for i in range(6)],
+                "block": 16,
+                "n_q": 90,
+                "n_k": 75,
+            },
+        ),
+        (
             "neighborhood_2d-12x10-k3",
             "neighborhood_2d",
             {"height": 12, "width": 10, "kernel": 3},

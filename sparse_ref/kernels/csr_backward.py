@@ -187,7 +187,12 @@ def _gather_scores(a, rows_a, b, rows_b, idx, start, n, scale, out_a, out_b):  #
     while u + 4 <= n:
         j0, j1, j2, j3 = idx[start + u], idx[start + u + 1], idx[start + u + 2], idx[start + u + 3]
         s0, s1, s2, s3 = _dot4(a, rows_a[j0], rows_a[j1], rows_a[j2], rows_a[j3])
-        out_a[u], out_a[u + 1], out_a[u + 2], out_a[u + 3] = s0 * scale, s1 * scale, s2 * scale, s3 * scale
+        out_a[u], out_a[u + 1], out_a[u + 2], out_a[u + 3] = (
+            s0 * scale,
+            s1 * scale,
+            s2 * scale,
+            s3 * scale,
+        )
         out_b[u], out_b[u + 1], out_b[u + 2], out_b[u + 3] = _dot4(
             b, rows_b[j0], rows_b[j1], rows_b[j2], rows_b[j3]
         )
@@ -206,10 +211,14 @@ def _gather_accumulate(y, w, rows, idx, start, n):  # type: ignore[no-untyped-de
     while u + 4 <= n:
         _axpy4(
             y,
-            w[u], rows[idx[start + u]],
-            w[u + 1], rows[idx[start + u + 1]],
-            w[u + 2], rows[idx[start + u + 2]],
-            w[u + 3], rows[idx[start + u + 3]],
+            w[u],
+            rows[idx[start + u]],
+            w[u + 1],
+            rows[idx[start + u + 1]],
+            w[u + 2],
+            rows[idx[start + u + 2]],
+            w[u + 3],
+            rows[idx[start + u + 3]],
         )
         u += 4
     while u < n:
@@ -303,10 +312,14 @@ def _run_accumulate(y, w, off, rows, lo, n):  # type: ignore[no-untyped-def]
     while u + 4 <= n:
         _axpy4(
             y,
-            w[off + u], rows[lo + u],
-            w[off + u + 1], rows[lo + u + 1],
-            w[off + u + 2], rows[lo + u + 2],
-            w[off + u + 3], rows[lo + u + 3],
+            w[off + u],
+            rows[lo + u],
+            w[off + u + 1],
+            rows[lo + u + 1],
+            w[off + u + 2],
+            rows[lo + u + 2],
+            w[off + u + 3],
+            rows[lo + u + 3],
         )
         u += 4
     while u < n:
@@ -461,15 +474,55 @@ def _store_run(s4, d4, lo, core_lo, core_hi, ptr, idx, i0, iperm, t_off, pad, p_
         a = np.int64(idx[ptr[i]])
         z = a + ptr[i + 1] - ptr[i]
         left, right = min(z, core_lo), max(a, core_hi)  # outside the common range
-        _store(s4[r, a - lo :], d4[r, a - lo :], left - a, iperm, idx, ptr[i], t_off, pad, p_out,
-               ds_out)
-        _store(s4[r, right - lo :], d4[r, right - lo :], z - right, iperm, idx, ptr[i] + right - a,
-               t_off, pad, p_out, ds_out)
+        _store(
+            s4[r, a - lo :],
+            d4[r, a - lo :],
+            left - a,
+            iperm,
+            idx,
+            ptr[i],
+            t_off,
+            pad,
+            p_out,
+            ds_out,
+        )
+        _store(
+            s4[r, right - lo :],
+            d4[r, right - lo :],
+            z - right,
+            iperm,
+            idx,
+            ptr[i] + right - a,
+            t_off,
+            pad,
+            p_out,
+            ds_out,
+        )
 
 
 # ----------------------------------------------------------------------------------- kernels
 @numba.njit(parallel=True, cache=True, fastmath=_FASTMATH)
-def csr_backward_rows(q, k, v, dout, ktf, vtf, indptr, indices, iperm, t_off, pad, scale, softcap, f0, f1, width, dq, p_t, ds_t):  # type: ignore[no-untyped-def]
+def csr_backward_rows(
+    q,
+    k,
+    v,
+    dout,
+    ktf,
+    vtf,
+    indptr,
+    indices,
+    iperm,
+    t_off,
+    pad,
+    scale,
+    softcap,
+    f0,
+    f1,
+    width,
+    dq,
+    p_t,
+    ds_t,
+):  # type: ignore[no-untyped-def]
     """Row pass over the query heads ``f = b * H + h`` in ``[f0, f1)``: fills their ``dq`` and
     ``p_t[f - f0]``, ``ds_t[f - f0]`` (``p`` and ``ds`` in transposed order, position minus
     ``t_off[p]``). One task per (head, group of ``GROUP`` query rows); ``ktf``/``vtf`` are the flat
@@ -507,25 +560,57 @@ def csr_backward_rows(q, k, v, dout, ktf, vtf, indptr, indices, iperm, t_off, pa
         run, lo, hi, core_lo, core_hi = _runs(ptr, indices, i0, rn)
         if run:
             nu = hi - lo
-            _run_scores4(q[b, h, i0 : i0 + GROUP], ktf, (b * H_kv + g) * ntile * d * TILE, d, lo,
-                         nu, scale, sv, s4)
-            _run_scores4(dout[b, h, i0 : i0 + GROUP], vtf, (b * H_kv + g) * ntile * d_v * TILE,
-                         d_v, lo, nu, one, sv, d4)
+            _run_scores4(
+                q[b, h, i0 : i0 + GROUP],
+                ktf,
+                (b * H_kv + g) * ntile * d * TILE,
+                d,
+                lo,
+                nu,
+                scale,
+                sv,
+                s4,
+            )
+            _run_scores4(
+                dout[b, h, i0 : i0 + GROUP],
+                vtf,
+                (b * H_kv + g) * ntile * d_v * TILE,
+                d_v,
+                lo,
+                nu,
+                one,
+                sv,
+                d4,
+            )
             for r in range(GROUP):
                 i = i0 + r
                 a = np.int64(indices[ptr[i]]) - lo
                 n = ptr[i + 1] - ptr[i]
-                live[r] = _row_grad(s4[r, a : a + n], d4[r, a : a + n], f4[r, a : a + n], n, softcap)
+                live[r] = _row_grad(
+                    s4[r, a : a + n], d4[r, a : a + n], f4[r, a : a + n], n, softcap
+                )
                 if not live[r]:
                     s4[r, a : a + n] = zero
                     d4[r, a : a + n] = zero
-            _store_run(s4, d4, lo, core_lo, core_hi, ptr, indices, i0, iperm, t_off[ph], pad, p_f,
-                       ds_f)
+            _store_run(
+                s4, d4, lo, core_lo, core_hi, ptr, indices, i0, iperm, t_off[ph], pad, p_f, ds_f
+            )
             w = d4.reshape(GROUP * width)
             c0 = core_lo - lo
-            _run_accumulate4(dq_bh[i0], dq_bh[i0 + 1], dq_bh[i0 + 2], dq_bh[i0 + 3], w, c0,
-                             width + c0, 2 * width + c0, 3 * width + c0, k_bg, core_lo,
-                             core_hi - core_lo)
+            _run_accumulate4(
+                dq_bh[i0],
+                dq_bh[i0 + 1],
+                dq_bh[i0 + 2],
+                dq_bh[i0 + 3],
+                w,
+                c0,
+                width + c0,
+                2 * width + c0,
+                3 * width + c0,
+                k_bg,
+                core_lo,
+                core_hi - core_lo,
+            )
             for r in range(GROUP):
                 i = i0 + r
                 a = np.int64(indices[ptr[i]])
@@ -539,7 +624,9 @@ def csr_backward_rows(q, k, v, dout, ktf, vtf, indptr, indices, iperm, t_off, pa
                 start = ptr[i]
                 n = ptr[i + 1] - start
                 s, dp, fb = s4[0], d4[0], f4[0]
-                _gather_scores(q[b, h, i], k_bg, dout[b, h, i], v_bg, indices, start, n, scale, s, dp)
+                _gather_scores(
+                    q[b, h, i], k_bg, dout[b, h, i], v_bg, indices, start, n, scale, s, dp
+                )
                 live[r] = _row_grad(s, dp, fb, n, softcap)
                 if live[r]:
                     _gather_accumulate(dq_bh[i], dp, k_bg, indices, start, n)
@@ -556,7 +643,9 @@ def csr_backward_rows(q, k, v, dout, ktf, vtf, indptr, indices, iperm, t_off, pa
 
 
 @numba.njit(parallel=True, cache=True, fastmath=_FASTMATH)
-def csr_backward_columns(q, dout, t_indptr, t_indices, t_off, pad, scale, f0, f1, p_t, ds_t, dk, dv):  # type: ignore[no-untyped-def]
+def csr_backward_columns(
+    q, dout, t_indptr, t_indices, t_off, pad, scale, f0, f1, p_t, ds_t, dk, dv
+):  # type: ignore[no-untyped-def]
     """Column pass for the query heads ``f = b * H + h`` in ``[f0, f1)``: adds their terms to
     ``dk``/``dv (B, H_kv, n_k, ·)`` with the weights of :func:`csr_backward_rows`. One task per
     (b, kv head, group of ``GROUP`` keys), walking its query heads in increasing order. A kv head's
@@ -598,10 +687,34 @@ def csr_backward_columns(q, dout, t_indptr, t_indices, t_off, pad, scale, f0, f1
                     j = j0 + r
                     o[r] = ptr[j] - toff + j * pad + core_lo - np.int64(t_indices[ptr[j]])
                 n = core_hi - core_lo
-                _run_accumulate4(dv_g[j0], dv_g[j0 + 1], dv_g[j0 + 2], dv_g[j0 + 3], p_f, o[0],
-                                 o[1], o[2], o[3], g_bh, core_lo, n)
-                _run_accumulate4(dk_g[j0], dk_g[j0 + 1], dk_g[j0 + 2], dk_g[j0 + 3], ds_f, o[0],
-                                 o[1], o[2], o[3], q_bh, core_lo, n)
+                _run_accumulate4(
+                    dv_g[j0],
+                    dv_g[j0 + 1],
+                    dv_g[j0 + 2],
+                    dv_g[j0 + 3],
+                    p_f,
+                    o[0],
+                    o[1],
+                    o[2],
+                    o[3],
+                    g_bh,
+                    core_lo,
+                    n,
+                )
+                _run_accumulate4(
+                    dk_g[j0],
+                    dk_g[j0 + 1],
+                    dk_g[j0 + 2],
+                    dk_g[j0 + 3],
+                    ds_f,
+                    o[0],
+                    o[1],
+                    o[2],
+                    o[3],
+                    q_bh,
+                    core_lo,
+                    n,
+                )
                 for r in range(GROUP):
                     j = j0 + r
                     a = np.int64(t_indices[ptr[j]])
@@ -670,10 +783,30 @@ def csr_backward(
     ktf, vtf = _tiled(k), _tiled(v)
     for f0 in range(0, B * H, heads):
         f1 = min(f0 + heads, B * H)
-        csr_backward_rows(q, k, v, dout, ktf, vtf, indptr, indices, iperm, t_off, pad, scale,
-                          softcap, f0, f1, max(2 * longest, 1), dq, p_t, ds_t)
-        csr_backward_columns(q, dout, t_indptr, t_indices, t_off, pad, scale, f0, f1, p_t, ds_t,
-                             dk, dv)
+        csr_backward_rows(
+            q,
+            k,
+            v,
+            dout,
+            ktf,
+            vtf,
+            indptr,
+            indices,
+            iperm,
+            t_off,
+            pad,
+            scale,
+            softcap,
+            f0,
+            f1,
+            max(2 * longest, 1),
+            dq,
+            p_t,
+            ds_t,
+        )
+        csr_backward_columns(
+            q, dout, t_indptr, t_indices, t_off, pad, scale, f0, f1, p_t, ds_t, dk, dv
+        )
     if B * H == 0:  # no query heads: nothing reaches k and v
         dk[...] = 0
         dv[...] = 0

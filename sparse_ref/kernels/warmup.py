@@ -1,0 +1,47 @@
+"""Compile the Numba kernels into their on-disk cache ahead of time.
+
+``python -m sparse_ref.kernels.warmup [float32|float64 ...]`` runs every kernel once on tiny inputs
+(CSR and BSR forward with int32 and int64 indices, CSR backward), so later processes load machine
+code from Numba's cache (``cache=True``) instead of compiling. ``make test`` runs it once per dtype,
+in parallel, before pytest: compiling under coverage tracing takes about twice as long.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+
+from .. import patterns
+from ..api import attention, attention_backward
+from .csr_forward import csr_forward
+
+
+def warmup(dtype: str) -> float:
+    """Compile every kernel for ``dtype`` (``"float32"`` or ``"float64"``); returns seconds."""
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    start = time.perf_counter()
+    rng = np.random.default_rng(0)
+    q, k, v, dout = (rng.standard_normal((1, 2, 40, 8)).astype(dtype) for _ in range(4))
+    for pattern in (patterns.causal_sliding_window(40, 7), patterns.causal(40, block=16)):
+        for softcap in (None, 2.0):
+            attention(q, k, v, pattern, softcap=softcap)
+            attention_backward(q, k, v, pattern, dout, softcap=softcap)
+    csr = patterns.random(40, per_row=5).stacked_csr()
+    out = np.empty_like(q)
+    lse = np.empty(q.shape[:3], dtype=dtype)
+    ct = np.dtype(dtype).type
+    csr_forward(q, k, v, csr.indptr, csr.indices.astype(np.int64), ct(0.3), ct(0), out, lse)
+    return time.perf_counter() - start
+
+
+def main(argv: list[str]) -> None:
+    """Warm up the dtypes named in ``argv`` (default: both)."""
+    for dtype in argv or ["float32", "float64"]:
+        print(f"numba warm-up {dtype}: {warmup(dtype):.1f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
