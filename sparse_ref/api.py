@@ -86,18 +86,22 @@ def attention_backward(
 ) -> tuple[Any, Any, Any]:
     """Gradients of :func:`attention` with respect to ``q``, ``k`` and ``v``.
 
-    FlashAttention-2 style: probabilities are recomputed from ``lse``, ``delta = rowsum(dout *
-    out)``; dq is computed over the pattern's rows and dk/dv over its transpose, so there are no
-    atomics and the Numba results are bitwise identical for any thread count.
+    As in FlashAttention-2, probabilities are recomputed, never stored between forward and
+    backward; dq is computed over the pattern's rows and dk/dv over its transpose, so there are no
+    atomics and the Numba results are bitwise identical for any thread count. Each row's softmax
+    statistics and ``delta = sum_j p_ij (dout_i . v_j)`` (``= rowsum(dout * out)``) are re-derived
+    from the row's scores rather than read from the forward's ``out``/``lse``, so the gradients do
+    not inherit the forward's rounding (see :mod:`sparse_ref.kernels.csr_backward`).
 
     Args:
         q, k, v, pattern, scale, softcap: as in :func:`attention` (same shapes, dtypes, checks).
         dout: gradient of the loss with respect to ``out``, shaped like ``out`` ``(..., n_q, d_v)``,
             same dtype as q.
-        out, lse: the forward's results (``attention(..., return_lse=True)``), to skip recomputing
-            them; pass both or neither. ``out`` has q's shape and dtype; ``lse (..., n_q)`` is
-            float64 for float64 inputs and float32 otherwise, ``-inf`` on rows with no keys. The
-            oracle backend ignores them and differentiates its exact forward.
+        out, lse: the forward's results (``attention(..., return_lse=True)``), accepted so that
+            FlashAttention-style call sites work unchanged; pass both or neither. They are
+            checked (``out`` like ``dout``; ``lse (..., n_q)`` float64 for float64 inputs and
+            float32 otherwise, ``-inf`` allowed on rows with no keys) but not needed: both
+            backends re-derive what they use.
         backend: ``"numba"`` (CPU kernels), ``"oracle"`` (exact float64, rounded), or ``"auto"``.
         check_finite: raise ``ValueError`` on NaN/Inf in the inputs (``lse`` may hold ``-inf``).
 

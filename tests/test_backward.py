@@ -20,6 +20,34 @@ def random_mask(rng, n_q, n_k, heads=1, density=0.4, empty_row=True):
     return mask if heads > 1 else mask[0]
 
 
+def structured_mask(kind, n_q, n_k):
+    """Patterns whose rows are runs of consecutive keys (the kernels' run path)."""
+    i = np.arange(n_q)[:, None]
+    j = np.arange(n_k)[None, :]
+    shift = n_k - n_q  # bottom-right aligned: with n_q > n_k the first rows are empty
+    return {
+        "window": (j <= i + shift) & (j > i + shift - 6),
+        "band": abs(i - j) <= 3,
+        "causal": j <= i + shift,
+        "blocks": (i // 4) == (j // 4),
+    }[kind]
+
+
+def mask_family(rng, family, n_q, n_k, heads):
+    """``random`` (gather path), ``window`` (run path), or ``mixed``: one family per head."""
+    if family == "random":
+        return random_mask(rng, n_q, n_k)
+    if family == "window":
+        return structured_mask("window", n_q, n_k)
+    kinds = ["window", "band", "random", "causal", "blocks"][:heads]
+    return np.stack(
+        [
+            random_mask(rng, n_q, n_k) if kd == "random" else structured_mask(kd, n_q, n_k)
+            for kd in kinds
+        ]
+    )
+
+
 def random_inputs(rng, shape_q, shape_kv, d_v, dtype=np.float64):
     """q (*shape_q, d), k (*shape_kv, d), v (*shape_kv[:-1]..., d_v), dout like out."""
     q = rng.standard_normal(shape_q).astype(dtype)
@@ -49,7 +77,9 @@ def test_oracle_matches_central_finite_differences(rng, softcap):
             args_hi[which][idx] += eps
             args_lo[which][idx] -= eps
             numeric[idx] = (loss(*args_hi) - loss(*args_lo)) / (2 * eps)
-        np.testing.assert_allclose(grad, numeric, rtol=1e-7, atol=1e-8, err_msg=("dq", "dk", "dv")[which])
+        np.testing.assert_allclose(
+            grad, numeric, rtol=1e-7, atol=1e-8, err_msg=("dq", "dk", "dv")[which]
+        )
     assert np.array_equal(grads[0][0, :, 1], np.zeros((2, 3)))  # the empty row
 
 
@@ -74,7 +104,9 @@ def test_oracle_matches_torch_autograd(rng, softcap):
     tq, tk, tv = (torch.tensor(x, requires_grad=True) for x in (q, k, v))
     out = torch_masked_attention(torch, tq, tk, tv, torch.tensor(mask), 0.37, softcap)
     out.backward(torch.tensor(dout))
-    grads = oracle.attention_backward(q, k, v, Pattern.from_dense(mask), dout, scale=0.37, softcap=softcap)
+    grads = oracle.attention_backward(
+        q, k, v, Pattern.from_dense(mask), dout, scale=0.37, softcap=softcap
+    )
     for got, want in zip(grads, (tq.grad, tk.grad, tv.grad)):
         np.testing.assert_allclose(got, want.numpy(), rtol=1e-11, atol=1e-13)
 
@@ -91,16 +123,31 @@ def test_oracle_chunking_does_not_change_the_gradients(rng, chunk):
 # ------------------------------------------------------------------ the kernels against the oracle
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("h_kv", [1, 2, 4])
-@pytest.mark.parametrize("per_head", [False, True], ids=["shared", "per_head"])
+@pytest.mark.parametrize("family", ["random", "window", "mixed"])
 @pytest.mark.parametrize("softcap", [None, 2.0])
-def test_numba_matches_oracle(rng, dtype, h_kv, per_head, softcap):
-    """GQA (H = 4), shared and per-head patterns, n_q != n_k, d != d_v, an empty row."""
-    q, k, v, dout = random_inputs(rng, (2, 4, 13, 8), (2, h_kv, 9, 8), 6, dtype)
-    p = Pattern.from_dense(random_mask(rng, 13, 9, heads=4 if per_head else 1))
+def test_numba_matches_oracle(rng, dtype, h_kv, family, softcap):
+    """GQA (H = 4); shared random and window patterns, per-head mixed ones (window, band, random,
+    causal); n_q != n_k (the first rows of the windows are empty), d != d_v, d % 4 != 0."""
+    q, k, v, dout = random_inputs(rng, (2, 4, 21, 6), (2, h_kv, 19, 6), 5, dtype)
+    p = Pattern.from_dense(mask_family(rng, family, 21, 19, heads=4))
     grads = sparse_ref.attention_backward(q, k, v, p, dout, softcap=softcap)
     assert [g.dtype for g in grads] == [dtype] * 3
     assert [g.shape for g in grads] == [q.shape, k.shape, v.shape]
     testing.assert_grads_close_to_oracle(grads, q, k, v, p, dout, softcap=softcap)
+
+
+@pytest.mark.parametrize("kind", ["window", "band", "causal", "blocks"])
+def test_run_path_on_longer_rows(rng, kind):
+    """Runs spanning several key tiles (64), d = 64, a ragged last group of rows."""
+    q, k, v, dout = random_inputs(rng, (2, 150, 64), (1, 141, 64), 32, np.float32)
+    mask = structured_mask(kind, 150, 141) | structured_mask("band", 150, 141)
+    if kind != "blocks":
+        mask |= (np.arange(141)[None, :] > np.arange(150)[:, None] - 90) & structured_mask(
+            "causal", 150, 141
+        )
+    p = Pattern.from_dense(mask)
+    grads = sparse_ref.attention_backward(q, k, v, p, dout, softcap=5.0)
+    testing.assert_grads_close_to_oracle(grads, q, k, v, p, dout, softcap=5.0)
 
 
 @pytest.mark.parametrize("backend", ["numba", "oracle"])
@@ -122,7 +169,9 @@ def test_empty_rows_and_unattended_keys_get_zero_gradients(rng, backend):
     mask[3, [2, 4]] = True
     mask[5, 0] = True  # rows 1, 2, 4 have no keys; key 1 and 3 have no queries
     q, k, v, dout = random_inputs(rng, (2, 6, 3), (2, 5, 3), 2, np.float32)
-    dq, dk, dv = sparse_ref.attention_backward(q, k, v, Pattern.from_dense(mask), dout, backend=backend)
+    dq, dk, dv = sparse_ref.attention_backward(
+        q, k, v, Pattern.from_dense(mask), dout, backend=backend
+    )
     assert np.array_equal(dq[:, [1, 2, 4]], np.zeros((2, 3, 3)))
     assert np.array_equal(dk[:, [1, 3]], np.zeros((2, 2, 3)))
     assert np.array_equal(dv[:, [1, 3]], np.zeros((2, 2, 2)))
@@ -144,15 +193,9 @@ def test_all_empty_pattern(rng, dtype):
 def test_head_dimension_one(rng, dtype):
     q, k, v, dout = random_inputs(rng, (2, 10, 1), (2, 7, 1), 1, dtype)
     p = Pattern.from_dense(random_mask(rng, 10, 7, density=0.6))
-    testing.assert_grads_close_to_oracle(sparse_ref.attention_backward(q, k, v, p, dout), q, k, v, p, dout)
-
-
-def test_long_rows_cross_the_kernel_block(rng):
-    """Rows and columns with more entries than one kernel block (64), plus a ragged remainder."""
-    q, k, v, dout = random_inputs(rng, (150, 16), (141, 16), 16, np.float32)
-    p = Pattern.from_dense(random_mask(rng, 150, 141, density=0.9))
-    grads = sparse_ref.attention_backward(q, k, v, p, dout, softcap=5.0)
-    testing.assert_grads_close_to_oracle(grads, q, k, v, p, dout, softcap=5.0)
+    testing.assert_grads_close_to_oracle(
+        sparse_ref.attention_backward(q, k, v, p, dout), q, k, v, p, dout
+    )
 
 
 @pytest.mark.parametrize("rank", [2, 3])
@@ -177,7 +220,9 @@ def test_ranks_and_float16(rng, rank):
     softcap=st.sampled_from([None, 0.9, 30.0]),
     seed=st.integers(0, 2**32 - 1),
 )
-def test_numba_matches_oracle_on_random_masks(n_q, n_k, d, d_v, heads, density, dtype, softcap, seed):
+def test_numba_matches_oracle_on_random_masks(
+    n_q, n_k, d, d_v, heads, density, dtype, softcap, seed
+):
     """The rule on random masks. Each mask gets 64 // H independent input draws (the batch): on a
     handful of entries the max error is too noisy a statistic for a factor of 3 (one draw breaks it
     about 1% of the time, for a NumPy transcription of the kernel just as for the kernel)."""
@@ -222,7 +267,7 @@ def test_bitwise_identical_for_any_thread_count(rng):
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("Numba has a single thread here: cannot compare thread counts")
     q, k, v, dout = random_inputs(rng, (2, 4, 300, 32), (2, 2, 300, 32), 32, np.float32)
-    p = Pattern.from_dense(random_mask(rng, 300, 300, heads=4, density=0.3))
+    p = Pattern.from_dense(mask_family(rng, "mixed", 300, 300, heads=4))
     before = numba.get_num_threads()
     try:
         numba.set_num_threads(1)
@@ -234,6 +279,34 @@ def test_bitwise_identical_for_any_thread_count(rng):
         numba.set_num_threads(before)
     for a, b, c in zip(one, two, again):
         assert a.tobytes() == b.tobytes() == c.tobytes()
+
+
+def test_head_chunks_do_not_change_the_result(rng, monkeypatch):
+    """The scratch budget splits the heads over several calls of the two passes: same bits."""
+    from sparse_ref.kernels import csr_backward
+
+    q, k, v, dout = random_inputs(rng, (3, 4, 40, 8), (3, 2, 40, 8), 8, np.float32)
+    p = Pattern.from_dense(mask_family(rng, "mixed", 40, 40, heads=4))
+    whole = sparse_ref.attention_backward(q, k, v, p, dout)
+    monkeypatch.setattr(csr_backward, "SCRATCH_BYTES", 1)  # one head per call
+    split = sparse_ref.attention_backward(q, k, v, p, dout)
+    for a, b in zip(whole, split):
+        assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("heads", [1, 3])
+def test_transpose_matches_pattern_transpose(rng, heads):
+    from sparse_ref.backends.numba import transposed
+
+    p = Pattern.from_dense(random_mask(rng, 17, 23, heads=heads))
+    t = transposed(p)
+    want = p.transpose().stacked_csr()
+    assert np.array_equal(t.indptr, want.indptr) and np.array_equal(t.indices, want.indices)
+    csr = p.stacked_csr()  # iperm: CSR position -> transposed position of the same entry
+    rows = np.concatenate([np.repeat(np.arange(17), np.diff(ptr)) for ptr in csr.indptr])
+    assert np.array_equal(t.indices[t.iperm], rows)
+    assert np.array_equal(np.sort(t.iperm), np.arange(len(t.iperm)))
+    assert transposed(p) is t  # cached
 
 
 # ---------------------------------------------------------------------------------- bad input
@@ -262,7 +335,9 @@ BAD_GRAD_INPUTS = [
 ]
 
 
-@pytest.mark.parametrize("over, exc, message", BAD_GRAD_INPUTS, ids=[m for _, _, m in BAD_GRAD_INPUTS])
+@pytest.mark.parametrize(
+    "over, exc, message", BAD_GRAD_INPUTS, ids=[m for _, _, m in BAD_GRAD_INPUTS]
+)
 def test_bad_input_gives_a_clear_error(rng, over, exc, message):
     with pytest.raises(exc, match=message):
         _grad_call(rng, **over)

@@ -85,7 +85,7 @@ def forward(
 def transposed(pattern: Pattern) -> Transposed:
     """The pattern's transpose for the backward kernels, cached for the last few patterns used.
 
-    A counting sort (:func:`..kernels.csr_backward.transpose_csr`, O(nnz), about 10 ms for 4.2M
+    A counting sort (:func:`..kernels.csr_backward.transpose_csr`, O(nnz), about 15 ms for 4.2M
     entries; ``Pattern.transpose()`` through scipy takes 70 ms and gives no ``iperm``). A training
     loop calls backward with the same pattern every step, so it is kept: the cache holds strong
     references to at most ``_TRANSPOSE_CACHE_SIZE`` patterns, found by identity (patterns are
@@ -129,7 +129,8 @@ def backward(
 
     ``out`` and ``lse`` are not needed: the row pass re-derives each row's softmax statistics and
     ``delta`` from the scores it computes anyway (see :mod:`..kernels.csr_backward`), which is
-    more accurate than taking them from a rounded forward and costs no forward pass.
+    more accurate than taking them from a rounded forward and costs no forward pass. The kernels
+    run on token CSR, also for patterns that hold a block form (there is no BSR backward yet).
     """
     ct = compute_dtype(q.dtype)
     qc, kc, vc, gc = (np.ascontiguousarray(x, dtype=ct) for x in (q, k, v, dout))
