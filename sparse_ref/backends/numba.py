@@ -97,15 +97,7 @@ def transposed(pattern: Pattern) -> Transposed:
             _TRANSPOSE_CACHE.move_to_end(id(pattern))
             return hit[1]
     csr = pattern.stacked_csr()
-    n_k = pattern.shape[1]
-    t = Transposed(
-        np.empty((csr.indptr.shape[0], n_k + 1), dtype=np.int64),
-        np.empty(len(csr.indices), dtype=csr.indices.dtype),
-        np.empty(len(csr.indices), dtype=np.int64),
-    )
-    transpose_csr(csr.indptr, csr.indices, n_k, *t)
-    for a in t:
-        a.flags.writeable = False
+    t = Transposed(*transpose_csr(csr.indptr, csr.indices, pattern.shape[1]))
     with _TRANSPOSE_LOCK:
         _TRANSPOSE_CACHE[id(pattern)] = (pattern, t)
         _TRANSPOSE_CACHE.move_to_end(id(pattern))

@@ -99,7 +99,7 @@ _BIG = np.int64(1) << 62
 
 # ------------------------------------------------------------------------------------- layout
 @numba.njit(parallel=True, cache=True)
-def transpose_csr(indptr, indices, n_k, t_indptr, t_indices, iperm):  # type: ignore[no-untyped-def]
+def _transpose_csr(indptr, indices, n_k, t_indptr, t_indices, iperm):  # type: ignore[no-untyped-def]
     """Counting-sort transpose of a stacked CSR, per head: fills ``t_indptr (P, n_k + 1)`` and
     ``t_indices`` (the key-major pattern, queries ascending in each row, as
     ``Pattern.transpose().stacked_csr()``) and ``iperm`` (CSR position -> transposed position)."""
@@ -182,7 +182,7 @@ def _axpy4(y, w0, x0, w1, x1, w2, x2, w3, x3):  # type: ignore[no-untyped-def]
         y[c] += (w0 * x0[c] + w1 * x1[c]) + (w2 * x2[c] + w3 * x3[c])
 
 
-@numba.njit(cache=True, fastmath=_FASTMATH, inline="always")
+@numba.njit(cache=True, fastmath=_FASTMATH)
 def _gather_scores(a, rows_a, b, rows_b, idx, start, n, scale, out_a, out_b):  # type: ignore[no-untyped-def]
     """``out_a[u] = scale * a . rows_a[idx[start + u]]`` and ``out_b[u] = b . rows_b[...]``."""
     u = 0
@@ -206,7 +206,7 @@ def _gather_scores(a, rows_a, b, rows_b, idx, start, n, scale, out_a, out_b):  #
         u += 1
 
 
-@numba.njit(cache=True, fastmath=_FASTMATH, inline="always")
+@numba.njit(cache=True, fastmath=_FASTMATH)
 def _gather_accumulate(y, w, rows, idx, start, n):  # type: ignore[no-untyped-def]
     """``y += sum_u w[u] rows[idx[start + u]]``, four rows per pass over ``y``."""
     u = 0
@@ -263,7 +263,7 @@ def _tile_scores4(x4, ytf, base, sv):  # type: ignore[no-untyped-def]
             sv[3 * TILE + u] += q30 * y0
 
 
-@numba.njit(cache=True, fastmath=_FASTMATH, inline="always")
+@numba.njit(cache=True, fastmath=_FASTMATH)
 def _run_scores4(x4, ytf, base, d, lo, nu, scale, sv, out):  # type: ignore[no-untyped-def]
     """``out[r, u] = scale * x4[r] . Y[lo + u]`` for ``u < nu``, tile by tile; ``base`` is the
     offset of this (batch, head)'s first tile in the flat tiled transpose ``ytf``."""
@@ -359,7 +359,7 @@ def _runs(ptr, idx, r0, rn):  # type: ignore[no-untyped-def]
 
 
 # ------------------------------------------------------------------------------ softmax parts
-@numba.njit(cache=True, fastmath=_FASTMATH, inline="always")
+@numba.njit(cache=True, fastmath=_FASTMATH)
 def _max_ignoring_nan(x, n):  # type: ignore[no-untyped-def]
     """``max(x[:n])`` over the non-NaN entries (``-inf`` if none), as eight interleaved chains."""
     m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = x.dtype.type(-np.inf)
@@ -386,7 +386,7 @@ def _max_ignoring_nan(x, n):  # type: ignore[no-untyped-def]
     return m4 if m4 > m0 else m0
 
 
-@numba.njit(cache=True, fastmath=_FASTMATH, inline="always")
+@numba.njit(cache=True, fastmath=_FASTMATH)
 def _any_nan(x, n):  # type: ignore[no-untyped-def]
     for u in range(n):
         if x[u] != x[u]:
@@ -394,7 +394,7 @@ def _any_nan(x, n):  # type: ignore[no-untyped-def]
     return False
 
 
-@numba.njit(cache=True, fastmath=_FASTMATH, inline="always")
+@numba.njit(cache=True, fastmath=_FASTMATH)
 def _softcap(s, f, n, softcap):  # type: ignore[no-untyped-def]
     """``s = softcap * tanh(s / softcap)`` and ``f = 1 - tanh**2`` (the softcap's derivative)."""
     one = s.dtype.type(1)
@@ -404,7 +404,7 @@ def _softcap(s, f, n, softcap):  # type: ignore[no-untyped-def]
         f[u] = one - t * t
 
 
-@numba.njit(cache=True, fastmath=_FASTMATH, inline="always")
+@numba.njit(cache=True, fastmath=_FASTMATH)
 def _row_grad(s, dp, f, n, softcap):  # type: ignore[no-untyped-def]
     """One query row: scores ``s`` and ``dp = dout . v`` of its ``n`` keys in; ``p`` (in ``s``) and
     ``ds`` (in ``dp``) out. Returns False for a row without keys or with only ``-inf`` scores,
@@ -439,7 +439,7 @@ def _row_grad(s, dp, f, n, softcap):  # type: ignore[no-untyped-def]
     return True
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(cache=True)
 def _store(ps, ds, n, iperm, idx, pos, t_off, pad, p_out, ds_out):  # type: ignore[no-untyped-def]
     """Scatter a row's ``p`` and ``ds`` to the scratch positions of its entries (see
     :func:`csr_backward_rows`)."""
@@ -449,7 +449,7 @@ def _store(ps, ds, n, iperm, idx, pos, t_off, pad, p_out, ds_out):  # type: igno
         ds_out[t] = ds[u]
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(cache=True)
 def _store_run(s4, d4, lo, core_lo, core_hi, ptr, idx, i0, iperm, t_off, pad, p_out, ds_out):  # type: ignore[no-untyped-def]
     """:func:`_store` for the ``GROUP`` rows of a run (entry ``key - lo`` of ``s4[r]``/``d4[r]``):
     on the keys common to all rows the rows' entries are adjacent in transposed order, so they
@@ -745,12 +745,36 @@ def csr_backward_columns(
                     dkj[c] *= scale
 
 
+def _readonly(a: np.ndarray) -> np.ndarray:
+    """A read-only view. The kernels only read their inputs; passing them all read-only means one
+    Numba type, hence one compilation, whether the caller's arrays are writeable or not."""
+    view = a.view()
+    view.flags.writeable = False
+    return view
+
+
 def _tiled(x: np.ndarray) -> np.ndarray:
     """Flat :func:`tile_transpose` of a 4-D array."""
     B, Hx, n, d = x.shape
     out = np.empty((B, Hx, (n + TILE - 1) // TILE, d, TILE), dtype=x.dtype)
-    tile_transpose(x, out)
-    return out.reshape(-1)
+    tile_transpose(_readonly(x), out)
+    return _readonly(out.reshape(-1))
+
+
+def transpose_csr(
+    indptr: np.ndarray, indices: np.ndarray, n_k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(t_indptr (P, n_k + 1), t_indices, iperm)`` of a stacked CSR (``indptr (P, n_q + 1)``
+    absolute offsets): the key-major pattern, equal to ``Pattern.transpose().stacked_csr()``, and
+    ``iperm``, the transposed position of each CSR position. A counting sort, O(nnz), one head per
+    thread; the arrays come back read-only."""
+    t = (
+        np.empty((indptr.shape[0], n_k + 1), dtype=np.int64),
+        np.empty(len(indices), dtype=indices.dtype),
+        np.empty(len(indices), dtype=np.int64),
+    )
+    _transpose_csr(_readonly(indptr), _readonly(indices), n_k, *t)
+    return tuple(_readonly(a) for a in t)  # type: ignore[return-value]
 
 
 def csr_backward(
@@ -777,7 +801,10 @@ def csr_backward(
     scratch: tiled transposes of k and v.
     """
     B, H, n_q, _ = q.shape
-    t_off = np.ascontiguousarray(t_indptr[:, 0])
+    q, k, v, dout, indptr, indices, t_indptr, t_indices, iperm = (
+        _readonly(a) for a in (q, k, v, dout, indptr, indices, t_indptr, t_indices, iperm)
+    )
+    t_off = _readonly(np.ascontiguousarray(t_indptr[:, 0]))
     per_head_nnz = t_indptr[:, -1] - t_off
     longest = int(np.diff(indptr, axis=1).max(initial=0))
     pad = max(1, 64 // q.dtype.itemsize)  # one cache line between keys: no power-of-two strides
