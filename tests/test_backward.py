@@ -262,6 +262,28 @@ def test_infinite_value_of_a_key_nobody_attends_does_not_leak(rng):
         assert np.array_equal(grads[1][2], np.zeros(3)) and np.array_equal(grads[2][2], np.zeros(2))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("family", ["random", "window"])
+def test_non_finite_values_of_a_row_without_gradient_do_not_leak(rng, dtype, family):
+    """A row whose scores are all -inf gets no gradient; the oracle skips it, so the inf in its q
+    and the NaN in its dout must not reach its keys' dk/dv (a weight 0 times inf is NaN). Rows
+    without keys holding inf/NaN, for good measure."""
+    q, k, v, dout = random_inputs(rng, (1, 2, 40, 4), (1, 2, 40, 4), 3, dtype)
+    mask = np.stack([mask_family(rng, family, 40, 40, heads=1)] * 2)
+    mask[:, :, 0] = True  # every row has keys ...
+    mask[:, 5] = False  # ... but row 5
+    k[..., 0] = np.abs(k[..., 0]) + 0.5
+    q[0, 1, 9] = [-np.inf, 0, 0, 0]  # scores -inf * k0 = -inf for all keys: no gradient
+    dout[0, 1, 9, 1] = np.nan
+    q[0, 0, 5] = np.inf
+    dout[0, 0, 5] = -np.inf
+    p = Pattern.from_dense(mask)
+    grads = sparse_ref.attention_backward(q, k, v, p, dout, check_finite=False)
+    testing.assert_grads_close_to_oracle(grads, q, k, v, p, dout)
+    assert all(np.isfinite(g).all() for g in grads)
+    assert not grads[0][0, 1, 9].any()
+
+
 # ---------------------------------------------------------------------------------- determinism
 def test_bitwise_identical_for_any_thread_count(rng):
     if numba.config.NUMBA_NUM_THREADS < 2:
@@ -294,6 +316,51 @@ def test_head_chunks_do_not_change_the_result(rng, monkeypatch):
         assert a.tobytes() == b.tobytes()
 
 
+def test_reused_scratch_is_never_read_before_written(rng):
+    """The scratch kept between calls is poisoned with NaN bits: the next call gives the same bits."""
+    from sparse_ref.kernels import _workspace
+
+    q, k, v, dout = random_inputs(rng, (1, 2, 70, 8), (1, 2, 70, 8), 8, np.float32)
+    p = Pattern.from_dense(mask_family(rng, "mixed", 70, 70, heads=2))
+    first = sparse_ref.attention_backward(q, k, v, p, dout)
+    kept = _workspace.kept_bytes()
+    assert kept > 0
+    buffer = _workspace.borrow(kept)
+    assert _workspace.kept_bytes() == 0  # taken out while borrowed
+    buffer[:] = 0xFF  # NaN in every float lane
+    _workspace.give_back(buffer)
+    second = sparse_ref.attention_backward(q, k, v, p, dout)
+    for a, b in zip(first, second):
+        assert a.tobytes() == b.tobytes()
+
+
+def test_workspace_keeps_the_largest_buffer_under_its_cap(monkeypatch):
+    from sparse_ref.kernels import _workspace
+
+    _workspace.release()
+    assert _workspace.kept_bytes() == 0
+    small, large = _workspace.borrow(100), _workspace.borrow(1000)
+    _workspace.give_back(large)
+    _workspace.give_back(small)  # smaller than the kept one: dropped
+    assert _workspace.kept_bytes() == 1000
+    assert _workspace.borrow(500) is large  # large enough: reused
+    monkeypatch.setattr(_workspace, "KEEP_BYTES", 999)
+    _workspace.give_back(large)  # over the cap: freed
+    assert _workspace.kept_bytes() == 0
+    a, b = _workspace.carve(
+        _workspace.borrow(_workspace.nbytes_for([(3,), (2, 5)], np.dtype(np.float64))),
+        [(3,), (2, 5)],
+        np.dtype(np.float64),
+    )
+    assert (
+        a.shape == (3,)
+        and b.shape == (2, 5)
+        and a.ctypes.data % 64 == 0
+        and b.ctypes.data % 64 == 0
+    )
+    assert b.ctypes.data >= a.ctypes.data + a.nbytes  # no overlap
+
+
 @pytest.mark.parametrize("heads", [1, 3])
 def test_transpose_matches_pattern_transpose(rng, heads):
     from sparse_ref.backends.numba import transposed
@@ -302,10 +369,12 @@ def test_transpose_matches_pattern_transpose(rng, heads):
     t = transposed(p)
     want = p.transpose().stacked_csr()
     assert np.array_equal(t.indptr, want.indptr) and np.array_equal(t.indices, want.indices)
-    csr = p.stacked_csr()  # iperm: CSR position -> transposed position of the same entry
+    csr = p.stacked_csr()  # perm: transposed position -> CSR position of the same entry
     rows = np.concatenate([np.repeat(np.arange(17), np.diff(ptr)) for ptr in csr.indptr])
-    assert np.array_equal(t.indices[t.iperm], rows)
-    assert np.array_equal(np.sort(t.iperm), np.arange(len(t.iperm)))
+    keys = np.concatenate([np.repeat(np.arange(23), np.diff(ptr)) for ptr in t.indptr])
+    assert np.array_equal(rows[t.perm], t.indices)
+    assert np.array_equal(csr.indices[t.perm], keys)
+    assert np.array_equal(np.sort(t.perm), np.arange(len(t.perm)))
     assert transposed(p) is t  # cached
 
 

@@ -26,12 +26,12 @@ from ..validation import compute_dtype
 
 
 class Transposed(NamedTuple):
-    """The key-major pattern (``Pattern.transpose().stacked_csr()``) plus ``iperm``: CSR position
-    -> transposed position."""
+    """The key-major pattern (``Pattern.transpose().stacked_csr()``) plus ``perm``: the CSR
+    position of each transposed position."""
 
     indptr: np.ndarray
     indices: np.ndarray
-    iperm: np.ndarray
+    perm: np.ndarray
 
 
 #: transposes of the last few patterns used (most recent last), keyed by ``id``; each entry holds
@@ -86,7 +86,7 @@ def transposed(pattern: Pattern) -> Transposed:
     """The pattern's transpose for the backward kernels, cached for the last few patterns used.
 
     A counting sort (:func:`..kernels.csr_backward.transpose_csr`, O(nnz), about 15 ms for 4.2M
-    entries; ``Pattern.transpose()`` through scipy takes 70 ms and gives no ``iperm``). A training
+    entries; ``Pattern.transpose()`` through scipy takes 70 ms and gives no ``perm``). A training
     loop calls backward with the same pattern every step, so it is kept: the cache holds strong
     references to at most ``_TRANSPOSE_CACHE_SIZE`` patterns, found by identity (patterns are
     immutable, so identity implies the same structure).
@@ -138,7 +138,7 @@ def backward(
         csr.indices,
         t.indptr,
         t.indices,
-        t.iperm,
+        t.perm,
         ct(scale),
         ct(softcap or 0.0),
         dq,

@@ -11,15 +11,19 @@
 
 Two passes, no atomics. The **row pass** computes, for each query row, the scores and ``dp`` of
 its keys, the row's exact softmax (``m``, ``l``) and ``delta = sum_j p_ij dp_ij`` from them, then
-``ds`` and ``dq``; it writes ``p`` and ``ds`` of every entry into scratch arrays laid out in the
-order of the *transposed* pattern (through ``iperm``, the CSR position -> transposed position map
-of :func:`transpose_csr`; a gap of one cache line after each key's entries). The **column pass**
-walks the transposed rows (the queries of each key) and accumulates ``dv_j += p_ij dout_i`` and
-``dk_j += ds_ij q_i``, reading the weights contiguously. That is five products of size
-``nnz x d``, as in FlashAttention-2 (which instead recomputes ``p`` in its key-major pass and adds
-``dq`` with atomics), and scratch memory for two floats per entry; the caller
-(:func:`csr_backward`) bounds it by running the passes over a few heads at a time. (Recomputing
-``p`` and ``ds`` in the column pass instead, seven products and no scratch, measured 15% slower.)
+``ds`` and ``dq``; it copies ``p`` and ``ds`` of the row into scratch arrays in the pattern's own
+CSR order (one contiguous copy per row). The **column pass** walks the transposed rows (the
+queries of each key) and accumulates ``dv_j += p_ij dout_i`` and ``dk_j += ds_ij q_i``, finding
+each weight through ``perm`` (transposed position -> CSR position, from :func:`transpose_csr`).
+On the run path the ``GROUP`` keys of a task are consecutive, so for each query they sit in
+adjacent CSR positions: one ``perm`` read serves ``GROUP`` weights, and the next task (the next
+keys, same thread) reads the same cache lines. That is five products of size ``nnz x d``, as in
+FlashAttention-2 (which instead recomputes ``p`` in its key-major pass and adds ``dq`` with
+atomics), and scratch memory for two floats per entry; the caller (:func:`csr_backward`) bounds
+it by running the passes over a few heads at a time and keeps it for the next call
+(:mod:`._workspace`). (Recomputing ``p`` and ``ds`` in the column pass instead, seven products and
+no scratch, measured 15% slower; writing the scratch in transposed order through an inverse
+permutation, as an earlier version did, cost a third of the row pass.)
 
 Deriving ``m``, ``l`` and ``delta`` from the row's own scores, instead of taking ``lse`` and
 ``delta = rowsum(dout * out)`` from the forward, keeps ``p`` and ``delta`` consistent to rounding,
@@ -47,9 +51,10 @@ the tiles, the choice of path; head chunks only split a sequence of additions in
 additions), so results are bitwise identical for any thread count and across runs.
 
 Special values: a row with no allowed keys (or only ``-inf`` scores) gets ``dq = 0`` and weights 0
-in the column pass (a weight 0 still meets the row's ``q``/``dout`` there: an infinite value in
-such a row, possible only with ``check_finite=False``, gives NaN where the oracle, which skips the
-row, gives 0). A NaN score makes its row's gradients NaN. ``exp`` is :func:`._exp.fast_exp`
+in the column pass. A weight 0 still meets the row's ``q``/``dout`` there, so where such a row
+holds a non-finite value (possible only with ``check_finite=False``) the row pass flags it and
+the column pass runs on copies of ``q``/``dout`` with the flagged rows zeroed: the oracle skips
+those rows, and so do the kernels. A NaN score makes its row's gradients NaN. ``exp`` is :func:`._exp.fast_exp`
 (vectorisable, about 1 ulp); ``fastmath`` only ``reassoc``/``contract``/``arcp`` (never
 ``nnan``/``ninf``).
 
@@ -69,6 +74,7 @@ import numba
 import numpy as np
 from numba import prange
 
+from . import _workspace
 from ._exp import fast_exp
 
 __all__ = [
@@ -78,7 +84,6 @@ __all__ = [
     "csr_backward",
     "csr_backward_rows",
     "csr_backward_columns",
-    "tile_transpose",
     "transpose_csr",
 ]
 
@@ -99,10 +104,10 @@ _BIG = np.int64(1) << 62
 
 # ------------------------------------------------------------------------------------- layout
 @numba.njit(parallel=True, cache=True)
-def _transpose_csr(indptr, indices, n_k, t_indptr, t_indices, iperm):  # type: ignore[no-untyped-def]
+def _transpose_csr(indptr, indices, n_k, t_indptr, t_indices, perm):  # type: ignore[no-untyped-def]
     """Counting-sort transpose of a stacked CSR, per head: fills ``t_indptr (P, n_k + 1)`` and
     ``t_indices`` (the key-major pattern, queries ascending in each row, as
-    ``Pattern.transpose().stacked_csr()``) and ``iperm`` (CSR position -> transposed position)."""
+    ``Pattern.transpose().stacked_csr()``) and ``perm`` (transposed position -> CSR position)."""
     P, n_q = indptr.shape[0], indptr.shape[1] - 1
     for p in prange(P):
         start, end = indptr[p, 0], indptr[p, n_q]
@@ -121,7 +126,7 @@ def _transpose_csr(indptr, indices, n_k, t_indptr, t_indices, iperm):  # type: i
                 t = cursor[j]
                 cursor[j] = t + 1
                 t_indices[t] = i
-                iperm[pos] = t
+                perm[t] = pos
 
 
 @numba.njit(parallel=True, cache=True)
@@ -228,13 +233,39 @@ def _gather_accumulate(y, w, rows, idx, start, n):  # type: ignore[no-untyped-de
         u += 1
 
 
+@numba.njit(cache=True, fastmath=_FASTMATH)
+def _gather_accumulate_perm(y, w, perm, base, rows, idx, start, n):  # type: ignore[no-untyped-def]
+    """``y += sum_u w[perm[start + u] - base] rows[idx[start + u]]``: :func:`_gather_accumulate`
+    with the weights found through ``perm`` (the column pass reading the CSR-ordered scratch)."""
+    u = 0
+    while u + 4 <= n:
+        t = start + u
+        _axpy4(
+            y,
+            w[perm[t] - base],
+            rows[idx[t]],
+            w[perm[t + 1] - base],
+            rows[idx[t + 1]],
+            w[perm[t + 2] - base],
+            rows[idx[t + 2]],
+            w[perm[t + 3] - base],
+            rows[idx[t + 3]],
+        )
+        u += 4
+    while u < n:
+        t = start + u
+        _axpy(y, w[perm[t] - base], rows[idx[t]])
+        u += 1
+
+
 # -------------------------------------------------------------------------------- run path
 @numba.njit(cache=True, fastmath=_FASTMATH)
 def _tile_scores4(x4, ytf, base, sv):  # type: ignore[no-untyped-def]
     """``sv[r * TILE + u] = x4[r] . Y[u]`` for the 4 rows of ``x4`` and the ``TILE`` indices of one
     tile, where ``ytf[base + c * TILE + u]`` is component ``c`` of ``Y[u]`` (the transposed tile):
     the inner loop has a fixed trip count, runs over indices with unit stride, and each loaded
-    value serves the 4 rows."""
+    value serves the 4 rows. (A trip count set by the part of the tile in use, even in whole
+    vectors, measured six times slower: Numba then leaves the loop scalar.)"""
     d = x4.shape[1]
     d4 = d - d % 4
     zero = sv.dtype.type(0)
@@ -298,6 +329,40 @@ def _run_accumulate4(a0, a1, a2, a3, w, o0, o1, o2, o3, rows, lo, n):  # type: i
             a3[c] += p30 * x0 + p31 * x1 + p32 * x2 + p33 * x3
     for u in range(n4, n):
         p0, p1, p2, p3 = w[o0 + u], w[o1 + u], w[o2 + u], w[o3 + u]
+        y0 = rows[lo + u]
+        for c in range(a0.shape[0]):
+            x0 = y0[c]
+            a0[c] += p0 * x0
+            a1[c] += p1 * x0
+            a2[c] += p2 * x0
+            a3[c] += p3 * x0
+
+
+@numba.njit(cache=True, fastmath=_FASTMATH)
+def _column_accumulate4(a0, a1, a2, a3, w, perm, t0, base, rows, lo, n):  # type: ignore[no-untyped-def]
+    """``a_r += sum_u w[perm[t0 + u] - base + r] rows[lo + u]`` for ``u < n``: the column pass of
+    ``GROUP`` consecutive keys over their common queries ``lo .. lo + n - 1``, where ``t0`` is the
+    transposed position of ``(lo, first key)`` and the weight of key ``r`` for a query sits ``r``
+    places after that of the first key (the keys are adjacent in each query's CSR row). Same
+    arithmetic, in the same order, as :func:`_run_accumulate4`."""
+    n4 = n - n % 4
+    for u in range(0, n4, 4):
+        b0, b1 = perm[t0 + u] - base, perm[t0 + u + 1] - base
+        b2, b3 = perm[t0 + u + 2] - base, perm[t0 + u + 3] - base
+        p00, p01, p02, p03 = w[b0], w[b1], w[b2], w[b3]
+        p10, p11, p12, p13 = w[b0 + 1], w[b1 + 1], w[b2 + 1], w[b3 + 1]
+        p20, p21, p22, p23 = w[b0 + 2], w[b1 + 2], w[b2 + 2], w[b3 + 2]
+        p30, p31, p32, p33 = w[b0 + 3], w[b1 + 3], w[b2 + 3], w[b3 + 3]
+        y0, y1, y2, y3 = rows[lo + u], rows[lo + u + 1], rows[lo + u + 2], rows[lo + u + 3]
+        for c in range(a0.shape[0]):
+            x0, x1, x2, x3 = y0[c], y1[c], y2[c], y3[c]
+            a0[c] += p00 * x0 + p01 * x1 + p02 * x2 + p03 * x3
+            a1[c] += p10 * x0 + p11 * x1 + p12 * x2 + p13 * x3
+            a2[c] += p20 * x0 + p21 * x1 + p22 * x2 + p23 * x3
+            a3[c] += p30 * x0 + p31 * x1 + p32 * x2 + p33 * x3
+    for u in range(n4, n):
+        b = perm[t0 + u] - base
+        p0, p1, p2, p3 = w[b], w[b + 1], w[b + 2], w[b + 3]
         y0 = rows[lo + u]
         for c in range(a0.shape[0]):
             x0 = y0[c]
@@ -395,6 +460,14 @@ def _any_nan(x, n):  # type: ignore[no-untyped-def]
 
 
 @numba.njit(cache=True, fastmath=_FASTMATH)
+def _all_finite(x):  # type: ignore[no-untyped-def]
+    for c in range(x.shape[0]):
+        if not abs(x[c]) < np.inf:  # False for NaN too
+            return False
+    return True
+
+
+@numba.njit(cache=True, fastmath=_FASTMATH)
 def _softcap(s, f, n, softcap):  # type: ignore[no-untyped-def]
     """``s = softcap * tanh(s / softcap)`` and ``f = 1 - tanh**2`` (the softcap's derivative)."""
     one = s.dtype.type(1)
@@ -439,69 +512,6 @@ def _row_grad(s, dp, f, n, softcap):  # type: ignore[no-untyped-def]
     return True
 
 
-@numba.njit(cache=True)
-def _store(ps, ds, n, iperm, idx, pos, t_off, pad, p_out, ds_out):  # type: ignore[no-untyped-def]
-    """Scatter a row's ``p`` and ``ds`` to the scratch positions of its entries (see
-    :func:`csr_backward_rows`)."""
-    for u in range(n):
-        t = iperm[pos + u] - t_off + np.int64(idx[pos + u]) * pad
-        p_out[t] = ps[u]
-        ds_out[t] = ds[u]
-
-
-@numba.njit(cache=True)
-def _store_run(s4, d4, lo, core_lo, core_hi, ptr, idx, i0, iperm, t_off, pad, p_out, ds_out):  # type: ignore[no-untyped-def]
-    """:func:`_store` for the ``GROUP`` rows of a run (entry ``key - lo`` of ``s4[r]``/``d4[r]``):
-    on the keys common to all rows the rows' entries are adjacent in transposed order, so they
-    are written as one block of ``GROUP`` per key."""
-    width = s4.shape[1]
-    sf = s4.reshape(GROUP * width)
-    df = d4.reshape(GROUP * width)
-    pos = ptr[i0] + core_lo - np.int64(idx[ptr[i0]])  # CSR position of (i0, core_lo)
-    c = core_lo - lo
-    t_base = core_lo * pad - t_off
-    for u in range(core_hi - core_lo):
-        t = iperm[pos + u] + t_base + u * pad
-        cu = c + u
-        p_out[t] = sf[cu]
-        p_out[t + 1] = sf[width + cu]
-        p_out[t + 2] = sf[2 * width + cu]
-        p_out[t + 3] = sf[3 * width + cu]
-        ds_out[t] = df[cu]
-        ds_out[t + 1] = df[width + cu]
-        ds_out[t + 2] = df[2 * width + cu]
-        ds_out[t + 3] = df[3 * width + cu]
-    for r in range(GROUP):
-        i = i0 + r
-        a = np.int64(idx[ptr[i]])
-        z = a + ptr[i + 1] - ptr[i]
-        left, right = min(z, core_lo), max(a, core_hi)  # outside the common range
-        _store(
-            s4[r, a - lo :],
-            d4[r, a - lo :],
-            left - a,
-            iperm,
-            idx,
-            ptr[i],
-            t_off,
-            pad,
-            p_out,
-            ds_out,
-        )
-        _store(
-            s4[r, right - lo :],
-            d4[r, right - lo :],
-            z - right,
-            iperm,
-            idx,
-            ptr[i] + right - a,
-            t_off,
-            pad,
-            p_out,
-            ds_out,
-        )
-
-
 # ----------------------------------------------------------------------------------- kernels
 @numba.njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def csr_backward_rows(
@@ -513,9 +523,6 @@ def csr_backward_rows(
     vtf,
     indptr,
     indices,
-    iperm,
-    t_off,
-    pad,
     scale,
     softcap,
     f0,
@@ -524,14 +531,14 @@ def csr_backward_rows(
     dq,
     p_t,
     ds_t,
+    poisoned,
 ):  # type: ignore[no-untyped-def]
     """Row pass over the query heads ``f = b * H + h`` in ``[f0, f1)``: fills their ``dq`` and
-    the scratch ``p_t[f - f0]``, ``ds_t[f - f0]``: ``p`` and ``ds`` of entry ``(i, j)`` at
-    ``t - t_off[p] + j * pad``, where ``t`` is its transposed position (``iperm``) and ``t_off[p]``
-    the first transposed position of the head's pattern; the ``pad`` gap after each key's run
-    breaks power-of-two strides between the runs. One task per (head, group of ``GROUP`` query
-    rows); ``ktf``/``vtf`` are the flat :func:`tile_transpose` of k and v; ``width >= 2 *
-    longest row``."""
+    the scratch ``p_t[f - f0]``, ``ds_t[f - f0]``: ``p`` and ``ds`` of the entry at CSR position
+    ``pos`` at ``pos - indptr[p, 0]`` (the head's own CSR order); ``poisoned[f - f0, i]`` tells
+    whether row ``i`` gets no gradient but holds a non-finite value in ``q`` or ``dout``. One task
+    per (head, group of ``GROUP`` query rows); ``ktf``/``vtf`` are the flat
+    :func:`tile_transpose` of k and v; ``width >= 2 * longest row``."""
     B, H, n_q, d = q.shape
     H_kv, n_k = k.shape[1], k.shape[2]
     d_v = v.shape[3]
@@ -555,6 +562,7 @@ def csr_backward_rows(
         live = np.empty(GROUP, np.bool_)
         ph = h if per_head else 0
         ptr = indptr[ph]
+        hb = ptr[0]
         p_f = p_t[f - f0]
         ds_f = ds_t[f - f0]
         k_bg = k[b, g]
@@ -597,9 +605,8 @@ def csr_backward_rows(
                 if not live[r]:
                     s4[r, a : a + n] = zero
                     d4[r, a : a + n] = zero
-            _store_run(
-                s4, d4, lo, core_lo, core_hi, ptr, indices, i0, iperm, t_off[ph], pad, p_f, ds_f
-            )
+                p_f[ptr[i] - hb : ptr[i + 1] - hb] = s4[r, a : a + n]
+                ds_f[ptr[i] - hb : ptr[i + 1] - hb] = d4[r, a : a + n]
             w = d4.reshape(GROUP * width)
             c0 = core_lo - lo
             _run_accumulate4(
@@ -638,21 +645,27 @@ def csr_backward_rows(
                 else:
                     s[:n] = zero
                     dp[:n] = zero
-                _store(s, dp, n, iperm, indices, start, t_off[ph], pad, p_f, ds_f)
+                p_f[start - hb : start - hb + n] = s[:n]
+                ds_f[start - hb : start - hb + n] = dp[:n]
         for r in range(rn):
-            dqi = dq_bh[i0 + r]
+            i = i0 + r
+            dqi = dq_bh[i]
             if not live[r]:  # no keys: no gradient (the run path summed zeros)
                 dqi[:] = zero
             for c in range(d):
                 dqi[c] *= scale
+            poisoned[f - f0, i] = not live[r] and not (
+                _all_finite(q[b, h, i]) and _all_finite(dout[b, h, i])
+            )
 
 
 @numba.njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def csr_backward_columns(
-    q, dout, t_indptr, t_indices, t_off, pad, scale, f0, f1, p_t, ds_t, dk, dv
+    q, dout, t_indptr, t_indices, perm, h_base, scale, f0, f1, p_t, ds_t, dk, dv
 ):  # type: ignore[no-untyped-def]
     """Column pass for the query heads ``f = b * H + h`` in ``[f0, f1)``: adds their terms to
-    ``dk``/``dv (B, H_kv, n_k, ·)`` with the weights of :func:`csr_backward_rows`. One task per
+    ``dk``/``dv (B, H_kv, n_k, ·)`` with the weights of :func:`csr_backward_rows`, the weight of
+    transposed position ``t`` of head pattern ``p`` at ``perm[t] - h_base[p]``. One task per
     (b, kv head, group of ``GROUP`` keys), walking its query heads in increasing order. A kv head's
     rows are zeroed by the call holding its first query head and scaled by the one holding its
     last, so splitting the heads over calls leaves every sum's order unchanged."""
@@ -684,60 +697,63 @@ def csr_backward_columns(
             g_bh = dout[b, h]
             p_f = p_t[b * H + h - f0]
             ds_f = ds_t[b * H + h - f0]
-            toff = t_off[ph]
+            hb = h_base[ph]
             run, lo, hi, core_lo, core_hi = _runs(ptr, t_indices, j0, rn)
             if run:
-                o = np.empty(GROUP, np.int64)
-                for r in range(GROUP):
-                    j = j0 + r
-                    o[r] = ptr[j] - toff + j * pad + core_lo - np.int64(t_indices[ptr[j]])
+                # transposed position of (core_lo, j0): the column of j0 is a run of queries
+                t0 = ptr[j0] + core_lo - np.int64(t_indices[ptr[j0]])
                 n = core_hi - core_lo
-                _run_accumulate4(
+                _column_accumulate4(
                     dv_g[j0],
                     dv_g[j0 + 1],
                     dv_g[j0 + 2],
                     dv_g[j0 + 3],
                     p_f,
-                    o[0],
-                    o[1],
-                    o[2],
-                    o[3],
+                    perm,
+                    t0,
+                    hb,
                     g_bh,
                     core_lo,
                     n,
                 )
-                _run_accumulate4(
+                _column_accumulate4(
                     dk_g[j0],
                     dk_g[j0 + 1],
                     dk_g[j0 + 2],
                     dk_g[j0 + 3],
                     ds_f,
-                    o[0],
-                    o[1],
-                    o[2],
-                    o[3],
+                    perm,
+                    t0,
+                    hb,
                     q_bh,
                     core_lo,
                     n,
                 )
-                for r in range(GROUP):
+                for r in range(GROUP):  # queries outside the common range, key by key
                     j = j0 + r
                     a = np.int64(t_indices[ptr[j]])
                     z = a + ptr[j + 1] - ptr[j]
-                    base = ptr[j] - toff + j * pad - a  # weight of query i at base + i
-                    left, right = min(z, core_lo), max(a, core_hi)  # outside the common range
-                    _run_accumulate(dv_g[j], p_f, base + a, g_bh, a, left - a)
-                    _run_accumulate(dv_g[j], p_f, base + right, g_bh, right, z - right)
-                    _run_accumulate(dk_g[j], ds_f, base + a, q_bh, a, left - a)
-                    _run_accumulate(dk_g[j], ds_f, base + right, q_bh, right, z - right)
+                    left, right = min(z, core_lo), max(a, core_hi)
+                    t_right = ptr[j] + right - a
+                    _gather_accumulate_perm(
+                        dv_g[j], p_f, perm, hb, g_bh, t_indices, ptr[j], left - a
+                    )
+                    _gather_accumulate_perm(
+                        dv_g[j], p_f, perm, hb, g_bh, t_indices, t_right, z - right
+                    )
+                    _gather_accumulate_perm(
+                        dk_g[j], ds_f, perm, hb, q_bh, t_indices, ptr[j], left - a
+                    )
+                    _gather_accumulate_perm(
+                        dk_g[j], ds_f, perm, hb, q_bh, t_indices, t_right, z - right
+                    )
             else:
                 for r in range(rn):
                     j = j0 + r
                     start = ptr[j]
                     n = ptr[j + 1] - start
-                    w0 = start - toff + j * pad
-                    _gather_accumulate(dv_g[j], p_f[w0:], g_bh, t_indices, start, n)
-                    _gather_accumulate(dk_g[j], ds_f[w0:], q_bh, t_indices, start, n)
+                    _gather_accumulate_perm(dv_g[j], p_f, perm, hb, g_bh, t_indices, start, n)
+                    _gather_accumulate_perm(dk_g[j], ds_f, perm, hb, q_bh, t_indices, start, n)
         if h_hi == (g + 1) * group:
             for r in range(rn):
                 dkj = dk_g[j0 + r]
@@ -753,21 +769,31 @@ def _readonly(a: np.ndarray) -> np.ndarray:
     return view
 
 
-def _tiled(x: np.ndarray) -> np.ndarray:
-    """Flat :func:`tile_transpose` of a 4-D array."""
-    B, Hx, n, d = x.shape
-    out = np.empty((B, Hx, (n + TILE - 1) // TILE, d, TILE), dtype=x.dtype)
-    tile_transpose(_readonly(x), out)
-    return _readonly(out.reshape(-1))
+def _without_poisoned_rows(
+    q: np.ndarray, dout: np.ndarray, poisoned: np.ndarray, f0: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``q``, ``dout`` for the column pass: unchanged, or, if rows without gradient hold
+    non-finite values (``poisoned[f - f0, i]`` for query head ``f = b * H + h``), read-only copies
+    with those rows zeroed, so that their weight 0 meets 0 rather than inf or NaN."""
+    if not poisoned.any():
+        return q, dout
+    H = q.shape[1]
+    f, i = np.nonzero(poisoned)
+    b, h = (f + f0) // H, (f + f0) % H
+    q, dout = q.copy(), dout.copy()
+    q[b, h, i] = 0
+    dout[b, h, i] = 0
+    return _readonly(q), _readonly(dout)
 
 
 def transpose_csr(
     indptr: np.ndarray, indices: np.ndarray, n_k: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(t_indptr (P, n_k + 1), t_indices, iperm)`` of a stacked CSR (``indptr (P, n_q + 1)``
+    """``(t_indptr (P, n_k + 1), t_indices, perm)`` of a stacked CSR (``indptr (P, n_q + 1)``
     absolute offsets): the key-major pattern, equal to ``Pattern.transpose().stacked_csr()``, and
-    ``iperm``, the transposed position of each CSR position. A counting sort, O(nnz), one head per
-    thread; the arrays come back read-only."""
+    ``perm``, the CSR position of each transposed position (``indices[perm] ==`` the key of each
+    transposed entry). A counting sort, O(nnz), one head per thread; the arrays come back
+    read-only."""
     t = (
         np.empty((indptr.shape[0], n_k + 1), dtype=np.int64),
         np.empty(len(indices), dtype=indices.dtype),
@@ -786,7 +812,7 @@ def csr_backward(
     indices: np.ndarray,
     t_indptr: np.ndarray,
     t_indices: np.ndarray,
-    iperm: np.ndarray,
+    perm: np.ndarray,
     scale: np.floating,
     softcap: np.floating,
     dq: np.ndarray,
@@ -795,50 +821,58 @@ def csr_backward(
 ) -> None:
     """Fill ``dq``, ``dk``, ``dv`` in place (shapes and rules in the module doc).
 
-    ``t_indptr``, ``t_indices``, ``iperm`` come from :func:`transpose_csr`. The row pass and the
+    ``t_indptr``, ``t_indices``, ``perm`` come from :func:`transpose_csr`. The row pass and the
     column pass run over chunks of query heads whose scratch (``p`` and ``ds`` per entry, in the
-    data dtype) fits :data:`SCRATCH_BYTES` (at least one head per chunk). Extra memory besides the
-    scratch: tiled transposes of k and v.
+    data dtype) fits :data:`SCRATCH_BYTES` (at least one head per chunk). Working memory besides
+    the scratch: tiled transposes of k and v; all of it is borrowed from :mod:`._workspace` and
+    kept for the next call.
     """
     B, H, n_q, _ = q.shape
-    q, k, v, dout, indptr, indices, t_indptr, t_indices, iperm = (
-        _readonly(a) for a in (q, k, v, dout, indptr, indices, t_indptr, t_indices, iperm)
+    q, k, v, dout, indptr, indices, t_indptr, t_indices, perm = (
+        _readonly(a) for a in (q, k, v, dout, indptr, indices, t_indptr, t_indices, perm)
     )
-    t_off = _readonly(np.ascontiguousarray(t_indptr[:, 0]))
-    per_head_nnz = t_indptr[:, -1] - t_off
+    h_base = _readonly(np.ascontiguousarray(indptr[:, 0]))
+    stride = max(int((indptr[:, -1] - h_base).max(initial=0)), 1)  # the largest head's nnz
     longest = int(np.diff(indptr, axis=1).max(initial=0))
-    pad = max(1, 64 // q.dtype.itemsize)  # one cache line between keys: no power-of-two strides
-    stride = max(int(per_head_nnz.max(initial=0)) + k.shape[2] * pad, 1)
-    heads = max(1, min(B * H, SCRATCH_BYTES // (2 * stride * q.dtype.itemsize)))
-    p_t = np.empty((heads, stride), dtype=q.dtype)
-    ds_t = np.empty((heads, stride), dtype=q.dtype)
-    ktf, vtf = _tiled(k), _tiled(v)
-    for f0 in range(0, B * H, heads):
-        f1 = min(f0 + heads, B * H)
-        csr_backward_rows(
-            q,
-            k,
-            v,
-            dout,
-            ktf,
-            vtf,
-            indptr,
-            indices,
-            iperm,
-            t_off,
-            pad,
-            scale,
-            softcap,
-            f0,
-            f1,
-            max(2 * longest, 1),
-            dq,
-            p_t,
-            ds_t,
-        )
-        csr_backward_columns(
-            q, dout, t_indptr, t_indices, t_off, pad, scale, f0, f1, p_t, ds_t, dk, dv
-        )
+    dtype = q.dtype
+    heads = max(1, min(B * H, SCRATCH_BYTES // (2 * stride * dtype.itemsize)))
+    tiled_k = (k.shape[0], k.shape[1], (k.shape[2] + TILE - 1) // TILE, k.shape[3], TILE)
+    tiled_v = tiled_k[:3] + (v.shape[3], TILE)
+    shapes = [(heads, stride), (heads, stride), tiled_k, tiled_v]
+    poisoned = np.empty((heads, n_q), dtype=np.bool_)
+    buffer = _workspace.borrow(_workspace.nbytes_for(shapes, dtype))
+    try:
+        p_t, ds_t, ktf, vtf = _workspace.carve(buffer, shapes, dtype)
+        tile_transpose(k, ktf)
+        tile_transpose(v, vtf)
+        ktf, vtf = _readonly(ktf.reshape(-1)), _readonly(vtf.reshape(-1))
+        for f0 in range(0, B * H, heads):
+            f1 = min(f0 + heads, B * H)
+            csr_backward_rows(
+                q,
+                k,
+                v,
+                dout,
+                ktf,
+                vtf,
+                indptr,
+                indices,
+                scale,
+                softcap,
+                f0,
+                f1,
+                max(2 * longest, 1),
+                dq,
+                p_t,
+                ds_t,
+                poisoned,
+            )
+            q_c, dout_c = _without_poisoned_rows(q, dout, poisoned[: f1 - f0], f0)
+            csr_backward_columns(
+                q_c, dout_c, t_indptr, t_indices, perm, h_base, scale, f0, f1, p_t, ds_t, dk, dv
+            )
+    finally:
+        _workspace.give_back(buffer)
     if B * H == 0:  # no query heads: nothing reaches k and v
         dk[...] = 0
         dv[...] = 0
