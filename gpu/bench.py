@@ -2,16 +2,24 @@
 
 Cases (B=1, H=16, d=128, DESIGN §12): causal window 1024 at n=16384; causal window 4096 at n=65536;
 BigBird-like 128-blocks at n=65536 (3 window, 2 global, 3 random blocks per block row); each in
-float32 and bfloat16. Prints a table (median of CUDA-event timings, warm-up excluded; useful
-TFLOP/s = 4*nnz*d / time; ratio = FlexAttention time / ours; fraction of the H100 peak: fp32 SIMT
-67 TFLOP/s, bf16 dense 990 TFLOP/s) and writes JSON with ``--json``.
+float32 and bfloat16. Forward and backward: prints a table (median of CUDA-event timings, warm-up
+excluded; useful TFLOP/s = 4*nnz*d / time forward, 8*nnz*d / time backward; ratio = FlexAttention
+time / ours in the same pass; fraction of the H100 peak: fp32 SIMT 67 TFLOP/s, bf16 dense 990
+TFLOP/s) and writes JSON with ``--json``.
+
+Backward: ours is ``csr_backward_dq`` + ``csr_backward_dkdv`` over the token CSR and its device
+transpose (float32 SIMT; bfloat16 inputs computed in float32, no tensor cores), built once per case
+outside the timing; FlexAttention's is ``torch.autograd.grad`` through the compiled
+``flex_attention`` (its forward run once, outside the timing).
 
 Run from the repository root on a GPU machine::
 
     PYTHONPATH=. python gpu/bench.py --json bench.json
     PYTHONPATH=. python gpu/bench.py --cases window1k --dtypes bfloat16 --no-sdpa
 
-Every implementation is also checked on 64 sampled rows against a float64 reference (``err64``).
+Every implementation is also checked on 64 sampled rows against a float64 reference (``err64``:
+out forward, dq backward); backward rows also give ``dkdv_vs_flex``, the largest difference of dk
+and dv from FlexAttention's (relative to their largest magnitude).
 """
 
 from __future__ import annotations
@@ -32,6 +40,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 PEAK = {"float32": 67e12, "bfloat16": 990e12}
+T0 = time.perf_counter()
+#: backward tile shapes ``(TM, TN)`` timed with ``--variants`` besides the default
+BWD_VARIANTS = [(2, 4), (4, 2), (2, 2)]
+
+
+def log(msg: str) -> None:
+    print(f"[{time.perf_counter() - T0:7.1f}s] {msg}", flush=True)
+
+
 B, H, D = 1, 16, 128
 
 
@@ -99,6 +116,41 @@ class Case:
             np.asarray(mis, dtype=np.int32),
             masks_arr,
         )
+
+
+def token_csr(case: Case, stream: Any) -> Any:
+    """The case's token CSR on the device (one head), built without a host copy."""
+    import cupy as cp
+
+    from sparse_ref.backends import cupy as gpu
+
+    n, b = case.n, case.block
+    with stream:
+        if case.kind == "window":
+            w = case.params["window"]
+            starts = np.maximum(0, np.arange(n) - w + 1)
+            counts = np.arange(n) - starts + 1
+            first = cp.asarray(starts)
+        else:  # every row of a block row lists the keys of the block row's blocks
+            assert case.layout is not None
+            nb = case.layout.shape[0]
+            keys = [np.arange(bj * b, min(n, bj * b + b)) for bi in range(nb)
+                    for bj in np.flatnonzero(case.layout[bi])]  # fmt: skip
+            per_brow = np.array([sum(min(n, bj * b + b) - bj * b
+                                     for bj in np.flatnonzero(case.layout[bi])) for bi in range(nb)])  # fmt: skip
+            counts = np.repeat(per_brow, b)[:n]
+            koff = cp.asarray(np.concatenate([[0], np.cumsum(per_brow)[:-1]]))
+            keys_d = cp.asarray(np.concatenate(keys))
+        indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        ip_d = cp.asarray(indptr)
+        pos = cp.arange(int(indptr[-1]), dtype=cp.int64)
+        row = cp.searchsorted(ip_d, pos, side="right") - 1
+        if case.kind == "window":
+            idx = (pos - ip_d[row] + first[row]).astype(cp.int32)
+        else:
+            idx = keys_d[koff[row // b] + pos - ip_d[row]].astype(cp.int32)
+        del pos, row
+    return gpu.DeviceCSR(ip_d[None, :], idx, n, n, {})
 
 
 def bigbird_layout(n: int, block: int, seed: int = 0) -> np.ndarray:
@@ -169,11 +221,29 @@ def sampled_reference(case: Case, q: Any, k: Any, v: Any, rows: Any, torch: Any)
     return torch.einsum("hrn,hnd->hrd", p, v[0].double())
 
 
+def sampled_grad_reference(
+    case: Case, q: Any, k: Any, v: Any, dout: Any, rows: Any, torch: Any
+) -> Any:
+    """float64 dq for the given rows of every head (dense over keys, masked)."""
+    n = case.n
+    j = torch.arange(n, device=q.device)
+    mask = case.allowed(rows[:, None], j[None, :])
+    kd, vd = k[0].double(), v[0].double()
+    s = torch.einsum("hrd,hnd->hrn", q[0][:, rows].double(), kd) / math.sqrt(D)
+    s = s.masked_fill(~mask[None], float("-inf"))
+    p = torch.softmax(s, dim=-1).nan_to_num(0.0)
+    del s
+    dp = torch.einsum("hrd,hnd->hrn", dout[0][:, rows].double(), vd)
+    ds = p * (dp - (p * dp).sum(-1, keepdim=True))
+    return torch.einsum("hrn,hnd->hrd", ds, kd) / math.sqrt(D)
+
+
 def run_dtype(
     case: Case,
     dtype: str,
     csr: Any,
     bsr: Any,
+    tcsr: Any,
     block_mask: Any,
     rows: Any,
     flex: Any,
@@ -208,7 +278,9 @@ def run_dtype(
         return fn
 
     impls: list[tuple[str, Callable[[], Any]]] = []
-    if dtype == "float32":
+    if args.no_forward:
+        pass
+    elif dtype == "float32":
         configs = sorted(gpu.SIMT_CONFIGS) if args.variants else [None]
         for cfg in configs:
             tag = f" {cfg}" if cfg else ""
@@ -220,9 +292,9 @@ def run_dtype(
         for warps, mt in shapes:
             tag = f" {warps}w x{mt}" if warps else ""
             impls.append((f"sparse-ref bsr mma{tag}", ours("bsr", warps=warps, mt=mt)))
-    if flex is not None:
+    if flex is not None and not args.no_forward:
         impls.append(("FlexAttention", lambda: flex(q, k, v, block_mask=block_mask, scale=scale)))
-    if not args.no_sdpa and n <= 16384:
+    if not args.no_sdpa and not args.no_forward and n <= 16384:
         ii = torch.arange(n, device="cuda")
         dense = case.allowed(ii[:, None], ii[None, :])
         impls.append(
@@ -236,9 +308,11 @@ def run_dtype(
     out_rows: list[dict[str, Any]] = []
     flex_ms = None
     for name, fn in impls:
+        log(f"{dtype} forward: {name}")
         row: dict[str, Any] = {
             "case": case.name,
             "dtype": dtype,
+            "pass": "forward",
             "impl": name,
             "nnz_per_head": nnz_head,
         }
@@ -265,6 +339,111 @@ def run_dtype(
     for r in out_rows:
         if "ms" in r and flex_ms:
             r["flex_over_this"] = flex_ms / r["ms"]
+    if not args.no_backward:
+        out_rows += run_backward(case, dtype, q, k, v, (qa, ka, va), csr, tcsr, block_mask, rows,
+                                 flex, gen, stream, args)  # fmt: skip
+    return out_rows
+
+
+def run_backward(
+    case: Case,
+    dtype: str,
+    q: Any,
+    k: Any,
+    v: Any,
+    views: tuple[Any, Any, Any],
+    csr: Any,
+    tcsr: Any,
+    block_mask: Any,
+    rows: Any,
+    flex: Any,
+    gen: Any,
+    stream: Any,
+    args: Any,
+) -> list[dict[str, Any]]:
+    """Time the backward passes of one case in one dtype; rows of the result table."""
+    import cupy as cp
+    import torch
+
+    from sparse_ref.backends import cupy as gpu
+
+    n = case.n
+    scale = 1.0 / math.sqrt(D)
+    dout = torch.randn(B, H, n, D, device="cuda", generator=gen).to(q.dtype)
+    ref_dq = sampled_grad_reference(case, q, k, v, dout, rows, torch)
+    if dtype == "bfloat16":
+        ga = cp.from_dlpack(dout.view(torch.int16)).view(cp.uint16)
+    else:
+        ga = cp.from_dlpack(dout)
+
+    def as_torch(x: Any) -> Any:
+        if dtype == "bfloat16":
+            return torch.from_dlpack(x.view(cp.int16)).view(torch.bfloat16)
+        return torch.from_dlpack(x)
+
+    impls: list[tuple[str, Callable[[], Any]]] = []
+    if csr is not None:
+
+        def ours(tiles: tuple[int, int] | None) -> Callable[[], Any]:
+            def fn() -> Any:
+                with stream:
+                    return gpu.backward_csr(
+                        *views, ga, csr, tcsr, scale, None, dtype=dtype, tiles=tiles
+                    )
+
+            return fn
+
+        impls.append(("sparse-ref csr backward simt", ours(None)))
+        if args.variants:
+            for tiles in BWD_VARIANTS:
+                impls.append((f"sparse-ref csr backward simt {tiles[0]}x{tiles[1]}", ours(tiles)))
+    if flex is not None:
+        qg, kg, vg = (x.detach().requires_grad_() for x in (q, k, v))
+        out_flex = flex(qg, kg, vg, block_mask=block_mask, scale=scale)
+        impls.append(
+            (
+                "FlexAttention backward",
+                lambda: torch.autograd.grad(out_flex, (qg, kg, vg), dout, retain_graph=True),
+            )
+        )
+    flops = gpu.useful_backward_flops(case.nnz() * H, D)
+    out_rows: list[dict[str, Any]] = []
+    results: dict[str, Any] = {}
+    for name, fn in impls:
+        log(f"{dtype} backward: {name}")
+        row: dict[str, Any] = {
+            "case": case.name,
+            "dtype": dtype,
+            "pass": "backward",
+            "impl": name,
+            "nnz_per_head": case.nnz(),
+        }
+        try:
+            ms, times = timed(fn, torch)
+            grads = [g if isinstance(g, torch.Tensor) else as_torch(g) for g in fn()]
+            torch.cuda.synchronize()
+            results[name] = grads
+            err = (grads[0][0][:, rows].double() - ref_dq).abs().max().item()
+            row.update(ms=ms, times_ms=times, tflops=flops / ms / 1e9, err64=err,
+                       frac_peak=flops / ms / 1e-3 / PEAK[dtype])  # fmt: skip
+            msg = f"{ms:9.3f} ms {row['tflops']:7.1f} TFLOP/s dq err64 {err:.2e}"
+        except Exception as exc:  # keep going: the failure is reported in the table
+            row.update(error=f"{type(exc).__name__}: {exc}"[:300])
+            traceback.print_exc()
+            msg = row["error"]
+        out_rows.append(row)
+        print(f"  {dtype:9s} {name:28s} {msg}", flush=True)
+    flex_row = next((r for r in out_rows if r["impl"] == "FlexAttention backward"), None)
+    flex_grads = results.get("FlexAttention backward")
+    for r in out_rows:
+        if "ms" in r and flex_row is not None and "ms" in flex_row:
+            r["flex_over_this"] = flex_row["ms"] / r["ms"]
+        if r["impl"] in results and flex_grads is not None and r is not flex_row:
+            diffs = []
+            for a, b in zip(results[r["impl"]][1:], flex_grads[1:], strict=True):
+                diffs.append(((a.float() - b.float()).abs().max() / b.float().abs().max()).item())
+            r["dkdv_vs_flex"] = max(diffs)
+    del results, flex_grads
     return out_rows
 
 
@@ -277,6 +456,8 @@ def main() -> None:
     ap.add_argument("--no-flex", action="store_true")
     ap.add_argument("--no-sdpa", action="store_true")
     ap.add_argument("--variants", action="store_true", help="also time alternative kernel configs")
+    ap.add_argument("--no-forward", action="store_true", help="time the backward passes only")
+    ap.add_argument("--no-backward", action="store_true", help="time the forward passes only")
     args = ap.parse_args()
 
     import cupy as cp
@@ -318,19 +499,11 @@ def main() -> None:
         nnz_head = case.nnz()
         ip, bc, mi, masks = case.block_form()
         bsr = gpu.device_bsr((case.block, case.block), ip, bc, mi, masks, n, n)
-        csr = None
-        if case.kind == "window":
-            w = case.params["window"]
-            starts = np.maximum(0, np.arange(n) - w + 1)
-            counts = np.arange(n) - starts + 1
-            indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        csr = token_csr(case, stream) if (case.kind == "window" or not args.no_backward) else None
+        tcsr = None
+        if not args.no_backward:
             with stream:
-                ip_d = cp.asarray(indptr)
-                pos = cp.arange(int(indptr[-1]), dtype=cp.int64)
-                row = cp.searchsorted(ip_d, pos, side="right") - 1
-                idx = (pos - ip_d[row] + cp.asarray(starts)[row]).astype(cp.int32)
-                del pos, row
-            csr = gpu.DeviceCSR(ip_d[None, :], idx, n, n, {})
+                tcsr = gpu.device_csr_transpose(csr)
         print(f"\n== {case.name}: nnz/head {nnz_head:.4g} (density {nnz_head / n / n:.4f}), "
               f"{len(bc)} blocks ({int((mi >= 0).sum())} partial); built in "
               f"{time.perf_counter() - t0:.1f}s", flush=True)  # fmt: skip
@@ -339,26 +512,29 @@ def main() -> None:
             block_mask = create_block_mask(
                 make_mask_mod(case), None, None, n, n, device="cuda", BLOCK_SIZE=128, _compile=True
             )
+        log("block mask built")
         rows = torch.randint(0, n, (64,), device="cuda", generator=gen)
         for dtype in args.dtypes:
-            results += run_dtype(case, dtype, csr, bsr, block_mask, rows, flex, gen, stream, args)
+            results += run_dtype(
+                case, dtype, csr, bsr, tcsr, block_mask, rows, flex, gen, stream, args
+            )
             dump()
             torch.cuda.empty_cache()
         dump()
 
-    print("\n| case | dtype | implementation | ms | useful TFLOP/s | Flex time / this | % of peak "
-          "| max err vs fp64 |")  # fmt: skip
-    print("|---|---|---|---:|---:|---:|---:|---:|")
+    print("\n| case | dtype | pass | implementation | ms | useful TFLOP/s | Flex time / this "
+          "| % of peak | max err vs fp64 |")  # fmt: skip
+    print("|---|---|---|---|---:|---:|---:|---:|---:|")
     for r in results:
+        head = f"| {r['case']} | {r['dtype']} | {r['pass']} | {r['impl']} "
         if "ms" not in r:
-            print(
-                f"| {r['case']} | {r['dtype']} | {r['impl']} | failed: {r['error'][:60]} | | | | |"
-            )
+            print(f"{head}| failed: {r['error'][:60]} | | | | |")
             continue
         ratio = f"{r['flex_over_this']:.2f}x" if "flex_over_this" in r else "-"
-        print(f"| {r['case']} | {r['dtype']} | {r['impl']} | {r['ms']:.3f} | {r['tflops']:.1f} "
-              f"| {ratio} | {100 * r['frac_peak']:.1f}% | {r['err64']:.1e} |")  # fmt: skip
-    print(f"\n(GPU: {dev}; B={B}, H={H}, d={D}; useful FLOPs = 4*nnz*d)")
+        print(f"{head}| {r['ms']:.3f} | {r['tflops']:.1f} | {ratio} | {100 * r['frac_peak']:.1f}% "
+              f"| {r['err64']:.1e} |")  # fmt: skip
+    print(f"\n(GPU: {dev}; B={B}, H={H}, d={D}; useful FLOPs = 4*nnz*d forward, 8*nnz*d backward;"
+          " backward err = dq on sampled rows)")  # fmt: skip
     dump()
 
 

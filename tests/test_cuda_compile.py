@@ -33,7 +33,7 @@ def _nvcc() -> str | None:
 
 
 def test_sources_exist():
-    assert {p.name for p in SOURCES} >= {"csr_forward.cu", "bsr_forward.cu"}
+    assert {p.name for p in SOURCES} >= {"csr_forward.cu", "bsr_forward.cu", "csr_backward.cu"}
     assert gpu.kernel_dir() == KERNELS
 
 
@@ -104,7 +104,13 @@ _BSR_NAMES += [gpu.bsr_kernel_name("float64", 16)]
 _BSR_NAMES += [gpu.mma_kernel_name(t, dm, w, mt) for t, dm, w, mt in
                (("bfloat16", 128, 8, 1), ("bfloat16", 128, 4, 2), ("float16", 96, 4, 1),
                 ("bfloat16", 32, 4, 1))]  # fmt: skip
-_NVRTC_CASES = [("csr_forward.cu", _CSR_NAMES), ("bsr_forward.cu", _BSR_NAMES)]
+_BWD_NAMES = [n for t, dm in (("float32", 128), ("float64", 64), ("float64", 256), ("float32", 256),
+                               ("bfloat16", 32)) for n in gpu.bwd_kernel_names(t, dm)]  # fmt: skip
+_NVRTC_CASES = [
+    ("csr_forward.cu", _CSR_NAMES),
+    ("bsr_forward.cu", _BSR_NAMES),
+    ("csr_backward.cu", _BWD_NAMES),
+]
 
 
 @pytest.mark.parametrize(("file", "names"), _NVRTC_CASES, ids=[c[0] for c in _NVRTC_CASES])

@@ -7,6 +7,10 @@ Kernels (one ``.cu`` template each, instantiated per dtype by name; see ``gpu/RE
 * ``bsr_forward_simt`` (``bsr_forward.cu``): the same SIMT core over a block form.
 * ``bsr_forward_mma`` (``bsr_forward.cu``): float16/bfloat16 on tensor cores (``mma.sync.m16n8k16``,
   float32 accumulation) over a block form; needs ``d, d_v <= 128`` and multiples of 8.
+* ``csr_backward_dq`` and ``csr_backward_dkdv`` (``csr_backward.cu``): the gradients, SIMT in the
+  accumulation dtype above: dq (and each row's softmax statistics) over the pattern's rows, then
+  dk/dv over its transpose (:func:`device_csr_transpose`), no atomics. Every pattern runs them on
+  its token CSR, also one that carries a block form (there is no BSR backward kernel).
 
 :func:`forward` picks: float16/bfloat16 -> ``bsr_forward_mma`` over ``pattern.stacked_bsr(block)``
 (built from the CSR when the pattern has no block form) where the head dims allow, else the SIMT
@@ -27,6 +31,7 @@ from __future__ import annotations
 import functools
 import re
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -49,9 +54,15 @@ __all__ = [
     "bsr_kernel_name",
     "mma_kernel_name",
     "clear_cache",
+    "backward",
+    "backward_csr",
+    "device_csr_transpose",
+    "bwd_kernel_names",
+    "useful_flops",
+    "useful_backward_flops",
 ]
 
-_INSTALL_HINT = "install sparse-ref[gpu] (CuPy built for your CUDA version, e.g. cupy-cuda12x)"
+_INSTALL_HINT = "install sparse-ref[gpu] (CuPy built for your CUDA version, e.g. cupy-cuda13x)"
 
 #: element dtype name -> (C++ element type, C++ accumulator type)
 _CTYPES = {
@@ -245,9 +256,22 @@ def _kernel(file: str, name: str, smem: int) -> Any:
     return kern
 
 
+@functools.cache
+def _kernels(file: str, names: tuple[str, ...], smem: int) -> tuple[Any, ...]:
+    """Several instantiations of one source, compiled together (one NVRTC run)."""
+    cp = _require()
+    module = cp.RawModule(code=kernel_source(file), options=("-std=c++17",), name_expressions=names)
+    kerns = tuple(module.get_function(n) for n in names)
+    if smem > 48 * 1024:
+        for kern in kerns:
+            kern.max_dynamic_shared_size_bytes = smem
+    return kerns
+
+
 def clear_cache() -> None:
     """Forget compiled kernels and device copies of patterns."""
     _kernel.cache_clear()
+    _kernels.cache_clear()
     _PATTERN_CACHE.clear()
 
 
@@ -260,7 +284,7 @@ class DeviceCSR(NamedTuple):
     indices: Any
     n_q: int
     n_k: int
-    orders: dict[int, Any]
+    orders: dict[Any, Any]
 
 
 class DeviceBSR(NamedTuple):
@@ -455,15 +479,17 @@ def _dtype_name(x: Any) -> str:
     return name.replace("torch.", "")
 
 
-def _to_kernel_arrays(q: Any, k: Any, v: Any, dtype: str | None) -> tuple[list[Any], str, Any]:
-    """CuPy views of q, k, v (bfloat16 as uint16), their dtype name, and a converter for outputs."""
+def _to_kernel_arrays(arrays: Sequence[Any], dtype: str | None) -> tuple[list[Any], str, Any]:
+    """CuPy views of the arrays (q, k, v, ...; bfloat16 as uint16), their dtype name, and a
+    converter for outputs."""
     cp = _require()
+    q = arrays[0]
     if type(q).__module__.startswith("torch"):
         import torch
 
         name = _dtype_name(q)
         views = []
-        for x in (q, k, v):
+        for x in arrays:
             x = x.contiguous()
             if x.dtype == torch.bfloat16:
                 x = x.view(torch.int16)
@@ -477,7 +503,7 @@ def _to_kernel_arrays(q: Any, k: Any, v: Any, dtype: str | None) -> tuple[list[A
             return torch.from_dlpack(a)
 
         return [_aligned(x) for x in views], name, back
-    arrs = [_aligned(cp.ascontiguousarray(x)) for x in (q, k, v)]
+    arrs = [_aligned(cp.ascontiguousarray(x)) for x in arrays]
     name = dtype or _dtype_name(arrs[0])
     if name == "bfloat16":
         if str(arrs[0].dtype) == "bfloat16":  # a CuPy with ml_dtypes bfloat16
@@ -651,7 +677,7 @@ def forward(
         ``out`` like q (dtype and shape ``(B, H, n_q, d_v)``) and ``lse (B, H, n_q)``, float64 for
         float64 inputs and float32 otherwise; rows without keys give 0 and ``-inf``.
     """
-    (qa, ka, va), name, back = _to_kernel_arrays(q, k, v, dtype)
+    (qa, ka, va), name, back = _to_kernel_arrays((q, k, v), dtype)
     cp = _require()
     if v_finite is None:
         if name == "bfloat16":  # exponent all ones <=> inf/NaN
@@ -682,3 +708,223 @@ def forward(
 def useful_flops(nnz: int, d: int, dv: int | None = None) -> float:
     """Forward FLOPs that the pattern requires: ``2*nnz*d + 2*nnz*d_v`` (``4*nnz*d`` when equal)."""
     return 2.0 * nnz * d + 2.0 * nnz * (d if dv is None else dv)
+
+
+def useful_backward_flops(nnz: int, d: int, dv: int | None = None) -> float:
+    """Backward FLOPs that the pattern requires: the products dP = dO V^T, dV = P^T dO, dQ = dS K
+    and dK = dS^T Q, ``4*nnz*d + 4*nnz*d_v`` (``8*nnz*d`` when equal; recomputing S is not
+    counted)."""
+    return 4.0 * nnz * d + 4.0 * nnz * (d if dv is None else dv)
+
+
+# ------------------------------------------------------------------------------ backward
+#: backward tile shapes ``(TM, TN)`` (``16*TM`` rows per CTA, windows of ``16*TN`` columns) that
+#: ``csr_backward.cu`` is instantiated with; per dtype the first that fits shared memory is used
+BWD_TILES = {"float64": ((2, 2), (1, 2)), "other": ((4, 4), (2, 2))}
+_SMEM_LIMIT = 227 * 1024
+
+
+def _bwd_smem(dtype: str, dmax: int, tm: int, tn: int) -> int:
+    """Dynamic shared memory of the backward kernels (``Bwd::SMEM_BYTES`` in csr_backward.cu)."""
+    size = 8 if dtype == "float64" else 4
+    vw = 16 // size
+    bm, bn = 16 * tm, 16 * tn
+    ld, ldp = dmax + vw, bn + vw
+    tiles = (2 * bm * ld + 2 * bn * ld + 2 * bm * ldp + 3 * bn) * size
+    return tiles + 2 * bm * (bn // 32) * 4 + bm * 16 + bm * (bn + 1) * 4 + bm * 4
+
+
+def _bwd_tiles(dtype: str, dmax: int, tiles: tuple[int, int] | None) -> tuple[int, int]:
+    if tiles is not None:
+        tm, tn = int(tiles[0]), int(tiles[1])
+        if tm not in (1, 2, 4) or tn not in (2, 4):
+            raise ValueError(f"backward tiles must have TM in (1, 2, 4), TN in (2, 4); got {tiles}")
+        if _bwd_smem(dtype, dmax, tm, tn) > _SMEM_LIMIT:
+            raise ValueError(f"backward tiles {tiles} do not fit shared memory for d <= {dmax}")
+        return tm, tn
+    for tm, tn in BWD_TILES["float64" if dtype == "float64" else "other"]:
+        if _bwd_smem(dtype, dmax, tm, tn) <= _SMEM_LIMIT:
+            return tm, tn
+    raise ValueError(f"no backward tile shape fits shared memory for d <= {dmax}")  # unreachable
+
+
+def bwd_kernel_names(
+    dtype: str, dmax: int, tiles: tuple[int, int] | None = None
+) -> tuple[str, str]:
+    """Name expressions of the dq kernel and the dk/dv kernel for ``dtype`` and head dims
+    ``<= dmax``."""
+    tm, tn = _bwd_tiles(dtype, dmax, tiles)
+    t, a = _CTYPES[dtype]
+    targs = f"<{t}, {a}, {tm}, {tn}, {dmax}>"
+    return f"sparse_ref::csr_backward_dq{targs}", f"sparse_ref::csr_backward_dkdv{targs}"
+
+
+def device_csr_transpose(csr: DeviceCSR) -> DeviceCSR:
+    """The key-major pattern of a device CSR (``Pattern.transpose().stacked_csr()`` on the GPU):
+    row ``j`` lists the queries ``i`` that attend key ``j``, ascending; each head keeps the offsets
+    of its entries. One sort per head of the keys ``j * n_q + i`` (CuPy); temporary memory about 32
+    bytes per entry of the largest head."""
+    cp = _require()
+    n_q, n_k = csr.n_q, csr.n_k
+    host_ptr = csr.indptr.get()
+    P = host_ptr.shape[0]
+    t_ptr = np.empty((P, n_k + 1), dtype=np.int64)
+    t_idx = cp.zeros_like(csr.indices)
+    for p in range(P):
+        lo, hi = int(host_ptr[p, 0]), int(host_ptr[p, -1])
+        t_ptr[p, 0] = lo
+        if hi == lo:
+            t_ptr[p, 1:] = lo
+            continue
+        cols = csr.indices[lo:hi]
+        ends = csr.indptr[p, 1:] - lo
+        rows = cp.searchsorted(ends, cp.arange(hi - lo, dtype=cp.int64), side="right")
+        perm = cp.argsort(cols.astype(cp.int64) * n_q + rows)
+        t_idx[lo:hi] = rows[perm].astype(cp.int32)
+        del rows, perm
+        t_ptr[p, 1:] = lo + np.cumsum(cp.bincount(cols, minlength=n_k).get()[:n_k])
+    return DeviceCSR(cp.asarray(t_ptr), t_idx, n_k, n_q, {})
+
+
+def _kv_order(tcsr: DeviceCSR, rows: int, group: int) -> Any:
+    """``(1 or H_kv, ceil(n_k/rows))`` int32: per kv head, its key tiles by stored entries summed
+    over the query heads of its group, largest first (ties by position)."""
+    key = ("kv", rows, group)
+    if key not in tcsr.orders:
+        cp = _require()
+        host = tcsr.indptr.get()
+        n = host.shape[1] - 1
+        starts = np.arange(0, n, rows)
+        counts = host[:, np.minimum(starts + rows, n)] - host[:, starts]
+        if host.shape[0] > 1:
+            counts = counts.reshape(-1, group, len(starts)).sum(axis=1)
+        order = np.argsort(-counts, axis=1, kind="stable").astype(np.int32)
+        tcsr.orders[key] = cp.asarray(np.ascontiguousarray(order))
+    return tcsr.orders[key]
+
+
+def backward_csr(
+    q: Any,
+    k: Any,
+    v: Any,
+    dout: Any,
+    csr: DeviceCSR,
+    tcsr: DeviceCSR,
+    scale: float,
+    softcap: float | None,
+    *,
+    dtype: str,
+    finite: bool = True,
+    tiles: tuple[int, int] | None = None,
+) -> tuple[Any, Any, Any]:
+    """``csr_backward_dq`` then ``csr_backward_dkdv`` on CuPy arrays (bfloat16 as uint16 with
+    ``dtype='bfloat16'``); ``tcsr = device_csr_transpose(csr)``. ``finite``: q, k, v and dout hold
+    no inf/NaN (then entries outside the pattern may meet a weight of exactly 0 in the
+    accumulations; otherwise they are skipped). Returns ``(dq, dk, dv)`` shaped and typed like
+    ``(q, k, v)``."""
+    cp = _require()
+    B, H, Hkv, n_q, n_k, d, dv = _geometry(q, k, v)
+    if tuple(dout.shape) != (B, H, n_q, dv):
+        raise ValueError(f"dout must have shape {(B, H, n_q, dv)}, got {tuple(dout.shape)}")
+    dq, dk, dvo = cp.empty_like(q), cp.empty_like(k), cp.empty_like(v)
+    if B == 0 or H == 0:
+        dk.fill(0)
+        dvo.fill(0)
+        return dq, dk, dvo
+    dmax = _simt_dmax(d, dv)
+    tm, tn = _bwd_tiles(dtype, dmax, tiles)
+    smem = _bwd_smem(dtype, dmax, tm, tn)
+    kdq, kdkdv = _kernels("csr_backward.cu", bwd_kernel_names(dtype, dmax, (tm, tn)), smem)
+    stats = cp.empty((3, B * H * n_q), dtype=cp.float64 if dtype == "float64" else cp.float32)
+    bm = 16 * tm
+    P = int(csr.indptr.shape[0])
+    common = (
+        np.int32(n_q), np.int32(n_k), np.int32(d), np.int32(dv), _scalar(dtype, scale),
+        _scalar(dtype, softcap or 1.0), np.int32(softcap is not None), np.int32(bool(finite)),
+    )  # fmt: skip
+    if n_q > 0:
+        args = (
+            q, k, v, dout, dq, stats[0], stats[1], stats[2], csr.indptr, csr.indices,
+            _csr_order(csr, bm), np.int32(H), np.int32(Hkv), np.int32(P), *common,
+        )  # fmt: skip
+        kdq((H * -(-n_q // bm), B), (256,), args, shared_mem=smem)
+    if n_k > 0:
+        if not finite:
+            q, dout = _without_dead_non_finite_rows(q, dout, stats[1].reshape(B, H, n_q), dtype)
+        group = H // Hkv
+        targs = (
+            q, k, v, dout, dk, dvo, stats[0], stats[1], stats[2], tcsr.indptr, tcsr.indices,
+            _kv_order(tcsr, bm, group), np.int32(H), np.int32(Hkv), np.int32(P),
+            np.int32(1 if P == 1 else Hkv), *common,
+        )  # fmt: skip
+        kdkdv((Hkv * -(-n_k // bm), B), (256,), targs, shared_mem=smem)
+    return dq, dk, dvo
+
+
+def _without_dead_non_finite_rows(q: Any, dout: Any, r: Any, dtype: str) -> tuple[Any, Any]:
+    """``q``, ``dout`` for ``csr_backward_dkdv``: rows that get no gradient (``r = 1/l == 0``: no
+    keys, or only ``-inf`` scores) still meet a weight of 0 there, so where such a row holds inf
+    or NaN it is zeroed in a copy (the oracle skips these rows: 0 * inf must not reach dk/dv)."""
+    cp = _require()
+
+    def non_finite_rows(x: Any) -> Any:
+        if dtype == "bfloat16":  # stored as uint16: exponent bits all ones
+            return ((x & 0x7F80) == 0x7F80).any(axis=-1)
+        return ~cp.isfinite(x).all(axis=-1)
+
+    bad = (r == 0) & (non_finite_rows(q) | non_finite_rows(dout))
+    if not bool(bad.any()):
+        return q, dout
+    zero = cp.zeros((), dtype=q.dtype)
+    return cp.where(bad[..., None], zero, q), cp.where(bad[..., None], zero, dout)
+
+
+def _all_finite(x: Any, dtype: str) -> bool:
+    if dtype == "bfloat16":  # uint16 bits: exponent all ones <=> inf/NaN
+        return not bool(((x & 0x7F80) == 0x7F80).any())
+    return bool(_require().isfinite(x).all())
+
+
+def _pattern_csr_t(pattern: Any) -> DeviceCSR:
+    return _cached(pattern, "csr_t", None, lambda: device_csr_transpose(_pattern_csr(pattern)))
+
+
+def backward(
+    q: Any,
+    k: Any,
+    v: Any,
+    pattern: Any,
+    dout: Any,
+    out: Any,
+    lse: Any,
+    scale: float,
+    softcap: float | None,
+    *,
+    dtype: str | None = None,
+    finite: bool | None = None,
+    tiles: tuple[int, int] | None = None,
+) -> tuple[Any, Any, Any]:
+    """``(dq, dk, dv)`` of sparse attention on the GPU (the signature of the Numba backend's).
+
+    Args:
+        q, k, v, pattern, scale, softcap, dtype: as :func:`forward`.
+        dout: ``(B, H, n_q, d_v)``, the gradient with respect to ``out``, of q's dtype.
+        out, lse: accepted and unused: the dq kernel re-derives each row's softmax statistics and
+            ``delta = sum_j p_ij (dout_i . v_j)`` from its own scores (as the CPU kernels do).
+        finite: whether q, k, v and dout are all finite (``None``: checked on the device).
+        tiles: ``(TM, TN)`` tile override (see ``BWD_TILES``), for tests and benchmarks.
+
+    Returns:
+        ``dq, dk, dv`` shaped and typed like ``q, k, v`` (CuPy, or torch for torch inputs);
+        float64 inputs are computed in float64, the others in float32. Rows with no allowed keys
+        get ``dq = 0`` and add nothing to dk/dv; with GQA, dk/dv of a kv head sum over its query
+        heads in increasing order. Deterministic: bitwise identical across runs.
+    """
+    (qa, ka, va, ga), name, back = _to_kernel_arrays((q, k, v, dout), dtype)
+    if finite is None:
+        finite = all(_all_finite(x, name) for x in (qa, ka, va, ga))
+    dq, dk, dv = backward_csr(
+        qa, ka, va, ga, _pattern_csr(pattern), _pattern_csr_t(pattern), scale, softcap,
+        dtype=name, finite=finite, tiles=tiles,
+    )  # fmt: skip
+    return back(dq), back(dk), back(dv)
