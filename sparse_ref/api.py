@@ -63,6 +63,8 @@ def attention(
         >>> sparse_ref.attention(x, x, np.arange(8.0).reshape(4, 2), patterns.causal(4))[1]
         array([1., 2.])
     """
+    if not isinstance(return_lse, bool | np.bool_):
+        raise TypeError(f"return_lse must be a bool, got {type(return_lse).__name__}")
     module, xp = _resolve(backend, q)
     prep = prepare(q, k, v, pattern, scale=scale, softcap=softcap, check_finite=check_finite, xp=xp)
     out, lse = module.forward(prep.q, prep.k, prep.v, pattern, prep.scale, prep.softcap)

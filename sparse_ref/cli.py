@@ -76,8 +76,9 @@ def demo(
 ) -> None:
     """Build catalog patterns, run the Numba kernels against the float64 oracle, print a table,
     then write the smoke golden suite and check the kernels against it."""
-    if n < 1 or heads < 1 or d < 1:
-        raise typer.BadParameter("n, heads and d must be positive")
+    for option, value in (("--n", n), ("--heads", heads), ("--d", d)):
+        if value < 1:
+            raise typer.BadParameter(f"{option} must be >= 1, got {value}")
     rng = np.random.default_rng(seed)
     q, k, v = (rng.standard_normal((1, heads, n, d), dtype=np.float32) for _ in range(3))
     table = Table(title=f"sparse-ref demo: float32, B=1, H={heads}, n={n}, d={d}")

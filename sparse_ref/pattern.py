@@ -117,7 +117,17 @@ def _integer_array(x: Any, name: str) -> np.ndarray:
         raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
     if arr.size and (arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer)):
         raise TypeError(f"{name} must have an integer dtype, got {arr.dtype}")  # [] is fine
+    if arr.size and arr.dtype == np.uint64 and int(arr.max()) > np.iinfo(np.int64).max:
+        # the int64 cast below would wrap these to negative numbers and misreport them
+        pos = int(np.argmax(arr > np.iinfo(np.int64).max))
+        raise ValueError(f"{name}[{pos}] = {int(arr[pos])} is out of range (above int64)")
     return arr.astype(np.int64)  # a copy: the Pattern freezes its arrays, never the caller's
+
+
+def _check_sort(sort: Any) -> bool:
+    if not isinstance(sort, bool | np.bool_):
+        raise TypeError(f"sort must be a bool, got {type(sort).__name__} {sort!r}")
+    return bool(sort)
 
 
 def _validated_csr(
@@ -279,6 +289,7 @@ class Pattern:
         each row unless ``sort=True``, which sorts and removes duplicates (scipy input, whose own
         format allows unsorted and duplicate storage, is always canonicalised).
         """
+        sort = _check_sort(sort)
         if sp.issparse(csr):
             m = sp.csr_array(csr, copy=True)
             m.eliminate_zeros()  # explicit False/0 entries are not allowed keys
@@ -310,8 +321,15 @@ class Pattern:
             >>> Pattern.from_predicate(lambda i, j: j <= i, 4).nnz
             10
         """
+        if not callable(fn):
+            raise TypeError(f"fn must be callable fn(q_idx, k_idx) -> bool array, got {fn!r}")
         n_k = n_q if n_k is None else n_k
-        n_q, n_k = _check_shape((n_q, n_k), "(n_q, n_k)")
+        for name, n in (("n_q", n_q), ("n_k", n_k)):
+            if not _is_int(n):
+                raise TypeError(f"{name} must be an int, got {type(n).__name__} {n!r}")
+            if n < 0:
+                raise ValueError(f"{name} must be >= 0, got {n}")
+        n_q, n_k = int(n_q), int(n_k)
         if not _is_int(tile) or tile < 1:
             raise ValueError(f"tile must be a positive int, got {tile!r}")
         tile = int(tile)
@@ -366,6 +384,7 @@ class Pattern:
             >>> p.nnz, p.to_bsr().full.tolist()
             (6, [False, True, True])
         """
+        sort = _check_sort(sort)
         if isinstance(bsr, BlockSparse):
             if shape is not None and _check_shape(shape) != bsr.shape:
                 raise ValueError(f"shape {shape} differs from the block form's {bsr.shape}")
@@ -504,14 +523,15 @@ class Pattern:
     def _spec(self) -> dict[str, Any]:
         return {"family": self._family, "params": self._params}
 
-    def _head_index(self, h: Any) -> int:
-        """Validated head number: the stored head that query head ``h`` uses."""
-        if not isinstance(h, int | np.integer) or isinstance(h, bool):
-            raise TypeError(f"h must be an int, got {type(h).__name__}")
+    def _head_index(self, h: Any, name: str = "h") -> int:
+        """Validated head number: the stored head that query head ``h`` uses; errors say ``name``
+        (the caller's argument name)."""
+        if not isinstance(h, int | np.integer) or isinstance(h, bool | np.bool_):
+            raise TypeError(f"{name} must be an int, got {type(h).__name__}")
         if self.num_heads == 1:
             return 0
         if not 0 <= h < self.num_heads:
-            raise ValueError(f"h must be in [0, {self.num_heads}), got {h}")
+            raise ValueError(f"{name} must be in [0, {self.num_heads}), got {h}")
         return int(h)
 
     def head(self, h: int) -> Pattern:
@@ -533,7 +553,7 @@ class Pattern:
         A block-only pattern materialises it on first use (cached) and refuses above
         ``CSR_LIMIT`` nonzeros.
         """
-        p = self._head_index(head)
+        p = self._head_index(head, "head")
         return self._heads[p] if self._heads is not None else self._materialised(p)
 
     def _materialised(self, p: int) -> sp.csr_array:
@@ -585,7 +605,7 @@ class Pattern:
 
         Works on either form without materialising the rest of the pattern.
         """
-        p = self._head_index(head)
+        p = self._head_index(head, "head")
         if self._heads is None:
             return self._bsr.mask_rows(rows, p)  # type: ignore[union-attr]
         return self._heads[p][np.asarray(rows, dtype=np.int64)].toarray()

@@ -61,7 +61,10 @@ def parse_params(items: list[str] | None) -> dict[str, Any]:
 
 def parse_spec(spec: str, n: int) -> tuple[str, Any]:
     """``"family key=value ..."`` -> (label, pattern at length ``n``); examples fill the rest."""
-    words = shlex.split(spec)
+    try:
+        words = shlex.split(spec)
+    except ValueError as err:  # e.g. an unclosed quote
+        raise ValueError(f"--pattern {spec!r}: {err}") from None
     if not words:
         raise ValueError("empty --pattern")
     family, overrides = words[0], parse_params(words[1:])
@@ -108,12 +111,17 @@ def show(
     or a PNG with --png."""
     if name not in patterns.available():
         raise _fail(f"unknown family {name!r}; available: {', '.join(patterns.available())}")
-    if n < 1:
-        raise _fail("--n must be >= 1")
+    for option, value in (("--n", n), ("--max-pixels", max_pixels), ("--width", width)):
+        if value < 1:
+            raise _fail(f"{option} must be >= 1, got {value}")
+    if head < 0:
+        raise _fail(f"--head must be >= 0, got {head}")
     try:
         pattern = viz.example(name, n, **parse_params(param))
     except (ValueError, TypeError, KeyError) as err:
         raise _fail(str(err)) from None
+    if pattern.num_heads > 1 and head >= pattern.num_heads:
+        raise _fail(f"--head must be < {pattern.num_heads} (the pattern's heads), got {head}")
     console = _console()
     block = f", block form {pattern.block}" if pattern.block else ""
     console.print(
@@ -141,7 +149,10 @@ def show(
     except ImportError as err:
         raise _fail(str(err)) from None
     ax.figure.tight_layout()
-    ax.figure.savefig(png, dpi=150)
+    try:
+        ax.figure.savefig(png, dpi=150)
+    except (OSError, ValueError) as err:  # a missing directory, no permission, unknown format
+        raise _fail(f"--png: cannot write {png}: {err}") from None
     console.print(f"wrote {png}", highlight=False)
 
 
@@ -166,8 +177,9 @@ def compare(
 ) -> None:
     """Compare patterns at length N: complexity, density, FLOPs, score memory, receptive field after
     L layers, connected components and diameter (defaults: the literature's configurations)."""
-    if n < 2 or layers < 1 or d < 1:
-        raise _fail("--n must be >= 2, --layers and --d >= 1")
+    for option, value, least in (("--n", n, 2), ("--layers", layers, 1), ("--d", d, 1)):
+        if value < least:
+            raise _fail(f"{option} must be >= {least}, got {value}")
     try:
         if pattern:
             chosen = dict(parse_spec(spec, n) for spec in pattern)

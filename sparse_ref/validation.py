@@ -175,7 +175,7 @@ def prepare(
         raise ValueError(
             f"pattern has {pattern.num_heads} heads; expected 1 (shared) or H = {H} (one per query head)"
         )
-    if not isinstance(check_finite, bool):
+    if not isinstance(check_finite, bool | np.bool_):
         raise TypeError(f"check_finite must be a bool, got {type(check_finite).__name__}")
     if check_finite:
         for name, a in four.items():
@@ -183,16 +183,34 @@ def prepare(
                 raise ValueError(
                     f"{name} contains NaN or Inf; pass check_finite=False to compute with IEEE semantics"
                 )
+    scale_value = check_scale(scale, d)
+    softcap_value = check_softcap(softcap)
+    _check_in_compute_dtype(scale_value, softcap_value, first.dtype)
     return Prepared(
         q=qa,
         k=ka,
         v=va,
         rank=rank,
         dtype=first.dtype,
-        scale=check_scale(scale, d),
-        softcap=check_softcap(softcap),
+        scale=scale_value,
+        softcap=softcap_value,
         extra={name: a for name, a in four.items() if name not in ("q", "k", "v")},
     )
+
+
+def _check_in_compute_dtype(scale: float, softcap: float | None, dtype: Any) -> None:
+    """``scale`` and ``softcap`` are applied in the compute dtype: refuse values that become
+    infinite there (``1e39`` in float32), and a softcap that rounds to 0 (the kernels would read it
+    as "no softcap"), instead of returning NaN or a silently different result."""
+    ct = compute_dtype(dtype)
+    where = f"in {np.dtype(ct).name}, the compute dtype of {dtype} inputs"
+    with np.errstate(over="ignore", under="ignore"):
+        scale_ct, softcap_ct = ct(scale), ct(softcap or 0.0)
+    if not np.isfinite(scale_ct):
+        raise ValueError(f"scale = {scale} overflows {where}")
+    if softcap is not None and not (np.isfinite(softcap_ct) and softcap_ct > 0):
+        kind = "overflows" if softcap_ct else "rounds to 0"
+        raise ValueError(f"softcap = {softcap} {kind} {where}")
 
 
 def check_lse(lse: Any, prep: Prepared, *, check_finite: bool = True, xp: ModuleType = np) -> Any:

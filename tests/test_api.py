@@ -1,4 +1,4 @@
-"""sparse_ref.attention: layouts, dtypes, GQA, backends, and clear errors for bad input."""
+"""sparse_ref.attention: layouts, dtypes, GQA, backends (bad inputs: tests/test_bad_inputs.py)."""
 
 import numpy as np
 import pytest
@@ -94,69 +94,8 @@ def test_check_finite_false_propagates_nan_like_the_oracle(rng):
     testing.assert_close_to_oracle(out, q, k, v, p, lse=lse)
 
 
-def _inputs(rng, n_q=6, n_k=6, d=4):
-    return (
-        rng.standard_normal((n_q, d)),
-        rng.standard_normal((n_k, d)),
-        rng.standard_normal((n_k, d)),
-        Pattern.from_dense(np.ones((n_q, n_k), dtype=bool)),
-    )
-
-
-def _call(rng, **over):
-    q, k, v, p = _inputs(rng)
-    args = {"q": q, "k": k, "v": v, "pattern": p}
-    kwargs = {key: over.pop(key) for key in list(over) if key not in args}
-    args.update(over)
-    return sparse_ref.attention(args["q"], args["k"], args["v"], args["pattern"], **kwargs)
-
-
-BAD_INPUTS = [
-    # (overrides, exception, message fragment naming the argument)
-    ({"q": np.ones((2, 2, 2, 2, 2))}, ValueError, "q must be 2-D"),
-    ({"q": np.ones(4)}, ValueError, "q must be 2-D"),
-    ({"k": np.ones((1, 6, 4))}, ValueError, "k must have the same rank"),
-    ({"k": np.ones((6, 5))}, ValueError, "k must have the head dimension"),
-    ({"v": np.ones((5, 4))}, ValueError, "v must have the heads and length of k"),
-    ({"q": np.ones((6, 4), dtype=np.int64)}, TypeError, "q must have a floating dtype"),
-    ({"k": np.ones((6, 4), dtype=np.complex128)}, TypeError, "k must have a floating dtype"),
-    ({"v": np.ones((6, 4), dtype=object)}, TypeError, "v must have a floating dtype"),
-    ({"q": np.ones((6, 4), dtype=bool)}, TypeError, "q must have a floating dtype"),
-    ({"q": np.ones((6, 4), dtype=np.float32)}, TypeError, "mixed dtypes"),
-    ({"q": [[1.0]] * 6}, TypeError, "q must be an array"),
-    ({"q": "abc"}, TypeError, "q must be an array"),
-    ({"q": np.full((6, 4), np.nan)}, ValueError, "q contains NaN"),
-    ({"v": np.full((6, 4), np.inf)}, ValueError, "v contains NaN"),
-    ({"q": np.ones((6, 0)), "k": np.ones((6, 0))}, ValueError, "d >= 1"),
-    ({"pattern": np.ones((6, 6), dtype=bool)}, TypeError, "pattern must be a sparse_ref.Pattern"),
-    ({"pattern": Pattern.from_dense(np.ones((5, 6), dtype=bool))}, ValueError, "pattern has shape"),
-    ({"scale": "x"}, TypeError, "scale must be"),
-    ({"scale": float("nan")}, ValueError, "scale must be finite"),
-    ({"softcap": -1.0}, ValueError, "softcap must be"),
-    ({"softcap": True}, TypeError, "softcap must be"),
-    ({"backend": "torch"}, ValueError, "backend must be one of"),
-    ({"check_finite": "yes"}, TypeError, "check_finite must be a bool"),
-]
-
-
-@pytest.mark.parametrize("over, exc, message", BAD_INPUTS, ids=[m for _, _, m in BAD_INPUTS])
-def test_bad_input_gives_a_clear_error(rng, over, exc, message):
-    with pytest.raises(exc, match=message):
-        _call(rng, **over)
-
-
-def test_gqa_ratio_not_integral(rng):
-    q = rng.standard_normal((3, 6, 4))
-    k = rng.standard_normal((2, 6, 4))
-    with pytest.raises(ValueError, match="multiple of k/v heads"):
-        sparse_ref.attention(q, k, k, Pattern.from_dense(np.ones((6, 6), dtype=bool)))
-
-
-def test_pattern_heads_must_be_one_or_h(rng):
-    q = rng.standard_normal((4, 6, 4))
-    p = Pattern.from_dense(np.ones((2, 6, 6), dtype=bool))
-    with pytest.raises(ValueError, match="pattern has 2 heads"):
-        sparse_ref.attention(q, q, q, p)
+# Bad inputs (wrong ranks, shapes, dtypes, values, options) are rows of the one table in
+# tests/test_bad_inputs.py.
 
 
 def test_zero_length_sequences(rng):

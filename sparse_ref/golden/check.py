@@ -390,6 +390,8 @@ def check(
     A case passes when every returned tensor is within the stored tolerance (DESIGN §9) and has
     ``-inf``/NaN exactly where the reference does; an exception in ``fn`` fails the case.
     """
+    if dtype is not None:
+        dtype = _check_dtype_name(dtype)
     impl_name = fn if isinstance(fn, str) else getattr(fn, "__qualname__", repr(fn))
     fn = load_impl(fn) if isinstance(fn, str) else fn
     bw = load_impl(backward) if isinstance(backward, str) else backward
@@ -433,6 +435,19 @@ def check(
             results.append(result)
             advance()
     return Report(str(directory), impl_name, dtype, results)
+
+
+def _check_dtype_name(dtype: Any) -> str:
+    """``dtype`` as a NumPy floating dtype name (``"float16"``, ...); ``ValueError`` otherwise."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or dt.kind != "f":
+        raise ValueError(
+            f"dtype must name a floating dtype (float16, float32, float64), got {dtype!r}"
+        )
+    return dt.name
 
 
 class _progress:

@@ -35,6 +35,10 @@ __all__ = [
 COMPOSITE_FAMILIES = ("union", "intersection", "difference", "stack", "custom_rows")
 
 
+#: The dtypes a case can hold (its q, k, v, dout).
+_CASE_DTYPES = ("float32", "float64")
+
+
 @dataclass(frozen=True)
 class CaseSpec:
     """One golden case. ``pattern = build_pattern(family, params)`` must have shape ``(n_q, n_k)``.
@@ -73,7 +77,7 @@ class CaseSpec:
         if self.d_v is None:
             object.__setattr__(self, "d_v", self.d)
         object.__setattr__(self, "extra_tolerance_dtypes", tuple(self.extra_tolerance_dtypes))
-        if self.dtype not in ("float32", "float64"):
+        if self.dtype not in _CASE_DTYPES:
             raise ValueError(
                 f"case {self.id!r}: dtype must be float32 or float64, got {self.dtype!r}"
             )
@@ -120,6 +124,9 @@ class Suite:
         """The sub-suite of cases with a dtype in ``dtypes`` and an id matching glob ``only``."""
         import fnmatch
 
+        for dtype in dtypes or ():
+            if dtype not in _CASE_DTYPES:
+                raise ValueError(f"dtypes: cases are {' or '.join(_CASE_DTYPES)}, got {dtype!r}")
         keep = [
             c
             for c in self.cases

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from ..blocks import check_block
 from ..pattern import Pattern
+from ..patterns._validate import check_pos_int
 
 __all__ = ["FlashInferBSR", "to_flashinfer_bsr"]
 
@@ -82,7 +82,10 @@ def to_flashinfer_bsr(
         >>> b.indptr.tolist(), b.indices.tolist(), b.mask.astype(int).tolist()[0]
         ([0, 1, 3], [0, 0, 1], [[1, 0], [1, 1]])
     """
-    R, C = check_block((R, R if C is None else C), "(R, C)")
+    if not isinstance(pattern, Pattern):
+        raise TypeError(f"pattern must be a sparse_ref.Pattern, got {type(pattern).__name__}")
+    R = check_pos_int(R, "R")
+    C = R if C is None else check_pos_int(C, "C")
     M, N = pattern.shape
     if require_divisible and N % C:
         raise ValueError(
@@ -96,7 +99,7 @@ def to_flashinfer_bsr(
                 "BlockSparseAttentionWrapper shares one layout across heads: pass head=h"
             )
         head = 0
-    bsr = pattern.to_bsr((R, C)).head(pattern._head_index(head))
+    bsr = pattern.to_bsr((R, C)).head(pattern._head_index(head, "head"))
     indptr = np.asarray(bsr.indptr[0], dtype=np.int32)
     indices = np.asarray(bsr.indices, dtype=np.int32)
     mask = None

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..pattern import Pattern
+from ..patterns._validate import check_nonneg_int, check_pos_int
 
 __all__ = ["hf_bigbird_layout", "from_hf_bigbird_rand_attn"]
 
@@ -116,17 +117,14 @@ def from_hf_bigbird_rand_attn(
         A block-form Pattern (family ``block_sparse``) of shape ``(nb * block_size,) * 2`` with
         one head per plan head.
     """
-    if (
-        isinstance(block_size, bool)
-        or not isinstance(block_size, int | np.integer)
-        or block_size < 1
-    ):
-        raise ValueError(f"block_size must be a positive int, got {block_size!r}")
+    block_size = check_pos_int(block_size, "block_size")
+    if seq_len is not None:
+        seq_len = check_nonneg_int(seq_len, "seq_len")
     layout = hf_bigbird_layout(rand_attn, duplicates=duplicates)
-    n = layout.shape[-1] * int(block_size)
-    if seq_len is not None and int(seq_len) != n:
+    n = layout.shape[-1] * block_size
+    if seq_len is not None and seq_len != n:
         raise ValueError(
             f"seq_len = {seq_len} does not match the plan: nb = {layout.shape[-1]} blocks of "
             f"{block_size} = {n} tokens"
         )
-    return Pattern.from_block_layout(layout if len(layout) > 1 else layout[0], int(block_size))
+    return Pattern.from_block_layout(layout if len(layout) > 1 else layout[0], block_size)

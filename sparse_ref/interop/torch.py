@@ -33,6 +33,7 @@ import numpy as np
 
 from ..blocks import BlockSparse, check_block
 from ..pattern import Pattern
+from ..patterns._validate import check_nonneg_int, check_pos_int
 
 __all__ = [
     "from_flex_block_mask",
@@ -101,6 +102,7 @@ def to_flex_block_mask(pattern: Pattern, block: Any = 128, *, device: Any = "cpu
         block: an int or ``(Q_BLOCK, KV_BLOCK)``; FlexAttention's default is 128.
         device: where the tensors live.
     """
+    _check_pattern(pattern)
     torch = require_torch()
     fa = _flex()
     bq, bk = check_block(block)
@@ -182,6 +184,13 @@ def from_flex_block_mask(bm: Any, *, batch: int = 0, max_entries: int = 1 << 24)
     the block form with blocks ``bm.BLOCK_SIZE``; its heads are the mask's heads (1 broadcasts).
     """
     torch = require_torch()
+    if not all(hasattr(bm, a) for a in ("BLOCK_SIZE", "kv_num_blocks", "kv_indices", "mask_mod")):
+        raise TypeError(
+            f"bm must be a FlexAttention BlockMask (with BLOCK_SIZE, kv_num_blocks, kv_indices "
+            f"and mask_mod), got {type(bm).__name__}"
+        )
+    batch = check_nonneg_int(batch, "batch")
+    max_entries = check_pos_int(max_entries, "max_entries")
     block = bm.BLOCK_SIZE
     bq, bk = (int(block), int(block)) if isinstance(block, int) else (int(x) for x in block)
     kv_num = bm.kv_num_blocks.detach().cpu()
@@ -251,6 +260,28 @@ def from_flex_block_mask(bm: Any, *, batch: int = 0, max_entries: int = 1 << 24)
 
 
 # ----------------------------------------------------------------------------- sparse CSR
+def _check_pattern(pattern: Any) -> None:
+    if not isinstance(pattern, Pattern):
+        raise TypeError(f"pattern must be a sparse_ref.Pattern, got {type(pattern).__name__}")
+
+
+def _check_crow(crow: np.ndarray, nnz: int, n_q: int, batch: int) -> None:
+    """torch builds CSR tensors without checks (``check_invariants=False``): check the row
+    offsets before using them (column indices are checked by ``Pattern.from_csr``)."""
+    where = f" (batch {batch})" if batch else ""
+    if len(crow) != n_q + 1:
+        raise ValueError(
+            f"t.crow_indices(){where} must have length n_q + 1 = {n_q + 1}, got {len(crow)}"
+        )
+    steps = np.diff(crow.astype(np.int64))
+    if crow[0] != 0 or (steps < 0).any() or crow[-1] != nnz:
+        row = int(np.argmax(steps < 0)) if (steps < 0).any() else None
+        at = f"; row {row} ends before it starts" if row is not None else ""
+        raise ValueError(
+            f"t.crow_indices(){where} must start at 0, be non-decreasing and end at nnz = {nnz}{at}"
+        )
+
+
 def to_torch_sparse_csr(pattern: Pattern, head: int | None = None, *, dtype: Any = None) -> Any:
     """The pattern as a torch sparse CSR tensor with ones (``dtype``, default ``torch.bool``).
 
@@ -265,6 +296,7 @@ def to_torch_sparse_csr(pattern: Pattern, head: int | None = None, *, dtype: Any
         >>> t.to_dense().int().tolist()
         [[1, 0, 0], [1, 1, 0], [1, 1, 1]]
     """
+    _check_pattern(pattern)
     torch = require_torch()
     dtype = torch.bool if dtype is None else dtype
     heads = range(pattern.num_heads) if head is None else [head]
@@ -304,15 +336,15 @@ def from_torch_sparse_csr(t: Any) -> Pattern:
     """
     torch = require_torch()
     if not isinstance(t, torch.Tensor):
-        raise TypeError(f"expected a torch.Tensor, got {type(t).__name__}")
+        raise TypeError(f"t must be a torch.Tensor, got {type(t).__name__}")
+    if t.ndim not in (2, 3):
+        raise ValueError(f"t must be a 2-D or batched 3-D tensor, got {t.ndim}-D")
     if t.layout != torch.sparse_csr:
         t = (
             t.to_sparse_csr()
             if t.layout == torch.strided or t.ndim == 2
             else t.to_dense().to_sparse_csr()
         )
-    if t.ndim not in (2, 3):
-        raise ValueError(f"expected a 2-D or batched 3-D tensor, got {t.ndim}-D")
     t = t.detach().cpu()
     crow = t.crow_indices().numpy()
     col = t.col_indices().numpy()
@@ -323,6 +355,7 @@ def from_torch_sparse_csr(t: Any) -> Pattern:
         crow, col, nonzero = crow[None], col[None], nonzero[None]
     heads = []
     for b in range(crow.shape[0]):
+        _check_crow(crow[b], len(col[b]), shape[0], b)
         keep = nonzero[b].astype(bool)
         rows = np.repeat(np.arange(shape[0]), np.diff(crow[b]))[keep]
         indptr = np.zeros(shape[0] + 1, dtype=np.int64)

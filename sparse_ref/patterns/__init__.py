@@ -89,6 +89,8 @@ def build(family: str, **params: Any) -> Pattern:
         >>> build("sliding_window", n=4, left=1, right=1) == sliding_window(4, 1, 1)
         True
     """
+    if not isinstance(family, str):
+        raise TypeError(f"family must be a str (see available()), got {type(family).__name__}")
     if family in _FAMILIES:
         return _FAMILIES[family](**params)
     if family == "custom":
