@@ -155,7 +155,7 @@ def attention(
         pattern,
         prep.scale,
         prep.softcap,
-        compute_dtype=compute_dtype,
+        compute_dtype=_check_compute_dtype(compute_dtype),
         chunk=_check_chunk(chunk),
     )
     return (prep.restore(out), prep.restore(lse)) if return_lse else prep.restore(out)
@@ -189,10 +189,23 @@ def attention_rows(
         pattern,
         prep.scale,
         prep.softcap,
-        compute_dtype=compute_dtype,
+        compute_dtype=_check_compute_dtype(compute_dtype),
         rows=rows_arr,
     )
     return (prep.restore(out), prep.restore(lse)) if return_lse else prep.restore(out)
+
+
+def _check_compute_dtype(compute_dtype: Any) -> np.dtype:
+    """The compute dtype as a NumPy float dtype (float16 .. longdouble), or a clear error."""
+    try:
+        ct = np.dtype(compute_dtype)
+    except TypeError:
+        raise TypeError(
+            f"compute_dtype must be a NumPy floating dtype, got {compute_dtype!r}"
+        ) from None
+    if not np.issubdtype(ct, np.floating):
+        raise TypeError(f"compute_dtype must be a NumPy floating dtype, got {ct}")
+    return ct
 
 
 def _check_chunk(chunk: Any) -> int | None:
@@ -357,7 +370,7 @@ def attention_backward(
         prep.extra["dout"],
         prep.scale,
         prep.softcap,
-        compute_dtype=compute_dtype,
+        compute_dtype=_check_compute_dtype(compute_dtype),
         chunk=_check_chunk(chunk),
     )
     return prep.restore(dq), prep.restore(dk), prep.restore(dv)

@@ -76,6 +76,13 @@ def _cells(n: int, size: int) -> tuple[int, np.ndarray]:
     return m, widths
 
 
+def _check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{name} must be a positive int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
 def density_image(pattern: Pattern, *, head: int = 0, max_pixels: int = 512) -> DensityImage:
     """The numbers behind :func:`plot`: nonzeros per cell of at most ``max_pixels`` per side.
 
@@ -90,12 +97,7 @@ def density_image(pattern: Pattern, *, head: int = 0, max_pixels: int = 512) -> 
         >>> img.values.tolist()
         [[0.625, 0.0], [1.0, 0.625]]
     """
-    if (
-        isinstance(max_pixels, bool)
-        or not isinstance(max_pixels, int | np.integer)
-        or max_pixels < 1
-    ):
-        raise ValueError(f"max_pixels must be a positive int, got {max_pixels!r}")
+    _check_positive_int("max_pixels", max_pixels)
     n_q, n_k = pattern.shape
     cq = max(1, -(-n_q // max_pixels))
     ck = max(1, -(-n_k // max_pixels))
@@ -273,6 +275,8 @@ def text_picture(pattern: Pattern, *, head: int = 0, width: int = 64, height: in
         @@@.
         @@@@
     """
+    _check_positive_int("width", width)
+    _check_positive_int("height", height)
     ramp = ".:-=+*#%@"
     n_q, n_k = pattern.shape
     img = density_image(pattern, head=head, max_pixels=max(1, width, height))

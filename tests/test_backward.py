@@ -378,38 +378,7 @@ def test_transpose_matches_pattern_transpose(rng, heads):
     assert transposed(p) is t  # cached
 
 
-# ---------------------------------------------------------------------------------- bad input
-def _grad_call(rng, **over):
-    q, k, v, dout = random_inputs(rng, (6, 4), (6, 4), 4)
-    p = Pattern.from_dense(np.ones((6, 6), dtype=bool))
-    out, lse = sparse_ref.attention(q, k, v, p, return_lse=True)
-    args = {"q": q, "k": k, "v": v, "pattern": p, "dout": dout, "out": out, "lse": lse}
-    args.update(over)
-    pos = [args.pop(name) for name in ("q", "k", "v", "pattern", "dout")]
-    return sparse_ref.attention_backward(*pos, **args)
-
-
-BAD_GRAD_INPUTS = [
-    ({"dout": np.ones((6, 3))}, ValueError, "dout must have shape"),
-    ({"dout": np.ones((6, 4), dtype=np.float32)}, TypeError, "mixed dtypes"),
-    ({"dout": np.full((6, 4), np.nan)}, ValueError, "dout contains NaN"),
-    ({"out": np.ones((5, 4))}, ValueError, "out must have shape"),
-    ({"lse": np.zeros(5)}, ValueError, "lse must have shape"),
-    ({"lse": np.zeros(6, dtype=np.float32)}, TypeError, "lse must be float64"),
-    ({"lse": np.full(6, np.nan)}, ValueError, "lse contains NaN"),
-    ({"lse": None}, ValueError, "pass both out and lse"),
-    ({"out": None}, ValueError, "pass both out and lse"),
-    ({"backend": "torch"}, ValueError, "backend must be one of"),
-    ({"pattern": Pattern.from_dense(np.ones((6, 5), dtype=bool))}, ValueError, "pattern has shape"),
-]
-
-
-@pytest.mark.parametrize(
-    "over, exc, message", BAD_GRAD_INPUTS, ids=[m for _, _, m in BAD_GRAD_INPUTS]
-)
-def test_bad_input_gives_a_clear_error(rng, over, exc, message):
-    with pytest.raises(exc, match=message):
-        _grad_call(rng, **over)
+# Bad inputs of attention_backward: rows "bw-*" of the matrix in tests/test_bad_inputs.py.
 
 
 def test_lse_may_hold_minus_inf_for_rows_without_keys(rng):

@@ -43,7 +43,7 @@ import pytest
 import scipy.sparse as sp
 
 import sparse_ref
-from sparse_ref import Pattern, golden, oracle, patterns, testing
+from sparse_ref import Pattern, golden, oracle, patterns, testing, viz
 from sparse_ref.blocks import BlockSparse
 from sparse_ref.golden.suites import CaseSpec, Suite
 from sparse_ref.interop import deepspeed, flashinfer, huggingface
@@ -332,6 +332,13 @@ ROWS: list[Row] = [
     Row("oracle-rows-out-of-range", lambda: oracle.attention_rows(_arr(6, 4), _arr(6, 4), _arr(6, 4), _full(), rows=[6]), ValueError, r"rows must lie in \[0, n_q = 6\)"),
     Row("oracle-rows-float", lambda: oracle.attention_rows(_arr(6, 4), _arr(6, 4), _arr(6, 4), _full(), rows=[1.5]), TypeError, r"rows must be a 1-D integer array, got float64"),
     Row("oracle-chunk-zero", lambda: oracle.attention(_arr(6, 4), _arr(6, 4), _arr(6, 4), _full(), chunk=0), ValueError, r"chunk must be a positive int or None, got 0"),
+    Row("oracle-compute-dtype-int", lambda: oracle.attention(_arr(6, 4), _arr(6, 4), _arr(6, 4), _full(), compute_dtype=np.int32), TypeError, r"compute_dtype must be a NumPy floating dtype, got int32"),
+    Row("oracle-compute-dtype-junk", lambda: oracle.attention_backward(_arr(6, 4), _arr(6, 4), _arr(6, 4), _full(), _arr(6, 4), compute_dtype="nope"), TypeError, r"compute_dtype must be a NumPy floating dtype, got 'nope'"),
+    Row("oracle-rows-compute-dtype", lambda: oracle.attention_rows(_arr(6, 4), _arr(6, 4), _arr(6, 4), _full(), rows=[0], compute_dtype=np.complex128), TypeError, r"compute_dtype must be a NumPy floating dtype, got complex128"),
+    # pictures ---------------------------------------------------------------------------------
+    Row("viz-text-width-zero", lambda: viz.text_picture(_full(), width=0), ValueError, r"width must be a positive int, got 0"),
+    Row("viz-text-height-float", lambda: viz.text_picture(_full(), height=2.5), TypeError, r"height must be a positive int, got float"),
+    Row("viz-max-pixels-str", lambda: viz.density_image(_full(), max_pixels="8"), TypeError, r"max_pixels must be a positive int, got str"),
     Row("oracle-gqa-ratio", lambda: oracle.attention(np.ones((3, 6, 4)), np.ones((2, 6, 4)), np.ones((2, 6, 4)), _full()), ValueError, r"q heads H = 3 must be a multiple of k/v heads H_kv = 2"),
     # Pattern.from_dense -----------------------------------------------------------------------
     Row("dense-int-mask", lambda: Pattern.from_dense(np.ones((3, 3), dtype=int)), TypeError, r"mask must be a bool array, got dtype int64"),
