@@ -104,7 +104,9 @@ def attention_backward(
             checked (``out`` like ``dout``; ``lse (..., n_q)`` float64 for float64 inputs and
             float32 otherwise, ``-inf`` allowed on rows with no keys) but not needed: both
             backends re-derive what they use.
-        backend: ``"numba"`` (CPU kernels), ``"oracle"`` (exact float64, rounded), or ``"auto"``.
+        backend: ``"numba"`` (CPU kernels), ``"oracle"`` (exact float64, rounded), ``"cupy"``
+            (GPU kernels, deterministic too: CuPy arrays in, CuPy arrays out), or ``"auto"``
+            (CuPy for GPU arrays, Numba otherwise).
         check_finite: raise ``ValueError`` on NaN/Inf in the inputs (``lse`` may hold ``-inf``).
 
     Returns:
@@ -125,8 +127,6 @@ def attention_backward(
     if (out is None) != (lse is None):
         raise ValueError("pass both out and lse (from attention(..., return_lse=True)), or neither")
     module, xp = _resolve(backend, q)
-    if not hasattr(module, "backward"):
-        raise NotImplementedError(f"backend {backend!r} has no backward pass yet; use 'numba'")
     extra = {"dout": dout} if out is None else {"dout": dout, "out": out}
     prep = prepare(
         q,
