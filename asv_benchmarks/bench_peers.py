@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from itertools import product
 from typing import Any
 
@@ -73,9 +72,7 @@ def compile_flex(self: Any) -> dict[str, Any]:
             continue
         torch._dynamo.reset()
         flex = _flex_runner(case, pattern, kind)
-        t0 = time.perf_counter()
-        flex()
-        first = time.perf_counter() - t0
+        first = common.first_call_s(flex)
         compile_s[_flex_key(pattern, n, d, kind)] = max(0.0, first - common.best_time(flex, 2))
     return {"inductor_cache": cache_dir, "compile_s": compile_s}
 
