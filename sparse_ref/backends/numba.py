@@ -6,7 +6,8 @@ called with ``block=``, or ``pattern.with_block_form(block)``) runs the BSR kern
 :mod:`..kernels.bsr_forward` over that block form; any other pattern runs the CSR kernel of
 :mod:`..kernels.csr_forward`. The rule depends only on how the pattern was built.
 
-``backward`` runs the gradient kernels of :mod:`..kernels.csr_backward`: dq over the pattern's rows,
+``backward`` follows the same rule: :mod:`..kernels.bsr_backward` (dq over block rows, dk/dv over key
+block columns) for a block form, else :mod:`..kernels.csr_backward`: dq over the pattern's rows,
 dk/dv over its transpose (kept in a small cache, see :func:`transposed`).
 """
 
@@ -18,6 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..kernels.bsr_backward import bsr_backward
 from ..kernels.bsr_forward import bsr_forward
 from ..kernels.csr_backward import csr_backward, transpose_csr
 from ..kernels.csr_forward import csr_forward
@@ -119,14 +121,38 @@ def backward(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(dq, dk, dv)`` in q's dtype, computed in the compute dtype (float64 or float32).
 
+    Same form rule as :func:`forward`: a pattern that holds a block form runs
+    :mod:`..kernels.bsr_backward` over its blocks (no token CSR is built, so it runs at n = 2**20),
+    any other pattern the token-CSR kernels of :mod:`..kernels.csr_backward`.
+
     ``out`` and ``lse`` are not needed: the row pass re-derives each row's softmax statistics and
     ``delta`` from the scores it computes anyway (see :mod:`..kernels.csr_backward`), which is
-    more accurate than taking them from a rounded forward and costs no forward pass. The kernels
-    run on token CSR, also for patterns that hold a block form (there is no BSR backward yet).
+    more accurate than taking them from a rounded forward and costs no forward pass.
     """
     ct = compute_dtype(q.dtype)
     qc, kc, vc, gc = (np.ascontiguousarray(x, dtype=ct) for x in (q, k, v, dout))
     dq, dk, dv = np.empty_like(qc), np.empty_like(kc), np.empty_like(vc)
+    if pattern.block is not None:
+        bsr = pattern.stacked_bsr()
+        bq, bk = bsr.block
+        bsr_backward(
+            qc,
+            kc,
+            vc,
+            gc,
+            bsr.indptr,
+            bsr.indices,
+            bsr.mask_index,
+            bsr.masks,
+            bq,
+            bk,
+            ct(scale),
+            ct(softcap or 0.0),
+            dq,
+            dk,
+            dv,
+        )
+        return tuple(g.astype(q.dtype, copy=False) for g in (dq, dk, dv))  # type: ignore[return-value]
     csr = pattern.stacked_csr()
     t = transposed(pattern)
     csr_backward(

@@ -1,9 +1,9 @@
 """Compile the Numba kernels into their on-disk cache ahead of time.
 
 ``python -m sparse_ref.kernels.warmup [float32|float64 ...]`` runs every kernel once on tiny inputs
-(CSR and BSR forward with int32 and int64 indices, CSR backward), so later processes load machine
-code from Numba's cache (``cache=True``) instead of compiling. ``make test`` runs it once per dtype,
-in parallel, before pytest: compiling under coverage tracing takes about twice as long.
+(CSR and BSR forward with int32 and int64 indices, CSR and BSR backward), so later processes load
+machine code from Numba's cache (``cache=True``) instead of compiling. ``make test`` runs it once
+per dtype, in parallel, before pytest: compiling under coverage tracing takes about twice as long.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ def warmup(dtype: str) -> float:
     start = time.perf_counter()
     rng = np.random.default_rng(0)
     q, k, v, dout = (rng.standard_normal((1, 2, 40, 8)).astype(dtype) for _ in range(4))
+    # token CSR (CSR kernels) and a block form (BSR kernels; the BSR backward takes the same
+    # argument types for every pattern and shape, so this one call compiles it for the dtype)
     for pattern in (patterns.causal_sliding_window(40, 7), patterns.causal(40, block=16)):
         for softcap in (None, 2.0):
             attention(q, k, v, pattern, softcap=softcap)
