@@ -43,6 +43,25 @@ _TRANSPOSE_CACHE_SIZE = 2
 _TRANSPOSE_LOCK = threading.Lock()
 
 
+def _kernel_inputs(*arrays: np.ndarray) -> list[np.ndarray]:
+    """Read-only C-contiguous views of the arrays a kernel only reads.
+
+    Numba compiles one specialization per argument type, and a writeable and a read-only array
+    are different types; once several specializations exist, its dispatcher may run a call on any
+    compatible one, so which machine code runs would depend on the calls made before. With
+    reassociation allowed, two specializations may vectorise a sum differently and differ in the
+    last bits (seen once: a shared pattern and the same pattern stacked per head disagreed after
+    the test process had compiled read-only variants). Passing every input read-only gives each
+    kernel one type per dtype, hence the same bits whatever ran before.
+    """
+    views = []
+    for a in arrays:
+        view = np.ascontiguousarray(a).view()
+        view.flags.writeable = False
+        views.append(view)
+    return views
+
+
 def forward(
     q: np.ndarray,
     k: np.ndarray,
@@ -56,21 +75,24 @@ def forward(
     BSR kernel when the pattern holds a block form, else CSR (the form rule above).
     """
     ct = compute_dtype(q.dtype)
-    qc, kc, vc = (np.ascontiguousarray(x, dtype=ct) for x in (q, k, v))
+    qc, kc, vc = _kernel_inputs(*(np.asarray(x, dtype=ct) for x in (q, k, v)))
     B, H, n_q, _ = qc.shape
     out = np.empty((B, H, n_q, vc.shape[3]), dtype=ct)
     lse = np.empty((B, H, n_q), dtype=ct)
     if pattern.block is not None:
         bsr = pattern.stacked_bsr()
         bq, bk = bsr.block
+        b_indptr, b_indices, b_mask_index, b_masks = _kernel_inputs(
+            bsr.indptr, bsr.indices, bsr.mask_index, bsr.masks
+        )
         bsr_forward(
             qc,
             kc,
             vc,
-            bsr.indptr,
-            bsr.indices,
-            bsr.mask_index,
-            bsr.masks,
+            b_indptr,
+            b_indices,
+            b_mask_index,
+            b_masks,
             bq,
             bk,
             ct(scale),
@@ -80,7 +102,8 @@ def forward(
         )
     else:
         csr = pattern.stacked_csr()
-        csr_forward(qc, kc, vc, csr.indptr, csr.indices, ct(scale), ct(softcap or 0.0), out, lse)
+        indptr, indices = _kernel_inputs(csr.indptr, csr.indices)
+        csr_forward(qc, kc, vc, indptr, indices, ct(scale), ct(softcap or 0.0), out, lse)
     return out.astype(q.dtype, copy=False), lse
 
 
@@ -130,20 +153,23 @@ def backward(
     more accurate than taking them from a rounded forward and costs no forward pass.
     """
     ct = compute_dtype(q.dtype)
-    qc, kc, vc, gc = (np.ascontiguousarray(x, dtype=ct) for x in (q, k, v, dout))
-    dq, dk, dv = np.empty_like(qc), np.empty_like(kc), np.empty_like(vc)
+    qc, kc, vc, gc = _kernel_inputs(*(np.asarray(x, dtype=ct) for x in (q, k, v, dout)))
+    dq, dk, dv = (np.empty(x.shape, dtype=ct) for x in (qc, kc, vc))
     if pattern.block is not None:
         bsr = pattern.stacked_bsr()
         bq, bk = bsr.block
+        b_indptr, b_indices, b_mask_index, b_masks = _kernel_inputs(
+            bsr.indptr, bsr.indices, bsr.mask_index, bsr.masks
+        )
         bsr_backward(
             qc,
             kc,
             vc,
             gc,
-            bsr.indptr,
-            bsr.indices,
-            bsr.mask_index,
-            bsr.masks,
+            b_indptr,
+            b_indices,
+            b_mask_index,
+            b_masks,
             bq,
             bk,
             ct(scale),
