@@ -5,6 +5,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 import pytest
+from block_cases import BLOCKS, STRUCTURES, layout_pattern
 
 import sparse_ref
 from sparse_ref import Pattern, blocks, patterns
@@ -24,42 +25,6 @@ def _bigbird_like(nb: int) -> np.ndarray:
     return layout
 
 
-def _layout_pattern(n_q: int, n_k: int, block) -> Pattern:
-    """Random block layout with a ragged last block and two empty block rows."""
-    bq, bk = blocks.check_block(block)
-    nbq, nbk = -(-n_q // bq), -(-n_k // bk)
-    layout = np.random.default_rng(1).random((nbq, nbk)) < 0.4
-    layout[min(1, nbq - 1)] = False
-    layout[-1] = False
-    return Pattern.from_block_layout(layout, block, n_q=n_q, n_k=n_k)
-
-
-def _all_partial(n_q: int, n_k: int, block) -> Pattern:
-    """Unstructured token pattern given a block form: (almost) every stored block is partial."""
-    mask = np.random.default_rng(2).random((n_q, n_k)) < 0.15
-    return Pattern.from_dense(mask).with_block_form(block)
-
-
-# name -> (builder(block) -> Pattern); shapes are ragged for every block size below
-STRUCTURES = {
-    "causal_sliding_window": lambda b: Pattern.from_bsr(
-        blocks.causal_sliding_window(300, 45, block=b)
-    ),
-    "sliding_window": lambda b: Pattern.from_bsr(blocks.sliding_window(300, 20, 7, block=b)),
-    "causal_bottom_right_nq<nk": lambda b: Pattern.from_bsr(
-        blocks.causal(150, 300, "bottom_right", block=b)
-    ),
-    "causal_top_left_nq>nk": lambda b: Pattern.from_bsr(blocks.causal(300, 200, block=b)),
-    "sinks": lambda b: Pattern.from_bsr(blocks.sinks(300, 4, 40, block=b)),
-    "global_local": lambda b: Pattern.from_bsr(
-        blocks.global_local(300, 10, 10, [0, 1, 150, -1], block=b)
-    ),
-    "prefix_lm": lambda b: Pattern.from_bsr(blocks.prefix_lm(300, 70, block=b)),
-    "dense_all_full": lambda b: Pattern.from_bsr(blocks.dense(100, 170, block=b)),
-    "layout_empty_rows": lambda b: _layout_pattern(290, 250, b),
-    "all_partial": lambda b: _all_partial(200, 230, b),
-}
-BLOCKS = [16, 32, 64, 128]
 
 
 def _inputs(
@@ -122,7 +87,7 @@ def test_key_tiles_of_any_width(monkeypatch, tile_keys):
 
 
 def test_empty_rows_give_zero_and_minus_inf():
-    pattern = _layout_pattern(290, 250, 32)
+    pattern = layout_pattern(290, 250, 32)
     q, k, v = _inputs(pattern, np.float32)
     out, lse = _check(pattern, q, k, v)
     empty = pattern.to_bsr().row_counts() == 0
