@@ -180,6 +180,7 @@ def _bsr_forward(
     softcap,
     use_blas,
     max_keys,
+    workers,
     out,
     lse,
 ):  # type: ignore[no-untyped-def]
@@ -191,82 +192,87 @@ def _bsr_forward(
     neg_inf = dt(-np.inf)
     zero = dt(0.0)
     tile_keys = max(max_keys, bk)
-    for task in prange(B * H * nbq):
-        b = task // (H * nbq)
-        h = (task // nbq) % H
-        bi = task % nbq
-        hk = h // group
-        p = h if P > 1 else 0
-        r0 = bi * bq
-        nr = min(bq, n_q - r0)
-        qb = q[b, h, r0 : r0 + nr]
-        st_buf = np.empty(tile_keys * bq, dtype=q.dtype)  # score tile, transposed: (keys, queries)
-        acc = np.zeros((nr, dv), dtype=q.dtype)
-        tmp = np.empty((nr, dv), dtype=q.dtype)
-        m_run = np.full(nr, neg_inf, dtype=q.dtype)
-        m_new = np.empty(nr, dtype=q.dtype)
-        m_use = np.empty(nr, dtype=q.dtype)
-        alpha = np.empty(nr, dtype=q.dtype)
-        l_run = np.zeros(nr, dtype=q.dtype)
-        l_tile = np.empty(nr, dtype=q.dtype)
-        part = np.empty(nr, dtype=q.dtype)
-        idx, end = indptr[p, bi], indptr[p, bi + 1]
-        while idx < end:
-            # one key tile: the adjacent stored blocks idx..g-1, keys c0..c0+nc
-            g = _group_end(indices, idx, end, bk, tile_keys)
-            c0 = indices[idx] * bk
-            nc = min(indices[g - 1] * bk + bk, n_k) - c0
-            kg = k[b, hk, c0 : c0 + nc]
-            vg = v[b, hk, c0 : c0 + nc]
-            st = st_buf[: nc * nr].reshape((nc, nr))
-            if use_blas:
-                np.dot(kg, qb.T, st)
-            else:
-                _scores_loops(kg, qb, st)
-            m_new[:] = m_run
-            exact = True
-            off = 0
-            for j in range(idx, g):
-                w = min(bk, n_k - indices[j] * bk)
-                mi = mask_index[j]
-                _scale_mask_max(st[off : off + w], scale, softcap, masks_t, mi, m_new)
-                if mi >= 0 and exact:
-                    exact = _finite(vg[off : off + w])
-                off += w
-            for r in range(nr):
-                m_use[r] = zero if m_new[r] == neg_inf else m_new[r]  # all -inf so far: exp gives 0
-                alpha[r] = fast_exp(m_run[r] - m_use[r])
-                m_run[r] = m_new[r]
-                l_tile[r] = zero
-            _exp_sum(st, m_use, l_tile, part)
-            for r in range(nr):
-                l_run[r] = l_run[r] * alpha[r] + l_tile[r]
-            if not exact:  # a partial block with inf/NaN in V: 0 * inf must not reach the sum
-                tmp[:] = zero
+    for worker in prange(workers):  # one iteration per thread; block rows dealt out cyclically
+        for task in range(worker, B * H * nbq, workers):
+            b = task // (H * nbq)
+            h = (task // nbq) % H
+            bi = task % nbq
+            hk = h // group
+            p = h if P > 1 else 0
+            r0 = bi * bq
+            nr = min(bq, n_q - r0)
+            qb = q[b, h, r0 : r0 + nr]
+            st_buf = np.empty(
+                tile_keys * bq, dtype=q.dtype
+            )  # score tile, transposed: (keys, queries)
+            acc = np.zeros((nr, dv), dtype=q.dtype)
+            tmp = np.empty((nr, dv), dtype=q.dtype)
+            m_run = np.full(nr, neg_inf, dtype=q.dtype)
+            m_new = np.empty(nr, dtype=q.dtype)
+            m_use = np.empty(nr, dtype=q.dtype)
+            alpha = np.empty(nr, dtype=q.dtype)
+            l_run = np.zeros(nr, dtype=q.dtype)
+            l_tile = np.empty(nr, dtype=q.dtype)
+            part = np.empty(nr, dtype=q.dtype)
+            idx, end = indptr[p, bi], indptr[p, bi + 1]
+            while idx < end:
+                # one key tile: the adjacent stored blocks idx..g-1, keys c0..c0+nc
+                g = _group_end(indices, idx, end, bk, tile_keys)
+                c0 = indices[idx] * bk
+                nc = min(indices[g - 1] * bk + bk, n_k) - c0
+                kg = k[b, hk, c0 : c0 + nc]
+                vg = v[b, hk, c0 : c0 + nc]
+                st = st_buf[: nc * nr].reshape((nc, nr))
+                if use_blas:
+                    np.dot(kg, qb.T, st)
+                else:
+                    _scores_loops(kg, qb, st)
+                m_new[:] = m_run
+                exact = True
                 off = 0
                 for j in range(idx, g):
                     w = min(bk, n_k - indices[j] * bk)
-                    _pv_add_masked(
-                        st[off : off + w], vg[off : off + w], masks_t, mask_index[j], tmp
-                    )
+                    mi = mask_index[j]
+                    _scale_mask_max(st[off : off + w], scale, softcap, masks_t, mi, m_new)
+                    if mi >= 0 and exact:
+                        exact = _finite(vg[off : off + w])
                     off += w
-            elif use_blas:
-                np.dot(st.T, vg, tmp)
-            else:
-                _pv_loops(st, vg, tmp)
+                for r in range(nr):
+                    m_use[r] = (
+                        zero if m_new[r] == neg_inf else m_new[r]
+                    )  # all -inf so far: exp gives 0
+                    alpha[r] = fast_exp(m_run[r] - m_use[r])
+                    m_run[r] = m_new[r]
+                    l_tile[r] = zero
+                _exp_sum(st, m_use, l_tile, part)
+                for r in range(nr):
+                    l_run[r] = l_run[r] * alpha[r] + l_tile[r]
+                if not exact:  # a partial block with inf/NaN in V: 0 * inf must not reach the sum
+                    tmp[:] = zero
+                    off = 0
+                    for j in range(idx, g):
+                        w = min(bk, n_k - indices[j] * bk)
+                        _pv_add_masked(
+                            st[off : off + w], vg[off : off + w], masks_t, mask_index[j], tmp
+                        )
+                        off += w
+                elif use_blas:
+                    np.dot(st.T, vg, tmp)
+                else:
+                    _pv_loops(st, vg, tmp)
+                for r in range(nr):
+                    for e in range(dv):
+                        acc[r, e] = acc[r, e] * alpha[r] + tmp[r, e]
+                idx = g
             for r in range(nr):
-                for e in range(dv):
-                    acc[r, e] = acc[r, e] * alpha[r] + tmp[r, e]
-            idx = g
-        for r in range(nr):
-            if l_run[r] == zero:  # no keys, or only -inf scores
-                out[b, h, r0 + r, :] = zero
-                lse[b, h, r0 + r] = neg_inf
-            else:
-                inv = dt(1.0) / l_run[r]
-                for e in range(dv):
-                    out[b, h, r0 + r, e] = acc[r, e] * inv
-                lse[b, h, r0 + r] = m_run[r] + math.log(l_run[r])
+                if l_run[r] == zero:  # no keys, or only -inf scores
+                    out[b, h, r0 + r, :] = zero
+                    lse[b, h, r0 + r] = neg_inf
+                else:
+                    inv = dt(1.0) / l_run[r]
+                    for e in range(dv):
+                        out[b, h, r0 + r, e] = acc[r, e] * inv
+                    lse[b, h, r0 + r] = m_run[r] + math.log(l_run[r])
 
 
 def bsr_forward(  # type: ignore[no-untyped-def]
@@ -285,15 +291,17 @@ def bsr_forward(  # type: ignore[no-untyped-def]
         scale, softcap: scalars of the compute dtype; ``softcap = 0`` disables it.
         out: ``(B, H, n_q, d_v)``; lse: ``(B, H, n_q)``; both of the compute dtype.
 
-    Block rows are handed to threads dynamically (one at a time, so a busy core does not hold the
-    others back); which thread computes a block row never changes its result.
+    Block rows are dealt to the threads cyclically (block row ``t`` to thread ``t mod T``): under
+    Numba's OpenMP layer a ``prange`` gives each thread one contiguous range, which on causal
+    patterns (later rows cost more) left one thread with most of the work. Which thread computes a
+    block row never changes its result.
     """
     masks_t = np.ascontiguousarray(np.asarray(masks, dtype=np.bool_).transpose(0, 2, 1))
     if masks_t.shape[0] == 0:
         masks_t = np.zeros((1, bk, bq), dtype=np.bool_)
     use_blas = bq * bk * q.shape[3] >= BLAS_MIN_TILE
     dt = q.dtype.type
-    with single_threaded_blas(), numba.parallel_chunksize(1):
+    with single_threaded_blas():
         _bsr_forward(
             q,
             k,
@@ -308,6 +316,7 @@ def bsr_forward(  # type: ignore[no-untyped-def]
             dt(softcap),
             use_blas,
             int(TILE_KEYS),
+            numba.get_num_threads(),
             out,
             lse,
         )
