@@ -396,31 +396,9 @@ def _pv_joint(pv, vv, n, a0, a1, a2, a3):  # type: ignore[no-untyped-def]
 
 
 @numba.njit(parallel=True, fastmath=_ORDERED, cache=True)
-def csr_forward(q, k, v, indptr, indices, scale, softcap, out, lse):  # type: ignore[no-untyped-def]
-    """Sparse attention forward over a CSR pattern; writes ``out`` and ``lse`` in place.
-
-    Args:
-        q: ``(B, H, n_q, d)`` C-contiguous float32 or float64.
-        k: ``(B, H_kv, n_k, d)``, v: ``(B, H_kv, n_k, d_v)``, q's dtype, C-contiguous;
-            ``H % H_kv == 0`` and query head ``h`` uses kv head ``h // (H // H_kv)``.
-        indptr: ``(P, n_q + 1)`` int64, ``P == 1`` (one pattern for all heads) or ``P == H``;
-            absolute offsets into ``indices``.
-        indices: ``(nnz,)`` int32 or int64, strictly ascending within each row, in ``[0, n_k)``.
-        scale: scalar of q's dtype; scores are ``scale * (q_i . k_j)``.
-        softcap: scalar of q's dtype; ``0`` means none, else ``s = softcap * tanh(s / softcap)``.
-        out: ``(B, H, n_q, d_v)`` q's dtype, written fully (rows without keys are 0).
-        lse: ``(B, H, n_q)`` q's dtype, natural-log logsumexp over the allowed keys (``-inf`` for
-            rows without keys).
-
-    Example:
-        >>> import numpy as np
-        >>> q = k = v = np.ones((1, 1, 2, 4), np.float32)
-        >>> indptr = np.array([[0, 1, 3]]); indices = np.array([0, 0, 1], np.int32)
-        >>> out = np.empty_like(q); lse = np.empty((1, 1, 2), np.float32)
-        >>> csr_forward(q, k, v, indptr, indices, np.float32(0.5), np.float32(0), out, lse)
-        >>> out[0, 0, :, 0].tolist(), lse[0, 0].round(4).tolist()
-        ([1.0, 1.0], [2.0, 2.6931])
-    """
+def _csr_forward(q, k, v, indptr, indices, scale, softcap, workers, out, lse):  # type: ignore[no-untyped-def]
+    """:func:`csr_forward` on ``workers`` threads (``numba.get_num_threads()``, passed in: reading
+    it inside would make the function uncacheable)."""
     B, H, nq, d = q.shape
     Hkv = k.shape[1]
     nk = k.shape[2]
@@ -471,170 +449,204 @@ def csr_forward(q, k, v, indptr, indices, scale, softcap, out, lse):  # type: ig
     kbf = kb.reshape(kb.size)
 
     nblk = (nq + BLOCK - 1) // BLOCK
-    for task in prange(B * H * nblk):
-        bh = task // nblk
-        blk = task - bh * nblk
-        b = bh // H
-        h = bh - b * H
-        hk = h // grp
-        p = h if P > 1 else 0
-        kmat = k[b, hk]
-        vmat = v[b, hk]
-        i0 = blk * BLOCK
-        rn = min(BLOCK, nq - i0)
-        sbuf = np.empty(GROUP * TILE, q.dtype)
-        acc = np.zeros((rn, dv), q.dtype)
-        tacc = np.zeros((GROUP, dv), q.dtype)  # p @ V of the current chunk, per row of a group
-        alpha = np.empty(GROUP, q.dtype)
-        st = np.zeros((rn, 3), q.dtype)  # running [m, l, bad] per row
-        cur = np.empty(rn, np.int64)  # next entry of each row
-        end = np.empty(rn, np.int64)
-        cut = np.empty(rn, np.int64)  # end of each row's chunk in the current tile
-        for r in range(rn):
-            st[r, 0] = ninf
-            cur[r] = indptr[p, i0 + r]
-            end[r] = indptr[p, i0 + r + 1]
-        if not tiled:
-            # scattered keys: row by row, TILE entries per online-softmax step
-            for rr in range(rn):
-                for e0 in range(cur[rr], end[rr], TILE):
-                    idx = indices[e0 : min(e0 + TILE, end[rr])]
-                    srow = sbuf[: idx.shape[0]]
-                    _scores_idx(q[b, h, i0 + rr], kmat, idx, srow)
-                    a_r = _softmax_step(srow, scale, softcap, st, rr)
-                    _pv_idx(tacc[0], srow, vmat, idx)
-                    _combine(acc[rr], a_r, tacc[0])
-                cur[rr] = end[rr]
-        while tiled:
-            # the next key tile that any row of the block touches
-            t = big
+    for worker in prange(workers):  # one iteration per thread; row blocks dealt out cyclically
+        for task in range(worker, B * H * nblk, workers):
+            bh = task // nblk
+            blk = task - bh * nblk
+            b = bh // H
+            h = bh - b * H
+            hk = h // grp
+            p = h if P > 1 else 0
+            kmat = k[b, hk]
+            vmat = v[b, hk]
+            i0 = blk * BLOCK
+            rn = min(BLOCK, nq - i0)
+            sbuf = np.empty(GROUP * TILE, q.dtype)
+            acc = np.zeros((rn, dv), q.dtype)
+            tacc = np.zeros((GROUP, dv), q.dtype)  # p @ V of the current chunk, per row of a group
+            alpha = np.empty(GROUP, q.dtype)
+            st = np.zeros((rn, 3), q.dtype)  # running [m, l, bad] per row
+            cur = np.empty(rn, np.int64)  # next entry of each row
+            end = np.empty(rn, np.int64)
+            cut = np.empty(rn, np.int64)  # end of each row's chunk in the current tile
             for r in range(rn):
-                if cur[r] < end[r]:
-                    t = min(t, np.int64(indices[cur[r]]) // TILE)
-            if t == big:
-                break
-            jlo = t * TILE
-            jhi = jlo + TILE
-            for r in range(rn):
-                e0 = cur[r]
-                ee = end[r]
-                if e0 >= ee or indices[e0] >= jhi:
-                    cut[r] = e0
-                    continue
-                # strictly ascending: at most jhi - indices[e0] entries fall in this tile
-                e1 = min(ee, e0 + (jhi - np.int64(indices[e0])))
-                if indices[e1 - 1] >= jhi:
-                    lo = e0  # indices[lo] < jhi <= indices[e1]
-                    e1 -= 1
-                    while e1 - lo > 1:
-                        mid = (lo + e1) >> 1
-                        if indices[mid] < jhi:
-                            lo = mid
-                        else:
-                            e1 = mid
-                cut[r] = e1
-            for g0 in range(0, rn, GROUP):
-                gn = min(GROUP, rn - g0)
-                # joint path if the GROUP chunks are non-empty runs covering at least half of
-                # their union
-                joint = gn == GROUP
-                ulo = big
-                uhi = -big
-                core_lo = -big
-                core_hi = big
-                tot = 0
-                for r in range(g0, g0 + gn):
-                    n_r = cut[r] - cur[r]
-                    if n_r <= 0:
-                        joint = False
+                st[r, 0] = ninf
+                cur[r] = indptr[p, i0 + r]
+                end[r] = indptr[p, i0 + r + 1]
+            if not tiled:
+                # scattered keys: row by row, TILE entries per online-softmax step
+                for rr in range(rn):
+                    for e0 in range(cur[rr], end[rr], TILE):
+                        idx = indices[e0 : min(e0 + TILE, end[rr])]
+                        srow = sbuf[: idx.shape[0]]
+                        _scores_idx(q[b, h, i0 + rr], kmat, idx, srow)
+                        a_r = _softmax_step(srow, scale, softcap, st, rr)
+                        _pv_idx(tacc[0], srow, vmat, idx)
+                        _combine(acc[rr], a_r, tacc[0])
+                    cur[rr] = end[rr]
+            while tiled:
+                # the next key tile that any row of the block touches
+                t = big
+                for r in range(rn):
+                    if cur[r] < end[r]:
+                        t = min(t, np.int64(indices[cur[r]]) // TILE)
+                if t == big:
+                    break
+                jlo = t * TILE
+                jhi = jlo + TILE
+                for r in range(rn):
+                    e0 = cur[r]
+                    ee = end[r]
+                    if e0 >= ee or indices[e0] >= jhi:
+                        cut[r] = e0
                         continue
-                    a = np.int64(indices[cur[r]]) - jlo
-                    z = np.int64(indices[cut[r] - 1]) - jlo + 1
-                    if z - a != n_r:
-                        joint = False
-                    ulo = min(ulo, a)
-                    uhi = max(uhi, z)
-                    core_lo = max(core_lo, a)
-                    core_hi = min(core_hi, z)
-                    tot += n_r
-                if tot == 0:
-                    continue
-                if joint and 2 * tot >= GROUP * (uhi - ulo):
-                    # scores over the union, widened to whole SIMD widths inside the tile (the
-                    # extra scores are never read)
-                    slo = ulo - ulo % 8
-                    shi = min(TILE, uhi + (-uhi) % 8)
-                    _scores_joint(
-                        q[b, h, i0 + g0 : i0 + g0 + GROUP],
-                        kbf,
-                        ((b * Hkv + hk) * ntile + t) * d * TILE + slo,
-                        shi - slo,
-                        sbuf[slo:],
-                    )
-                    for r in range(GROUP):
-                        rr = g0 + r
-                        a = np.int64(indices[cur[rr]]) - jlo
-                        n_r = cut[rr] - cur[rr]
-                        alpha[r] = _softmax_step(
-                            sbuf[r * TILE + a : r * TILE + a + n_r], scale, softcap, st, rr
+                    # strictly ascending: at most jhi - indices[e0] entries fall in this tile
+                    e1 = min(ee, e0 + (jhi - np.int64(indices[e0])))
+                    if indices[e1 - 1] >= jhi:
+                        lo = e0  # indices[lo] < jhi <= indices[e1]
+                        e1 -= 1
+                        while e1 - lo > 1:
+                            mid = (lo + e1) >> 1
+                            if indices[mid] < jhi:
+                                lo = mid
+                            else:
+                                e1 = mid
+                    cut[r] = e1
+                for g0 in range(0, rn, GROUP):
+                    gn = min(GROUP, rn - g0)
+                    # joint path if the GROUP chunks are non-empty runs covering at least half of
+                    # their union
+                    joint = gn == GROUP
+                    ulo = big
+                    uhi = -big
+                    core_lo = -big
+                    core_hi = big
+                    tot = 0
+                    for r in range(g0, g0 + gn):
+                        n_r = cut[r] - cur[r]
+                        if n_r <= 0:
+                            joint = False
+                            continue
+                        a = np.int64(indices[cur[r]]) - jlo
+                        z = np.int64(indices[cut[r] - 1]) - jlo + 1
+                        if z - a != n_r:
+                            joint = False
+                        ulo = min(ulo, a)
+                        uhi = max(uhi, z)
+                        core_lo = max(core_lo, a)
+                        core_hi = min(core_hi, z)
+                        tot += n_r
+                    if tot == 0:
+                        continue
+                    if joint and 2 * tot >= GROUP * (uhi - ulo):
+                        # scores over the union, widened to whole SIMD widths inside the tile (the
+                        # extra scores are never read)
+                        slo = ulo - ulo % 8
+                        shi = min(TILE, uhi + (-uhi) % 8)
+                        _scores_joint(
+                            q[b, h, i0 + g0 : i0 + g0 + GROUP],
+                            kbf,
+                            ((b * Hkv + hk) * ntile + t) * d * TILE + slo,
+                            shi - slo,
+                            sbuf[slo:],
                         )
-                    if core_hi < core_lo:
-                        core_hi = core_lo
-                    _pv_joint(
-                        sbuf[core_lo:],
-                        vmat[jlo + core_lo :],
-                        core_hi - core_lo,
-                        tacc[0],
-                        tacc[1],
-                        tacc[2],
-                        tacc[3],
-                    )
-                    # keys of only some of the rows: row by row
-                    for r in range(GROUP):
-                        rr = g0 + r
-                        a = np.int64(indices[cur[rr]]) - jlo
-                        z = a + (cut[rr] - cur[rr])
-                        hi1 = min(z, core_lo)
-                        if hi1 > a:
-                            _pv_run(
-                                tacc[r],
-                                sbuf[r * TILE + a : r * TILE + hi1],
-                                vmat[jlo + a : jlo + hi1],
+                        for r in range(GROUP):
+                            rr = g0 + r
+                            a = np.int64(indices[cur[rr]]) - jlo
+                            n_r = cut[rr] - cur[rr]
+                            alpha[r] = _softmax_step(
+                                sbuf[r * TILE + a : r * TILE + a + n_r], scale, softcap, st, rr
                             )
-                        lo2 = max(a, core_hi)
-                        if z > lo2:
-                            _pv_run(
-                                tacc[r],
-                                sbuf[r * TILE + lo2 : r * TILE + z],
-                                vmat[jlo + lo2 : jlo + z],
-                            )
-                        _combine(acc[rr], alpha[r], tacc[r])
-                        cur[rr] = cut[rr]
-                else:
-                    # any sorted chunks: row by row, through the indices
-                    for rr in range(g0, g0 + gn):
-                        n_r = cut[rr] - cur[rr]
-                        if n_r > 0:
-                            idx = indices[cur[rr] : cut[rr]]
-                            srow = sbuf[:n_r]
-                            _scores_idx(q[b, h, i0 + rr], kmat, idx, srow)
-                            a_r = _softmax_step(srow, scale, softcap, st, rr)
-                            _pv_idx(tacc[0], srow, vmat, idx)
-                            _combine(acc[rr], a_r, tacc[0])
+                        if core_hi < core_lo:
+                            core_hi = core_lo
+                        _pv_joint(
+                            sbuf[core_lo:],
+                            vmat[jlo + core_lo :],
+                            core_hi - core_lo,
+                            tacc[0],
+                            tacc[1],
+                            tacc[2],
+                            tacc[3],
+                        )
+                        # keys of only some of the rows: row by row
+                        for r in range(GROUP):
+                            rr = g0 + r
+                            a = np.int64(indices[cur[rr]]) - jlo
+                            z = a + (cut[rr] - cur[rr])
+                            hi1 = min(z, core_lo)
+                            if hi1 > a:
+                                _pv_run(
+                                    tacc[r],
+                                    sbuf[r * TILE + a : r * TILE + hi1],
+                                    vmat[jlo + a : jlo + hi1],
+                                )
+                            lo2 = max(a, core_hi)
+                            if z > lo2:
+                                _pv_run(
+                                    tacc[r],
+                                    sbuf[r * TILE + lo2 : r * TILE + z],
+                                    vmat[jlo + lo2 : jlo + z],
+                                )
+                            _combine(acc[rr], alpha[r], tacc[r])
                             cur[rr] = cut[rr]
-        for r in range(rn):
-            i = i0 + r
-            m = st[r, 0]
-            if st[r, 2] != zero:
-                for c in range(dv):
-                    out[b, h, i, c] = nan
-                lse[b, h, i] = nan
-            elif m == ninf:
-                for c in range(dv):
-                    out[b, h, i, c] = zero
-                lse[b, h, i] = ninf
-            else:
-                denom = st[r, 1]
-                for c in range(dv):
-                    out[b, h, i, c] = acc[r, c] / denom
-                lse[b, h, i] = m + math.log(denom)
+                    else:
+                        # any sorted chunks: row by row, through the indices
+                        for rr in range(g0, g0 + gn):
+                            n_r = cut[rr] - cur[rr]
+                            if n_r > 0:
+                                idx = indices[cur[rr] : cut[rr]]
+                                srow = sbuf[:n_r]
+                                _scores_idx(q[b, h, i0 + rr], kmat, idx, srow)
+                                a_r = _softmax_step(srow, scale, softcap, st, rr)
+                                _pv_idx(tacc[0], srow, vmat, idx)
+                                _combine(acc[rr], a_r, tacc[0])
+                                cur[rr] = cut[rr]
+            for r in range(rn):
+                i = i0 + r
+                m = st[r, 0]
+                if st[r, 2] != zero:
+                    for c in range(dv):
+                        out[b, h, i, c] = nan
+                    lse[b, h, i] = nan
+                elif m == ninf:
+                    for c in range(dv):
+                        out[b, h, i, c] = zero
+                    lse[b, h, i] = ninf
+                else:
+                    denom = st[r, 1]
+                    for c in range(dv):
+                        out[b, h, i, c] = acc[r, c] / denom
+                    lse[b, h, i] = m + math.log(denom)
+
+
+def csr_forward(q, k, v, indptr, indices, scale, softcap, out, lse):  # type: ignore[no-untyped-def]
+    """Sparse attention forward over a CSR pattern; writes ``out`` and ``lse`` in place.
+
+    Args:
+        q: ``(B, H, n_q, d)`` C-contiguous float32 or float64.
+        k: ``(B, H_kv, n_k, d)``, v: ``(B, H_kv, n_k, d_v)``, q's dtype, C-contiguous;
+            ``H % H_kv == 0`` and query head ``h`` uses kv head ``h // (H // H_kv)``.
+        indptr: ``(P, n_q + 1)`` int64, ``P == 1`` (one pattern for all heads) or ``P == H``;
+            absolute offsets into ``indices``.
+        indices: ``(nnz,)`` int32 or int64, strictly ascending within each row, in ``[0, n_k)``.
+        scale: scalar of q's dtype; scores are ``scale * (q_i . k_j)``.
+        softcap: scalar of q's dtype; ``0`` means none, else ``s = softcap * tanh(s / softcap)``.
+        out: ``(B, H, n_q, d_v)`` q's dtype, written fully (rows without keys are 0).
+        lse: ``(B, H, n_q)`` q's dtype, natural-log logsumexp over the allowed keys (``-inf`` for
+            rows without keys).
+
+    Row blocks are dealt to the threads cyclically (block ``t`` to thread ``t mod T``): under
+    Numba's OpenMP layer a ``prange`` gives each thread one contiguous range, which on causal
+    patterns (later rows cost more) left one thread with most of the work. Which thread computes a
+    row block never changes its result.
+
+    Example:
+        >>> import numpy as np
+        >>> q = k = v = np.ones((1, 1, 2, 4), np.float32)
+        >>> indptr = np.array([[0, 1, 3]]); indices = np.array([0, 0, 1], np.int32)
+        >>> out = np.empty_like(q); lse = np.empty((1, 1, 2), np.float32)
+        >>> csr_forward(q, k, v, indptr, indices, np.float32(0.5), np.float32(0), out, lse)
+        >>> out[0, 0, :, 0].tolist(), lse[0, 0].round(4).tolist()
+        ([1.0, 1.0], [2.0, 2.6931])
+    """
+    _csr_forward(q, k, v, indptr, indices, scale, softcap, numba.get_num_threads(), out, lse)
