@@ -646,7 +646,7 @@ def csr_forward(q, k, v, indptr, indices, scale, softcap, out, lse):  # type: ig
         >>> indptr = np.array([[0, 1, 3]]); indices = np.array([0, 0, 1], np.int32)
         >>> out = np.empty_like(q); lse = np.empty((1, 1, 2), np.float32)
         >>> csr_forward(q, k, v, indptr, indices, np.float32(0.5), np.float32(0), out, lse)
-        >>> out[0, 0, :, 0].tolist(), lse[0, 0].round(4).tolist()
+        >>> out[0, 0, :, 0].tolist(), lse[0, 0].astype(float).round(4).tolist()
         ([1.0, 1.0], [2.0, 2.6931])
     """
     _csr_forward(q, k, v, indptr, indices, scale, softcap, numba.get_num_threads(), out, lse)
