@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..kernels._views import readonly
 from ..kernels.bsr_backward import bsr_backward
 from ..kernels.bsr_forward import bsr_forward
 from ..kernels.csr_backward import csr_backward, transpose_csr
@@ -44,22 +45,9 @@ _TRANSPOSE_LOCK = threading.Lock()
 
 
 def _kernel_inputs(*arrays: np.ndarray) -> list[np.ndarray]:
-    """Read-only C-contiguous views of the arrays a kernel only reads.
-
-    Numba compiles one specialization per argument type, and a writeable and a read-only array
-    are different types; once several specializations exist, its dispatcher may run a call on any
-    compatible one, so which machine code runs would depend on the calls made before. With
-    reassociation allowed, two specializations may vectorise a sum differently and differ in the
-    last bits (seen once: a shared pattern and the same pattern stacked per head disagreed after
-    the test process had compiled read-only variants). Passing every input read-only gives each
-    kernel one type per dtype, hence the same bits whatever ran before.
-    """
-    views = []
-    for a in arrays:
-        view = np.ascontiguousarray(a).view()
-        view.flags.writeable = False
-        views.append(view)
-    return views
+    """Read-only C-contiguous views of the arrays a kernel only reads (see :mod:`..kernels._views`:
+    one Numba specialization per dtype, so the same bits whatever ran before)."""
+    return [readonly(np.ascontiguousarray(a)) for a in arrays]
 
 
 def forward(

@@ -73,6 +73,7 @@ from numba.extending import overload
 
 from ._blas import single_threaded_blas
 from ._exp import fast_exp
+from ._views import readonly as _readonly
 from .bsr_forward import BLAS_MIN_TILE, _finite, _group_end, _pv_add_masked
 
 __all__ = [
@@ -680,12 +681,6 @@ class _Band(NamedTuple):
     cols: np.ndarray  # int64 key block columns touched
     slot_w: np.ndarray  # int64 first key (in widths) of each (head, block row) slot
     parity: int
-
-
-def _readonly(a: np.ndarray) -> np.ndarray:
-    view = a.view()
-    view.flags.writeable = False
-    return view
 
 
 def bsr_backward(  # type: ignore[no-untyped-def]

@@ -76,6 +76,7 @@ from numba import prange
 
 from . import _workspace
 from ._exp import fast_exp
+from ._views import readonly as _readonly
 
 __all__ = [
     "GROUP",
@@ -759,14 +760,6 @@ def csr_backward_columns(
                 dkj = dk_g[j0 + r]
                 for c in range(d):
                     dkj[c] *= scale
-
-
-def _readonly(a: np.ndarray) -> np.ndarray:
-    """A read-only view. The kernels only read their inputs; passing them all read-only means one
-    Numba type, hence one compilation, whether the caller's arrays are writeable or not."""
-    view = a.view()
-    view.flags.writeable = False
-    return view
 
 
 def _without_poisoned_rows(
