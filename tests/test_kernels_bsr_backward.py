@@ -6,7 +6,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 import pytest
-from block_cases import BLOCKS, STRUCTURES
+from block_cases import BLOCKS, STRUCTURES, random_inputs
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -17,24 +17,8 @@ from sparse_ref.kernels import bsr_backward as kernel_module
 from sparse_ref.validation import prepare
 
 
-def _inputs(
-    pattern: Pattern,
-    dtype,
-    *,
-    d: int = 64,
-    d_v: int | None = None,
-    heads: int = 1,
-    kv_heads: int = 1,
-    batch: int = 1,
-    seed: int = 0,
-):
-    rng = np.random.default_rng(seed)
-    n_q, n_k = pattern.shape
-    q = rng.standard_normal((batch, heads, n_q, d)).astype(dtype)
-    k = rng.standard_normal((batch, kv_heads, n_k, d)).astype(dtype)
-    v = rng.standard_normal((batch, kv_heads, n_k, d_v or d)).astype(dtype)
-    dout = rng.standard_normal((batch, heads, n_q, d_v or d)).astype(dtype)
-    return q, k, v, dout
+def _inputs(pattern: Pattern, dtype, **kw):
+    return random_inputs(pattern, dtype, with_dout=True, **kw)
 
 
 def _check(pattern, q, k, v, dout, **kw):

@@ -6,6 +6,7 @@ import numba
 import numpy as np
 import pytest
 from block_cases import BLOCKS, STRUCTURES, layout_pattern
+from block_cases import random_inputs as _inputs
 
 import sparse_ref
 from sparse_ref import Pattern, blocks, patterns
@@ -23,27 +24,6 @@ def _bigbird_like(nb: int) -> np.ndarray:
     for r in range(1, nb - 1):
         layout[r, rng.choice(nb, 2, replace=False)] = True
     return layout
-
-
-
-
-def _inputs(
-    pattern: Pattern,
-    dtype,
-    *,
-    d: int = 64,
-    d_v: int | None = None,
-    heads: int = 1,
-    kv_heads: int = 1,
-    batch: int = 1,
-    seed: int = 0,
-):
-    rng = np.random.default_rng(seed)
-    n_q, n_k = pattern.shape
-    q = rng.standard_normal((batch, heads, n_q, d)).astype(dtype)
-    k = rng.standard_normal((batch, kv_heads, n_k, d)).astype(dtype)
-    v = rng.standard_normal((batch, kv_heads, n_k, d_v or d)).astype(dtype)
-    return q, k, v
 
 
 def _check(pattern, q, k, v, **kw):
