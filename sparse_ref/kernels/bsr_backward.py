@@ -74,7 +74,7 @@ from numba.extending import overload
 from ._blas import single_threaded_blas
 from ._exp import fast_exp
 from ._views import readonly as _readonly
-from .bsr_forward import BLAS_MIN_TILE, _finite, _group_end, _pv_add_masked
+from .bsr_forward import BLAS_MIN_TILE, _finite, _group_end, _pv_add_masked, _scores_loops
 
 __all__ = [
     "bsr_backward",
@@ -168,19 +168,6 @@ def _gemm_impl(a, ta, b, tb, c, alpha, beta):  # type: ignore[no-untyped-def]
 
 
 # --------------------------------------------------------------------------------- small pieces
-@numba.njit(fastmath=_FASTMATH, cache=True)
-def _scores_loops(kb, qb, alpha, st):  # type: ignore[no-untyped-def]
-    """``st[c, r] = alpha * kb[c] . qb[r]`` (plain loops for tiles too small for BLAS)."""
-    nc, d = kb.shape
-    nr = qb.shape[0]
-    for c in range(nc):
-        for r in range(nr):
-            s = st.dtype.type(0.0)
-            for t in range(d):
-                s += kb[c, t] * qb[r, t]
-            st[c, r] = s * alpha
-
-
 @numba.njit(fastmath=_FASTMATH, cache=True)
 def _dq_loops(dt, kb, alpha, out):  # type: ignore[no-untyped-def]
     """``out[r] += alpha * sum_c dt[c, r] * kb[c]`` (plain loops)."""

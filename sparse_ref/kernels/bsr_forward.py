@@ -60,8 +60,9 @@ TILE_KEYS = 1024
 
 
 @numba.njit(fastmath=_FASTMATH, cache=True)
-def _scores_loops(kb, qb, st):  # type: ignore[no-untyped-def]
-    """``st[c, r] = kb[c] . qb[r]`` with the reduction over d innermost."""
+def _scores_loops(kb, qb, alpha, st):  # type: ignore[no-untyped-def]
+    """``st[c, r] = alpha * kb[c] . qb[r]`` with the reduction over d innermost (plain loops for
+    tiles too small for BLAS; the backward uses it too)."""
     nc, d = kb.shape
     nr = qb.shape[0]
     for c in range(nc):
@@ -69,7 +70,7 @@ def _scores_loops(kb, qb, st):  # type: ignore[no-untyped-def]
             s = st.dtype.type(0.0)
             for t in range(d):
                 s += kb[c, t] * qb[r, t]
-            st[c, r] = s
+            st[c, r] = s * alpha
 
 
 @numba.njit(fastmath=_FASTMATH, cache=True)
@@ -226,7 +227,7 @@ def _bsr_forward(
                 if use_blas:
                     np.dot(kg, qb.T, st)
                 else:
-                    _scores_loops(kg, qb, st)
+                    _scores_loops(kg, qb, dt(1.0), st)  # times 1: exact
                 m_new[:] = m_run
                 exact = True
                 off = 0
