@@ -1,11 +1,12 @@
-"""Keep BLAS single-threaded while a parallel Numba kernel calls it from its own threads.
+"""BLAS inside Numba kernels: :func:`gemm`, and keeping BLAS single-threaded meanwhile.
 
-The BSR kernel multiplies small tiles with ``np.dot``, which Numba lowers to scipy's BLAS ``gemm``.
-Each Numba thread already owns a block row; if BLAS also spreads every small ``gemm`` over its own
-thread pool, the two pools fight over the cores (measured here: 10 s instead of 0.8 s for one
-forward). :func:`single_threaded_blas` sets every loaded BLAS to one thread for the duration of a
-call and restores the previous setting afterwards, like ``threadpoolctl.threadpool_limits(1)``
-(used when installed). Without threadpoolctl it finds OpenBLAS builds (including the
+:func:`gemm` is ``sgemm``/``dgemm`` of scipy's BLAS, callable from Numba code. The kernels that
+call it (or ``np.dot``) run in parallel Numba regions where each thread already owns its tasks;
+if BLAS also spreads every small ``gemm`` over its own thread pool, the two pools fight over the
+cores (measured here: 10 s instead of 0.8 s for one forward). :func:`single_threaded_blas` sets
+every loaded BLAS to one thread for the duration of a call and restores the previous setting
+afterwards, through threadpoolctl when installed (one ``ThreadpoolController`` kept for the
+process). Without threadpoolctl it finds OpenBLAS builds (including the
 ``scipy_openblas`` of NumPy/SciPy wheels) among the loaded libraries and calls their
 ``*openblas_set_num_threads`` directly. Concurrent callers share one limit (reference counted).
 """
@@ -19,7 +20,12 @@ from contextlib import contextmanager
 from functools import cache
 from typing import Any
 
-__all__ = ["single_threaded_blas"]
+import numpy as np
+import scipy.linalg.cython_blas  # noqa: F401  (numba_xxgemm calls this BLAS: load it first)
+from numba import types
+from numba.extending import overload
+
+__all__ = ["gemm", "single_threaded_blas"]
 
 _LOCK = threading.Lock()
 _STATE: dict[str, Any] = {"depth": 0, "restore": None}
@@ -28,8 +34,6 @@ _STATE: dict[str, Any] = {"depth": 0, "restore": None}
 @cache
 def _openblas_controls() -> tuple[tuple[Any, Any], ...]:
     """``(get, set)`` ctypes functions of every loaded OpenBLAS (Linux: /proc/self/maps)."""
-    import scipy.linalg.cython_blas  # noqa: F401  (Numba's np.dot calls this BLAS: load it first)
-
     try:
         with open("/proc/self/maps") as f:
             paths = {line.split()[-1] for line in f if "openblas" in line.lower() and ".so" in line}
@@ -56,15 +60,25 @@ def _openblas_controls() -> tuple[tuple[Any, Any], ...]:
     return tuple(controls)
 
 
+@cache
+def _threadpool_controller() -> Any:
+    """threadpoolctl's view of the loaded BLAS libraries, built once (None without threadpoolctl).
+
+    Building it walks the loaded libraries (about 1.2 ms here, paid by every
+    ``threadpool_limits`` call); the BLAS that matters, scipy's, is loaded by this module's
+    imports, before the first build."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return None
+    return ThreadpoolController()
+
+
 def _limit_to_one() -> Any:
     """Set every BLAS to one thread; return a callable that restores the previous setting."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        pass
-    else:
-        limits = threadpool_limits(1, user_api="blas")
-        return limits.restore_original_limits
+    controller = _threadpool_controller()
+    if controller is not None:
+        return controller.limit(limits=1, user_api="blas").restore_original_limits
     controls = _openblas_controls()
     before = [get() for get, _ in controls]
     for _, set_ in controls:
@@ -92,3 +106,70 @@ def single_threaded_blas() -> Iterator[None]:
             if _STATE["depth"] == 0:
                 _STATE["restore"]()
                 _STATE["restore"] = None
+
+
+def gemm(a, ta, b, tb, c, alpha, beta):  # type: ignore[no-untyped-def]
+    """``c = alpha * op(a) @ op(b) + beta * c`` (``op`` transposes when ``ta``/``tb``) for
+    C-contiguous 2-D float arrays, inside Numba code: BLAS ``sgemm``/``dgemm`` through Numba's
+    own ``numba_xxgemm`` (the symbol ``np.dot`` uses, so kernels calling it stay cacheable).
+    Unlike ``np.dot``, ``beta = 1`` accumulates into ``c`` without a temporary and ``alpha``
+    folds a scale in."""
+    raise NotImplementedError("gemm is only callable from Numba-compiled code")
+
+
+@overload(gemm)
+def _gemm_impl(a, ta, b, tb, c, alpha, beta):  # type: ignore[no-untyped-def]
+    if not all(isinstance(x, types.Array) and x.ndim == 2 and x.layout == "C" for x in (a, b, c)):
+        return None
+    if c.dtype not in (types.float32, types.float64) or not a.dtype == b.dtype == c.dtype:
+        return None
+    ptr = types.CPointer(c.dtype)
+    xxgemm = types.ExternalFunction(
+        "numba_xxgemm",
+        types.intc(
+            types.char,
+            types.char,
+            types.char,
+            types.intp,
+            types.intp,
+            types.intp,
+            ptr,
+            ptr,
+            types.intp,
+            ptr,
+            types.intp,
+            ptr,
+            ptr,
+            types.intp,
+        ),
+    )
+    kind = ord("s") if c.dtype == types.float32 else ord("d")
+    trans, notrans = ord("t"), ord("n")
+
+    def impl(a, ta, b, tb, c, alpha, beta):  # type: ignore[no-untyped-def]
+        # row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: pass B first
+        m, n = c.shape
+        k = a.shape[0] if ta else a.shape[1]
+        if m == 0 or n == 0:
+            return
+        coef = np.empty(2, dtype=c.dtype)
+        coef[0] = alpha
+        coef[1] = beta
+        xxgemm(
+            kind,
+            trans if tb else notrans,
+            trans if ta else notrans,
+            n,
+            m,
+            k,
+            coef[0:].ctypes,
+            b.ctypes,
+            max(1, b.shape[1]),
+            a.ctypes,
+            max(1, a.shape[1]),
+            coef[1:].ctypes,
+            c.ctypes,
+            n,
+        )
+
+    return impl
