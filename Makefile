@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip install -q
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-gpu bench-deps bench bench-compare bench-check bench-report docs lint clean
+.PHONY: demo test test-gpu bench-deps bench bench-compare bench-check bench-report docs lint clean clean-cache
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -85,5 +85,11 @@ lint: $(PY)
 	$(VENV)/bin/ruff format --check sparse_ref
 	$(VENV)/bin/mypy sparse_ref
 
-clean:
+# Numba's on-disk cache checks only the file that defines a function: a kernel keeps the compiled
+# code of the functions it calls from other modules. After editing a kernel module, clear it.
+clean-cache:
+	find sparse_ref -name '*.nbi' -delete
+	find sparse_ref -name '*.nbc' -delete
+
+clean: clean-cache
 	rm -rf $(VENV) .asv site build dist

@@ -68,19 +68,29 @@ meaning none.
 
 from __future__ import annotations
 
-import math
-
 import numba
 import numpy as np
 from numba import prange
 
 from . import _workspace
-from ._exp import fast_exp
+from ._blas import single_threaded_blas
+from ._csr_band import BAND, band_columns, band_core, band_rows
+from ._csr_parts import (
+    all_finite,
+    axpy,
+    axpy4,
+    gather_accumulate,
+    gather_accumulate_perm,
+    gather_scores,
+    row_grad,
+)
 from ._views import readonly as _readonly
 
 __all__ = [
     "GROUP",
     "TILE",
+    "BAND",
+    "BAND_MIN_CORE",
     "SCRATCH_BYTES",
     "csr_backward",
     "csr_backward_rows",
@@ -96,6 +106,9 @@ _FASTMATH = {"reassoc", "contract", "arcp"}
 GROUP = 4
 #: keys per tile of the transposed copies of k and v used by the run path
 TILE = 64
+#: the band path (:mod:`._csr_band`) takes rows (key columns) sharing at least this many keys
+#: (queries); read when :func:`csr_backward` is called
+BAND_MIN_CORE = 128
 #: the scratch (``p`` and ``ds`` per entry) of one call of the passes stays under this, unless a
 #: single head needs more
 SCRATCH_BYTES = 256 << 20
@@ -151,112 +164,6 @@ def tile_transpose(x, out):  # type: ignore[no-untyped-def]
             else:
                 for c in range(d):
                     tile[c, u] = zero
-
-
-# ----------------------------------------------------------------------------- gather path
-@numba.njit(cache=True, fastmath=_FASTMATH, inline="always")
-def _dot(a, b):  # type: ignore[no-untyped-def]
-    acc = a.dtype.type(0)
-    for c in range(a.shape[0]):
-        acc += a[c] * b[c]
-    return acc
-
-
-@numba.njit(cache=True, fastmath=_FASTMATH, inline="always")
-def _dot4(a, b0, b1, b2, b3):  # type: ignore[no-untyped-def]
-    """``(a . b0, a . b1, a . b2, a . b3)`` in one pass over ``a``."""
-    s0 = s1 = s2 = s3 = a.dtype.type(0)
-    for c in range(a.shape[0]):
-        x = a[c]
-        s0 += x * b0[c]
-        s1 += x * b1[c]
-        s2 += x * b2[c]
-        s3 += x * b3[c]
-    return s0, s1, s2, s3
-
-
-@numba.njit(cache=True, fastmath=_FASTMATH, inline="always")
-def _axpy(y, w, x):  # type: ignore[no-untyped-def]
-    for c in range(y.shape[0]):
-        y[c] += w * x[c]
-
-
-@numba.njit(cache=True, fastmath=_FASTMATH, inline="always")
-def _axpy4(y, w0, x0, w1, x1, w2, x2, w3, x3):  # type: ignore[no-untyped-def]
-    """``y += (w0 x0 + w1 x1) + (w2 x2 + w3 x3)`` in one pass over ``y``."""
-    for c in range(y.shape[0]):
-        y[c] += (w0 * x0[c] + w1 * x1[c]) + (w2 * x2[c] + w3 * x3[c])
-
-
-@numba.njit(cache=True, fastmath=_FASTMATH)
-def _gather_scores(a, rows_a, b, rows_b, idx, start, n, scale, out_a, out_b):  # type: ignore[no-untyped-def]
-    """``out_a[u] = scale * a . rows_a[idx[start + u]]`` and ``out_b[u] = b . rows_b[...]``."""
-    u = 0
-    while u + 4 <= n:
-        j0, j1, j2, j3 = idx[start + u], idx[start + u + 1], idx[start + u + 2], idx[start + u + 3]
-        s0, s1, s2, s3 = _dot4(a, rows_a[j0], rows_a[j1], rows_a[j2], rows_a[j3])
-        out_a[u], out_a[u + 1], out_a[u + 2], out_a[u + 3] = (
-            s0 * scale,
-            s1 * scale,
-            s2 * scale,
-            s3 * scale,
-        )
-        out_b[u], out_b[u + 1], out_b[u + 2], out_b[u + 3] = _dot4(
-            b, rows_b[j0], rows_b[j1], rows_b[j2], rows_b[j3]
-        )
-        u += 4
-    while u < n:
-        j = idx[start + u]
-        out_a[u] = _dot(a, rows_a[j]) * scale
-        out_b[u] = _dot(b, rows_b[j])
-        u += 1
-
-
-@numba.njit(cache=True, fastmath=_FASTMATH)
-def _gather_accumulate(y, w, rows, idx, start, n):  # type: ignore[no-untyped-def]
-    """``y += sum_u w[u] rows[idx[start + u]]``, four rows per pass over ``y``."""
-    u = 0
-    while u + 4 <= n:
-        _axpy4(
-            y,
-            w[u],
-            rows[idx[start + u]],
-            w[u + 1],
-            rows[idx[start + u + 1]],
-            w[u + 2],
-            rows[idx[start + u + 2]],
-            w[u + 3],
-            rows[idx[start + u + 3]],
-        )
-        u += 4
-    while u < n:
-        _axpy(y, w[u], rows[idx[start + u]])
-        u += 1
-
-
-@numba.njit(cache=True, fastmath=_FASTMATH)
-def _gather_accumulate_perm(y, w, perm, base, rows, idx, start, n):  # type: ignore[no-untyped-def]
-    """``y += sum_u w[perm[start + u] - base] rows[idx[start + u]]``: :func:`_gather_accumulate`
-    with the weights found through ``perm`` (the column pass reading the CSR-ordered scratch)."""
-    u = 0
-    while u + 4 <= n:
-        t = start + u
-        _axpy4(
-            y,
-            w[perm[t] - base],
-            rows[idx[t]],
-            w[perm[t + 1] - base],
-            rows[idx[t + 1]],
-            w[perm[t + 2] - base],
-            rows[idx[t + 2]],
-            w[perm[t + 3] - base],
-            rows[idx[t + 3]],
-        )
-        u += 4
-    while u < n:
-        t = start + u
-        _axpy(y, w[perm[t] - base], rows[idx[t]])
-        u += 1
 
 
 # -------------------------------------------------------------------------------- run path
@@ -378,7 +285,7 @@ def _run_accumulate(y, w, off, rows, lo, n):  # type: ignore[no-untyped-def]
     """``y += sum_u w[off + u] rows[lo + u]`` for ``u < n``, four rows per pass over ``y``."""
     u = 0
     while u + 4 <= n:
-        _axpy4(
+        axpy4(
             y,
             w[off + u],
             rows[lo + u],
@@ -391,7 +298,7 @@ def _run_accumulate(y, w, off, rows, lo, n):  # type: ignore[no-untyped-def]
         )
         u += 4
     while u < n:
-        _axpy(y, w[off + u], rows[lo + u])
+        axpy(y, w[off + u], rows[lo + u])
         u += 1
 
 
@@ -424,96 +331,99 @@ def _runs(ptr, idx, r0, rn):  # type: ignore[no-untyped-def]
     return ok, lo, hi, core_lo, max(core_lo, core_hi)
 
 
-# ------------------------------------------------------------------------------ softmax parts
-@numba.njit(cache=True, fastmath=_FASTMATH)
-def _max_ignoring_nan(x, n):  # type: ignore[no-untyped-def]
-    """``max(x[:n])`` over the non-NaN entries (``-inf`` if none), as eight interleaved chains."""
-    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = x.dtype.type(-np.inf)
-    u = 0
-    while u + 8 <= n:
-        m0 = x[u] if x[u] > m0 else m0
-        m1 = x[u + 1] if x[u + 1] > m1 else m1
-        m2 = x[u + 2] if x[u + 2] > m2 else m2
-        m3 = x[u + 3] if x[u + 3] > m3 else m3
-        m4 = x[u + 4] if x[u + 4] > m4 else m4
-        m5 = x[u + 5] if x[u + 5] > m5 else m5
-        m6 = x[u + 6] if x[u + 6] > m6 else m6
-        m7 = x[u + 7] if x[u + 7] > m7 else m7
-        u += 8
-    while u < n:
-        m0 = x[u] if x[u] > m0 else m0
-        u += 1
-    m0 = m1 if m1 > m0 else m0
-    m2 = m3 if m3 > m2 else m2
-    m4 = m5 if m5 > m4 else m4
-    m6 = m7 if m7 > m6 else m6
-    m0 = m2 if m2 > m0 else m0
-    m4 = m6 if m6 > m4 else m4
-    return m4 if m4 > m0 else m0
-
-
-@numba.njit(cache=True, fastmath=_FASTMATH)
-def _any_nan(x, n):  # type: ignore[no-untyped-def]
-    for u in range(n):
-        if x[u] != x[u]:
-            return True
-    return False
-
-
-@numba.njit(cache=True, fastmath=_FASTMATH)
-def _all_finite(x):  # type: ignore[no-untyped-def]
-    for c in range(x.shape[0]):
-        if not abs(x[c]) < np.inf:  # False for NaN too
-            return False
-    return True
-
-
-@numba.njit(cache=True, fastmath=_FASTMATH)
-def _softcap(s, f, n, softcap):  # type: ignore[no-untyped-def]
-    """``s = softcap * tanh(s / softcap)`` and ``f = 1 - tanh**2`` (the softcap's derivative)."""
-    one = s.dtype.type(1)
-    for u in range(n):
-        t = math.tanh(s[u] / softcap)
-        s[u] = softcap * t
-        f[u] = one - t * t
-
-
-@numba.njit(cache=True, fastmath=_FASTMATH)
-def _row_grad(s, dp, f, n, softcap):  # type: ignore[no-untyped-def]
-    """One query row: scores ``s`` and ``dp = dout . v`` of its ``n`` keys in; ``p`` (in ``s``) and
-    ``ds`` (in ``dp``) out. Returns False for a row without keys or with only ``-inf`` scores,
-    which gets no gradient (``s`` and ``dp`` are then left unspecified)."""
-    zero = s.dtype.type(0)
-    if softcap != zero:
-        _softcap(s, f, n, softcap)
-    m = _max_ignoring_nan(s, n)
-    if m == -np.inf:
-        if not _any_nan(s, n):
-            return False
-        m = zero  # only NaN and -inf scores: any finite shift lets the NaN through
-    total = zero
-    dl = zero
-    for u in range(n):  # vectorised
-        e = fast_exp(s[u] - m)
-        s[u] = e
-        total += e
-        dl += e * dp[u]
-    r = s.dtype.type(1) / total
-    dl *= r
-    if softcap != zero:
-        for u in range(n):
-            p = s[u] * r
-            s[u] = p
-            dp[u] = p * (dp[u] - dl) * f[u]
-    else:
-        for u in range(n):
-            p = s[u] * r
-            s[u] = p
-            dp[u] = p * (dp[u] - dl)
-    return True
-
-
 # ----------------------------------------------------------------------------------- kernels
+@numba.njit(cache=True, fastmath=_FASTMATH)
+def _group_rows(  # type: ignore[no-untyped-def]
+    q_bh,
+    dout_bh,
+    k_bg,
+    v_bg,
+    ktf,
+    vtf,
+    k_base,
+    v_base,
+    ptr,
+    indices,
+    hb,
+    i0,
+    rn,
+    scale,
+    softcap,
+    sv,
+    s4,
+    d4,
+    f4,
+    dq_bh,
+    p_f,
+    ds_f,
+    live,
+):
+    """Row pass of the ``rn <= GROUP`` query rows ``i0 ..`` of one head, by the run path or the
+    gather path: ``dq`` rows unscaled (dead rows unspecified), ``p``/``ds`` into the scratch at
+    ``pos - hb``, ``live[r]``. ``k_base``/``v_base``: offsets of the kv head's first tile in the
+    flat tiled transposes ``ktf``/``vtf``; ``s4``/``d4``/``f4`` are ``(GROUP, width)`` with
+    ``width >= 2 *`` the longest row."""
+    d, d_v = k_bg.shape[1], v_bg.shape[1]
+    width = s4.shape[1]
+    zero = q_bh.dtype.type(0)
+    one = q_bh.dtype.type(1)
+    for r in range(rn):
+        dq_bh[i0 + r, :] = zero
+    run, lo, hi, core_lo, core_hi = _runs(ptr, indices, i0, rn)
+    if run:
+        nu = hi - lo
+        _run_scores4(q_bh[i0 : i0 + GROUP], ktf, k_base, d, lo, nu, scale, sv, s4)
+        _run_scores4(dout_bh[i0 : i0 + GROUP], vtf, v_base, d_v, lo, nu, one, sv, d4)
+        for r in range(GROUP):
+            i = i0 + r
+            a = np.int64(indices[ptr[i]]) - lo
+            n = ptr[i + 1] - ptr[i]
+            live[r] = row_grad(s4[r, a : a + n], d4[r, a : a + n], f4[r, a : a + n], n, softcap)
+            if not live[r]:
+                s4[r, a : a + n] = zero
+                d4[r, a : a + n] = zero
+            p_f[ptr[i] - hb : ptr[i + 1] - hb] = s4[r, a : a + n]
+            ds_f[ptr[i] - hb : ptr[i + 1] - hb] = d4[r, a : a + n]
+        w = d4.reshape(GROUP * width)
+        c0 = core_lo - lo
+        _run_accumulate4(
+            dq_bh[i0],
+            dq_bh[i0 + 1],
+            dq_bh[i0 + 2],
+            dq_bh[i0 + 3],
+            w,
+            c0,
+            width + c0,
+            2 * width + c0,
+            3 * width + c0,
+            k_bg,
+            core_lo,
+            core_hi - core_lo,
+        )
+        for r in range(GROUP):
+            i = i0 + r
+            a = np.int64(indices[ptr[i]])
+            z = a + ptr[i + 1] - ptr[i]
+            left, right = min(z, core_lo), max(a, core_hi)  # outside the common range
+            _run_accumulate(dq_bh[i], d4[r], a - lo, k_bg, a, left - a)
+            _run_accumulate(dq_bh[i], d4[r], right - lo, k_bg, right, z - right)
+    else:
+        for r in range(rn):
+            i = i0 + r
+            start = ptr[i]
+            n = ptr[i + 1] - start
+            s, dp, fb = s4[0], d4[0], f4[0]
+            gather_scores(q_bh[i], k_bg, dout_bh[i], v_bg, indices, start, n, scale, s, dp)
+            live[r] = row_grad(s, dp, fb, n, softcap)
+            if live[r]:
+                gather_accumulate(dq_bh[i], dp, k_bg, indices, start, n)
+            else:
+                s[:n] = zero
+                dp[:n] = zero
+            p_f[start - hb : start - hb + n] = s[:n]
+            ds_f[start - hb : start - hb + n] = dp[:n]
+
+
 @numba.njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def csr_backward_rows(
     q,
@@ -528,7 +438,9 @@ def csr_backward_rows(
     softcap,
     f0,
     f1,
-    width,
+    longest,
+    band_min,
+    workers,
     dq,
     p_t,
     ds_t,
@@ -537,229 +449,261 @@ def csr_backward_rows(
     """Row pass over the query heads ``f = b * H + h`` in ``[f0, f1)``: fills their ``dq`` and
     the scratch ``p_t[f - f0]``, ``ds_t[f - f0]``: ``p`` and ``ds`` of the entry at CSR position
     ``pos`` at ``pos - indptr[p, 0]`` (the head's own CSR order); ``poisoned[f - f0, i]`` tells
-    whether row ``i`` gets no gradient but holds a non-finite value in ``q`` or ``dout``. One task
-    per (head, group of ``GROUP`` query rows); ``ktf``/``vtf`` are the flat
-    :func:`tile_transpose` of k and v; ``width >= 2 * longest row``."""
+    whether row ``i`` gets no gradient but holds a non-finite value in ``q`` or ``dout``.
+
+    One task per (head, ``BAND`` query rows): the band path (:mod:`._csr_band`) when the rows
+    share a core of at least ``band_min`` keys, else groups of ``GROUP`` rows by the run or the
+    gather path. Tasks are dealt to the ``workers`` threads cyclically. ``ktf``/``vtf`` are the
+    flat :func:`tile_transpose` of k and v; ``longest``: the longest row."""
     B, H, n_q, d = q.shape
     H_kv, n_k = k.shape[1], k.shape[2]
     d_v = v.shape[3]
     group = H // H_kv
     per_head = indptr.shape[0] > 1
     ntile = (n_k + TILE - 1) // TILE
-    ngroups = (n_q + GROUP - 1) // GROUP
-    zero = q.dtype.type(0)
-    one = q.dtype.type(1)
-    for task in prange((f1 - f0) * ngroups):
-        f = f0 + task // ngroups
-        b = f // H
-        h = f % H
-        g = h // group
-        i0 = (task % ngroups) * GROUP
-        rn = min(GROUP, n_q - i0)
-        sv = np.empty(GROUP * TILE, q.dtype)  # hoisted out of the loop by Numba: one per thread
+    nbands = (n_q + BAND - 1) // BAND
+    width = max(2 * longest, 1)
+    for worker in prange(workers):  # one iteration per thread; tasks dealt out cyclically
+        sv = np.empty(GROUP * TILE, q.dtype)
         s4 = np.empty((GROUP, width), q.dtype)
         d4 = np.empty((GROUP, width), q.dtype)
         f4 = np.empty((GROUP, width), q.dtype)
-        live = np.empty(GROUP, np.bool_)
-        ph = h if per_head else 0
-        ptr = indptr[ph]
-        hb = ptr[0]
-        p_f = p_t[f - f0]
-        ds_f = ds_t[f - f0]
-        k_bg = k[b, g]
-        v_bg = v[b, g]
-        dq_bh = dq[b, h]
-        for r in range(rn):
-            dq_bh[i0 + r, :] = zero
-        run, lo, hi, core_lo, core_hi = _runs(ptr, indices, i0, rn)
-        if run:
-            nu = hi - lo
-            _run_scores4(
-                q[b, h, i0 : i0 + GROUP],
-                ktf,
-                (b * H_kv + g) * ntile * d * TILE,
-                d,
-                lo,
-                nu,
-                scale,
-                sv,
-                s4,
-            )
-            _run_scores4(
-                dout[b, h, i0 : i0 + GROUP],
-                vtf,
-                (b * H_kv + g) * ntile * d_v * TILE,
-                d_v,
-                lo,
-                nu,
-                one,
-                sv,
-                d4,
-            )
-            for r in range(GROUP):
-                i = i0 + r
-                a = np.int64(indices[ptr[i]]) - lo
-                n = ptr[i + 1] - ptr[i]
-                live[r] = _row_grad(
-                    s4[r, a : a + n], d4[r, a : a + n], f4[r, a : a + n], n, softcap
-                )
-                if not live[r]:
-                    s4[r, a : a + n] = zero
-                    d4[r, a : a + n] = zero
-                p_f[ptr[i] - hb : ptr[i + 1] - hb] = s4[r, a : a + n]
-                ds_f[ptr[i] - hb : ptr[i + 1] - hb] = d4[r, a : a + n]
-            w = d4.reshape(GROUP * width)
-            c0 = core_lo - lo
-            _run_accumulate4(
-                dq_bh[i0],
-                dq_bh[i0 + 1],
-                dq_bh[i0 + 2],
-                dq_bh[i0 + 3],
-                w,
-                c0,
-                width + c0,
-                2 * width + c0,
-                3 * width + c0,
-                k_bg,
-                core_lo,
-                core_hi - core_lo,
-            )
-            for r in range(GROUP):
-                i = i0 + r
-                a = np.int64(indices[ptr[i]])
-                z = a + ptr[i + 1] - ptr[i]
-                left, right = min(z, core_lo), max(a, core_hi)  # outside the common range
-                _run_accumulate(dq_bh[i], d4[r], a - lo, k_bg, a, left - a)
-                _run_accumulate(dq_bh[i], d4[r], right - lo, k_bg, right, z - right)
-        else:
+        live = np.empty(BAND, np.bool_)
+        core_max = longest if longest >= band_min else 0
+        k_buf = np.empty((core_max, d), q.dtype)
+        v_buf = np.empty((core_max, d_v), q.dtype)
+        s_buf = np.empty(BAND * core_max, q.dtype)
+        dp_buf = np.empty(BAND * core_max, q.dtype)
+        row_s = np.empty(core_max, q.dtype)
+        row_dp = np.empty(core_max, q.dtype)
+        row_f = np.empty(core_max, q.dtype)
+        for task in range(worker, (f1 - f0) * nbands, workers):
+            f = f0 + task // nbands
+            b = f // H
+            h = f % H
+            g = h // group
+            i0 = (task % nbands) * BAND
+            rn = min(BAND, n_q - i0)
+            ptr = indptr[h if per_head else 0]
+            hb = ptr[0]
+            p_f = p_t[f - f0]
+            ds_f = ds_t[f - f0]
+            dq_bh = dq[b, h]
+            # a band of BAND rows, else two of BAND // 2, else groups of GROUP
+            step = rn if band_core(ptr, indices, i0, rn, band_min)[0] else BAND // 2
+            for s0 in range(0, rn, step):
+                i1 = i0 + s0
+                sn = min(step, rn - s0)
+                kind, lo, hi = band_core(ptr, indices, i1, sn, band_min)
+                if kind > 0:
+                    band_rows(
+                        kind,
+                        lo,
+                        hi,
+                        q[b, h, i1 : i1 + sn],
+                        dout[b, h, i1 : i1 + sn],
+                        k[b, g],
+                        v[b, g],
+                        ptr,
+                        indices,
+                        hb,
+                        i1,
+                        scale,
+                        softcap,
+                        k_buf,
+                        v_buf,
+                        s_buf,
+                        dp_buf,
+                        row_s,
+                        row_dp,
+                        row_f,
+                        dq_bh[i1 : i1 + sn],
+                        p_f,
+                        ds_f,
+                        live[s0:],
+                    )
+                    continue
+                for g0 in range(s0, s0 + sn, GROUP):
+                    _group_rows(
+                        q[b, h],
+                        dout[b, h],
+                        k[b, g],
+                        v[b, g],
+                        ktf,
+                        vtf,
+                        (b * H_kv + g) * ntile * d * TILE,
+                        (b * H_kv + g) * ntile * d_v * TILE,
+                        ptr,
+                        indices,
+                        hb,
+                        i0 + g0,
+                        min(GROUP, rn - g0),
+                        scale,
+                        softcap,
+                        sv,
+                        s4,
+                        d4,
+                        f4,
+                        dq_bh,
+                        p_f,
+                        ds_f,
+                        live[g0:],
+                    )
             for r in range(rn):
                 i = i0 + r
-                start = ptr[i]
-                n = ptr[i + 1] - start
-                s, dp, fb = s4[0], d4[0], f4[0]
-                _gather_scores(
-                    q[b, h, i], k_bg, dout[b, h, i], v_bg, indices, start, n, scale, s, dp
+                dqi = dq_bh[i]
+                if not live[r]:  # no keys: no gradient (the run path summed zeros)
+                    dqi[:] = 0
+                for c in range(d):
+                    dqi[c] *= scale
+                poisoned[f - f0, i] = not live[r] and not (
+                    all_finite(q[b, h, i]) and all_finite(dout[b, h, i])
                 )
-                live[r] = _row_grad(s, dp, fb, n, softcap)
-                if live[r]:
-                    _gather_accumulate(dq_bh[i], dp, k_bg, indices, start, n)
-                else:
-                    s[:n] = zero
-                    dp[:n] = zero
-                p_f[start - hb : start - hb + n] = s[:n]
-                ds_f[start - hb : start - hb + n] = dp[:n]
+
+
+@numba.njit(cache=True, fastmath=_FASTMATH)
+def _group_columns(  # type: ignore[no-untyped-def]
+    q_bh, g_bh, ptr, t_indices, perm, hb, j0, rn, p_f, ds_f, dk_g, dv_g
+):
+    """Column pass of the ``rn <= GROUP`` keys ``j0 ..`` for one query head (``q_bh``/``g_bh``
+    its q and dout), by the run path or the gather path: adds to ``dk_g``/``dv_g`` (unscaled)."""
+    run, lo, hi, core_lo, core_hi = _runs(ptr, t_indices, j0, rn)
+    if run:
+        # transposed position of (core_lo, j0): the column of j0 is a run of queries
+        t0 = ptr[j0] + core_lo - np.int64(t_indices[ptr[j0]])
+        n = core_hi - core_lo
+        _column_accumulate4(
+            dv_g[j0], dv_g[j0 + 1], dv_g[j0 + 2], dv_g[j0 + 3], p_f, perm, t0, hb, g_bh, core_lo, n
+        )
+        _column_accumulate4(
+            dk_g[j0], dk_g[j0 + 1], dk_g[j0 + 2], dk_g[j0 + 3], ds_f, perm, t0, hb, q_bh, core_lo, n
+        )
+        for r in range(GROUP):  # queries outside the common range, key by key
+            j = j0 + r
+            a = np.int64(t_indices[ptr[j]])
+            z = a + ptr[j + 1] - ptr[j]
+            left, right = min(z, core_lo), max(a, core_hi)
+            t_right = ptr[j] + right - a
+            gather_accumulate_perm(dv_g[j], p_f, perm, hb, g_bh, t_indices, ptr[j], left - a)
+            gather_accumulate_perm(dv_g[j], p_f, perm, hb, g_bh, t_indices, t_right, z - right)
+            gather_accumulate_perm(dk_g[j], ds_f, perm, hb, q_bh, t_indices, ptr[j], left - a)
+            gather_accumulate_perm(dk_g[j], ds_f, perm, hb, q_bh, t_indices, t_right, z - right)
+    else:
         for r in range(rn):
-            i = i0 + r
-            dqi = dq_bh[i]
-            if not live[r]:  # no keys: no gradient (the run path summed zeros)
-                dqi[:] = zero
-            for c in range(d):
-                dqi[c] *= scale
-            poisoned[f - f0, i] = not live[r] and not (
-                _all_finite(q[b, h, i]) and _all_finite(dout[b, h, i])
-            )
+            j = j0 + r
+            start = ptr[j]
+            n = ptr[j + 1] - start
+            gather_accumulate_perm(dv_g[j], p_f, perm, hb, g_bh, t_indices, start, n)
+            gather_accumulate_perm(dk_g[j], ds_f, perm, hb, q_bh, t_indices, start, n)
 
 
 @numba.njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def csr_backward_columns(
-    q, dout, t_indptr, t_indices, perm, h_base, scale, f0, f1, p_t, ds_t, dk, dv
+    q,
+    dout,
+    t_indptr,
+    t_indices,
+    perm,
+    h_base,
+    scale,
+    f0,
+    f1,
+    longest,
+    band_min,
+    workers,
+    p_t,
+    ds_t,
+    dk,
+    dv,
 ):  # type: ignore[no-untyped-def]
     """Column pass for the query heads ``f = b * H + h`` in ``[f0, f1)``: adds their terms to
     ``dk``/``dv (B, H_kv, n_k, ·)`` with the weights of :func:`csr_backward_rows`, the weight of
-    transposed position ``t`` of head pattern ``p`` at ``perm[t] - h_base[p]``. One task per
-    (b, kv head, group of ``GROUP`` keys), walking its query heads in increasing order. A kv head's
-    rows are zeroed by the call holding its first query head and scaled by the one holding its
-    last, so splitting the heads over calls leaves every sum's order unchanged."""
+    transposed position ``t`` of head pattern ``p`` at ``perm[t] - h_base[p]``.
+
+    One task per (b, kv head, ``BAND`` keys), walking its query heads in increasing order; per
+    head the band path when the keys share a core of at least ``band_min`` queries, else groups
+    of ``GROUP`` keys. Tasks are dealt to the ``workers`` threads cyclically; ``longest``: the
+    longest column. A kv head's rows are zeroed by the call holding its first query head and
+    scaled by the one holding its last, so splitting the heads over calls leaves every sum's
+    order unchanged."""
     B, H, n_q, d = q.shape
     H_kv, n_k = dk.shape[1], dk.shape[2]
+    d_v = dv.shape[3]
     group = H // H_kv
     per_head = t_indptr.shape[0] > 1
-    ngroups = (n_k + GROUP - 1) // GROUP
+    nbands = (n_k + BAND - 1) // BAND
     u0, u1 = f0 // group, (f1 - 1) // group + 1  # kv heads b * H_kv + g touched
-    zero = q.dtype.type(0)
-    for task in prange((u1 - u0) * ngroups):
-        unit = u0 + task // ngroups
-        b = unit // H_kv
-        g = unit % H_kv
-        j0 = (task % ngroups) * GROUP
-        rn = min(GROUP, n_k - j0)
-        dk_g = dk[b, g]
-        dv_g = dv[b, g]
-        h_lo = max(g * group, f0 - b * H)
-        h_hi = min((g + 1) * group, f1 - b * H)
-        if h_lo == g * group:
-            for r in range(rn):
-                dk_g[j0 + r, :] = zero
-                dv_g[j0 + r, :] = zero
-        for h in range(h_lo, h_hi):
-            ph = h if per_head else 0
-            ptr = t_indptr[ph]
-            q_bh = q[b, h]
-            g_bh = dout[b, h]
-            p_f = p_t[b * H + h - f0]
-            ds_f = ds_t[b * H + h - f0]
-            hb = h_base[ph]
-            run, lo, hi, core_lo, core_hi = _runs(ptr, t_indices, j0, rn)
-            if run:
-                # transposed position of (core_lo, j0): the column of j0 is a run of queries
-                t0 = ptr[j0] + core_lo - np.int64(t_indices[ptr[j0]])
-                n = core_hi - core_lo
-                _column_accumulate4(
-                    dv_g[j0],
-                    dv_g[j0 + 1],
-                    dv_g[j0 + 2],
-                    dv_g[j0 + 3],
-                    p_f,
-                    perm,
-                    t0,
-                    hb,
-                    g_bh,
-                    core_lo,
-                    n,
-                )
-                _column_accumulate4(
-                    dk_g[j0],
-                    dk_g[j0 + 1],
-                    dk_g[j0 + 2],
-                    dk_g[j0 + 3],
-                    ds_f,
-                    perm,
-                    t0,
-                    hb,
-                    q_bh,
-                    core_lo,
-                    n,
-                )
-                for r in range(GROUP):  # queries outside the common range, key by key
-                    j = j0 + r
-                    a = np.int64(t_indices[ptr[j]])
-                    z = a + ptr[j + 1] - ptr[j]
-                    left, right = min(z, core_lo), max(a, core_hi)
-                    t_right = ptr[j] + right - a
-                    _gather_accumulate_perm(
-                        dv_g[j], p_f, perm, hb, g_bh, t_indices, ptr[j], left - a
-                    )
-                    _gather_accumulate_perm(
-                        dv_g[j], p_f, perm, hb, g_bh, t_indices, t_right, z - right
-                    )
-                    _gather_accumulate_perm(
-                        dk_g[j], ds_f, perm, hb, q_bh, t_indices, ptr[j], left - a
-                    )
-                    _gather_accumulate_perm(
-                        dk_g[j], ds_f, perm, hb, q_bh, t_indices, t_right, z - right
-                    )
-            else:
+    for worker in prange(workers):  # one iteration per thread; tasks dealt out cyclically
+        core_max = longest if longest >= band_min else 0
+        wp_buf = np.empty(BAND * core_max, q.dtype)
+        wd_buf = np.empty(BAND * core_max, q.dtype)
+        q_buf = np.empty((core_max, d), q.dtype)
+        g_buf = np.empty((core_max, d_v), q.dtype)
+        for task in range(worker, (u1 - u0) * nbands, workers):
+            unit = u0 + task // nbands
+            b = unit // H_kv
+            g = unit % H_kv
+            j0 = (task % nbands) * BAND
+            rn = min(BAND, n_k - j0)
+            dk_g = dk[b, g]
+            dv_g = dv[b, g]
+            h_lo = max(g * group, f0 - b * H)
+            h_hi = min((g + 1) * group, f1 - b * H)
+            if h_lo == g * group:
+                dk_g[j0 : j0 + rn] = 0
+                dv_g[j0 : j0 + rn] = 0
+            for h in range(h_lo, h_hi):
+                ph = h if per_head else 0
+                ptr = t_indptr[ph]
+                p_f = p_t[b * H + h - f0]
+                ds_f = ds_t[b * H + h - f0]
+                step = rn if band_core(ptr, t_indices, j0, rn, band_min)[0] else BAND // 2
+                for s0 in range(0, rn, step):
+                    j1 = j0 + s0
+                    sn = min(step, rn - s0)
+                    kind, lo, hi = band_core(ptr, t_indices, j1, sn, band_min)
+                    if kind > 0:
+                        band_columns(
+                            kind,
+                            lo,
+                            hi,
+                            q[b, h],
+                            dout[b, h],
+                            ptr,
+                            t_indices,
+                            perm,
+                            h_base[ph],
+                            j1,
+                            p_f,
+                            ds_f,
+                            wp_buf,
+                            wd_buf,
+                            q_buf,
+                            g_buf,
+                            dk_g[j1 : j1 + sn],
+                            dv_g[j1 : j1 + sn],
+                        )
+                        continue
+                    for g0 in range(j1, j1 + sn, GROUP):
+                        _group_columns(
+                            q[b, h],
+                            dout[b, h],
+                            ptr,
+                            t_indices,
+                            perm,
+                            h_base[ph],
+                            g0,
+                            min(GROUP, j0 + rn - g0),
+                            p_f,
+                            ds_f,
+                            dk_g,
+                            dv_g,
+                        )
+            if h_hi == (g + 1) * group:
                 for r in range(rn):
-                    j = j0 + r
-                    start = ptr[j]
-                    n = ptr[j + 1] - start
-                    _gather_accumulate_perm(dv_g[j], p_f, perm, hb, g_bh, t_indices, start, n)
-                    _gather_accumulate_perm(dk_g[j], ds_f, perm, hb, q_bh, t_indices, start, n)
-        if h_hi == (g + 1) * group:
-            for r in range(rn):
-                dkj = dk_g[j0 + r]
-                for c in range(d):
-                    dkj[c] *= scale
+                    dkj = dk_g[j0 + r]
+                    for c in range(d):
+                        dkj[c] *= scale
 
 
 def _without_poisoned_rows(
@@ -827,6 +771,9 @@ def csr_backward(
     h_base = _readonly(np.ascontiguousarray(indptr[:, 0]))
     stride = max(int((indptr[:, -1] - h_base).max(initial=0)), 1)  # the largest head's nnz
     longest = int(np.diff(indptr, axis=1).max(initial=0))
+    longest_column = int(np.diff(t_indptr, axis=1).max(initial=0))
+    band_min = max(1, BAND_MIN_CORE)
+    workers = numba.get_num_threads()
     dtype = q.dtype
     heads = max(1, min(B * H, SCRATCH_BYTES // (2 * stride * dtype.itemsize)))
     tiled_k = (k.shape[0], k.shape[1], (k.shape[2] + TILE - 1) // TILE, k.shape[3], TILE)
@@ -839,31 +786,49 @@ def csr_backward(
         tile_transpose(k, ktf)
         tile_transpose(v, vtf)
         ktf, vtf = _readonly(ktf.reshape(-1)), _readonly(vtf.reshape(-1))
-        for f0 in range(0, B * H, heads):
-            f1 = min(f0 + heads, B * H)
-            csr_backward_rows(
-                q,
-                k,
-                v,
-                dout,
-                ktf,
-                vtf,
-                indptr,
-                indices,
-                scale,
-                softcap,
-                f0,
-                f1,
-                max(2 * longest, 1),
-                dq,
-                p_t,
-                ds_t,
-                poisoned,
-            )
-            q_c, dout_c = _without_poisoned_rows(q, dout, poisoned[: f1 - f0], f0)
-            csr_backward_columns(
-                q_c, dout_c, t_indptr, t_indices, perm, h_base, scale, f0, f1, p_t, ds_t, dk, dv
-            )
+        with single_threaded_blas():  # the band path's GEMMs run in the kernels' threads
+            for f0 in range(0, B * H, heads):
+                f1 = min(f0 + heads, B * H)
+                csr_backward_rows(
+                    q,
+                    k,
+                    v,
+                    dout,
+                    ktf,
+                    vtf,
+                    indptr,
+                    indices,
+                    scale,
+                    softcap,
+                    f0,
+                    f1,
+                    longest,
+                    band_min,
+                    workers,
+                    dq,
+                    p_t,
+                    ds_t,
+                    poisoned,
+                )
+                q_c, dout_c = _without_poisoned_rows(q, dout, poisoned[: f1 - f0], f0)
+                csr_backward_columns(
+                    q_c,
+                    dout_c,
+                    t_indptr,
+                    t_indices,
+                    perm,
+                    h_base,
+                    scale,
+                    f0,
+                    f1,
+                    longest_column,
+                    band_min,
+                    workers,
+                    p_t,
+                    ds_t,
+                    dk,
+                    dv,
+                )
     finally:
         _workspace.give_back(buffer)
     if B * H == 0:  # no query heads: nothing reaches k and v
