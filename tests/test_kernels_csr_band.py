@@ -46,13 +46,14 @@ def band_rows_taken(p: Pattern, band_min: int, transposed: bool = False) -> int:
     csr = (p.transpose() if transposed else p).stacked_csr()
     ptr, idx = csr.indptr[0], csr.indices
     n = len(ptr) - 1
+    buf = np.empty((2, max(np.diff(ptr).max(initial=0), 2)), np.int64)  # band_core's work space
     taken = 0
     for r0 in range(0, n, BAND):
         rn = min(BAND, n - r0)
-        step = rn if band_core(ptr, idx, r0, rn, band_min)[0] else BAND // 2
+        step = rn if band_core(ptr, idx, r0, rn, band_min, buf)[0] else BAND // 2
         for s0 in range(r0, r0 + rn, step):
             sn = min(step, r0 + rn - s0)
-            taken += sn if band_core(ptr, idx, s0, sn, band_min)[0] else 0
+            taken += sn if band_core(ptr, idx, s0, sn, band_min, buf)[0] else 0
     return taken
 
 
@@ -70,29 +71,80 @@ def csr_of(rows):
     return ptr, idx
 
 
+def core_of(rows, r0, rn, min_core):
+    """``band_core`` on a CSR made of ``rows``; kind 2 also returns its core list."""
+    ptr, idx = csr_of(rows)
+    buf = np.full((2, max(map(len, rows)) + 2), -1, np.int64)  # L >= the longest row, >= 2
+    kind, lo, hi = band_core(ptr, idx, r0, rn, min_core, buf)
+    return (kind, lo, hi, buf[0, :hi].tolist()) if kind == 2 else (kind, lo, hi)
+
+
 def test_band_core_one_run_rows_give_their_common_range():
-    ptr, idx = csr_of([range(0, 10), range(1, 11), range(2, 12)])
-    assert band_core(ptr, idx, 0, 3, 8) == (1, 2, 10)
-    assert band_core(ptr, idx, 0, 3, 9)[0] == 0  # core of 8 < 9
-    assert band_core(ptr, idx, 1, 2, 9) == (1, 2, 11)
+    rows = [range(0, 10), range(1, 11), range(2, 12)]
+    assert core_of(rows, 0, 3, 8) == (1, 2, 10)
+    assert core_of(rows, 0, 3, 9)[0] == 0  # core of 8 < 9
+    assert core_of(rows, 1, 2, 9) == (1, 2, 11)
 
 
 def test_band_core_refuses_large_edges_and_empty_rows():
-    ptr, idx = csr_of([range(0, 10), range(5, 15)])  # core 5, edges 10 > 2 * 5 / 4
-    assert band_core(ptr, idx, 0, 2, 1)[0] == 0
-    ptr, idx = csr_of([range(0, 10), [], range(0, 10)])
-    assert band_core(ptr, idx, 0, 3, 1)[0] == 0
+    assert core_of([range(0, 10), range(5, 15)], 0, 2, 1)[0] == 0  # core 5, edges 10 > 2 * 5 / 4
+    assert core_of([range(0, 10), [], range(0, 10)], 0, 3, 1)[0] == 0
 
 
 def test_band_core_identical_multi_run_rows():
     row = [0, 1, 2, 7, 8, 20]
-    ptr, idx = csr_of([row, row, row])
-    assert band_core(ptr, idx, 0, 3, 6) == (2, 0, 6)
-    assert band_core(ptr, idx, 0, 3, 7)[0] == 0  # shorter than the minimum core
-    ptr, idx = csr_of([row, row, [0, 1, 2, 7, 8, 21]])
-    assert band_core(ptr, idx, 0, 3, 1)[0] == 0  # one index differs
-    ptr, idx = csr_of([row, row[:-1]])
-    assert band_core(ptr, idx, 0, 2, 1)[0] == 0  # lengths differ
+    assert core_of([row, row, row], 0, 3, 6) == (2, 0, 6, row)
+    assert core_of([row, row, row], 0, 3, 7)[0] == 0  # shorter than the minimum core
+
+
+def test_band_core_common_keys_of_multi_run_rows():
+    """Global keys and a shifting window (kind 2 with edges): the core is their intersection."""
+    rows = [[0, 1] + list(range(10 + r, 30 + r)) for r in range(4)]
+    common = [0, 1] + list(range(13, 30))
+    assert core_of(rows, 0, 4, 19) == (2, 0, 19, common)  # 12 edge entries: 4 * 12 <= 4 * 19
+    assert core_of(rows, 0, 4, 20)[0] == 0
+    rows[2] = [0, 1, 5] + list(range(12, 20)) + list(range(24, 32))  # a hole in one row
+    assert core_of(rows, 0, 4, 1)[0] == 0  # core [0, 1, 13..19, 24..29]: edges too many
+
+
+def test_band_core_splits_core_runs_where_a_row_has_holes():
+    """One run of the first row meets several runs of the next: every piece is kept."""
+    rows = [
+        list(range(0, 40)) + list(range(50, 90)),
+        [*range(0, 10), *range(12, 40), *range(50, 90)],
+    ]
+    expected = [*range(0, 10), *range(12, 40), *range(50, 90)]
+    assert core_of(rows, 0, 2, 1) == (2, 0, 78, expected)
+
+
+@given(
+    base=st.lists(st.integers(0, 80), min_size=1, max_size=60, unique=True),
+    extras=st.lists(st.lists(st.integers(0, 80), max_size=8), min_size=1, max_size=5),
+    drops=st.lists(st.integers(0, 59), max_size=3),
+    min_core=st.integers(1, 40),
+)
+def test_band_core_equals_the_intersection_and_the_edge_rule(base, extras, drops, min_core):
+    """Rows = a common base plus extras, minus a few base entries in the first row: kind 2 comes
+    back exactly when the rows are not all one run and the numpy intersection passes the rules."""
+    rows = [sorted(set(base) | set(e)) for e in extras]
+    rows[0] = [x for i, x in enumerate(rows[0]) if i not in drops] or rows[0]
+    ptr, idx = csr_of(rows)
+    buf = np.full((2, 128), -1, np.int64)
+    kind, lo, hi = band_core(ptr, idx, 0, len(rows), min_core, buf)
+    common = rows[0]
+    for r in rows[1:]:
+        common = np.intersect1d(common, r)
+    total, core = sum(map(len, rows)), len(common)
+    one_run = all(r[-1] - r[0] + 1 == len(r) for r in rows)
+    ok = core >= min_core and 4 * (total - len(rows) * core) <= len(rows) * core
+    if one_run:
+        assert kind == (1 if ok else 0)
+        if ok:
+            assert (lo, hi) == (common[0], common[-1] + 1)
+    else:
+        assert kind == (2 if ok else 0)
+        if ok:
+            assert buf[0, :hi].tolist() == list(common)
 
 
 # ------------------------------------------------------------------------ against the oracle
@@ -116,7 +168,26 @@ def per_head_case(rng, dtype):
     return Pattern.from_dense(masks), random_inputs(rng, (1, 3, n, 8), (1, 3, n, 8), 8, dtype)
 
 
-CASES = {"window": window_case, "bigbird": bigbird_case, "per_head": per_head_case}
+def globals_case(rng, dtype):
+    """Windows beside global keys and rows, sinks and slashes: the rows' common keys are the
+    core and the rest interleaves with it (kind 2 with edges), per head."""
+    n = 300
+    masks = np.stack(
+        [
+            patterns.global_local(n, 150, 30, [0, 1, 2, 150]).to_dense(),
+            patterns.sinks(n, 4, 200).to_dense(),
+            patterns.vertical_slash(n, [0, 7, 100], list(range(150)) + [180, 240]).to_dense(),
+        ]
+    )
+    return Pattern.from_dense(masks), random_inputs(rng, (1, 3, n, 8), (1, 3, n, 8), 8, dtype)
+
+
+CASES = {
+    "window": window_case,
+    "bigbird": bigbird_case,
+    "per_head": per_head_case,
+    "globals": globals_case,
+}
 
 
 @pytest.mark.parametrize("band_min", [1, 128], indirect=True)

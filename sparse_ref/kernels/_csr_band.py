@@ -1,34 +1,39 @@
 """The band path of the token-CSR backward (:mod:`.csr_backward`): BLAS on rows that share keys.
 
-A *band* is ``BAND`` consecutive rows of one head's pattern (query rows in the row pass, key
-columns of the transposed pattern in the column pass) that share a **core**: a list of indices
-present in every row of the band, each row's entries being ``left edge + core + right edge``
-(indices below, in and above the core). Two shapes are recognised, from the pattern alone
+A *band* is ``BAND`` (or ``BAND // 2``) consecutive rows of one head's pattern (query rows in the
+row pass, key columns of the transposed pattern in the column pass) that share a **core**: the
+indices present in every row of the band. The rest of a row are its *edges*. A band qualifies
+when the core has at least ``min_core`` indices and the edges hold at most a quarter as many
+entries as the core's rectangle (``rows x core``). Two kinds, recognised from the pattern alone
 (:func:`band_core`):
 
 * kind 1, *one run*: every row is one run of consecutive indices (windows, causal, local
-  patterns; and their transposes); the core is the intersection ``[lo, hi)`` of the runs and
-  the edges are what sticks out of it (for a window, a triangle of at most ``BAND - 1`` entries
-  per row). The band qualifies when the core has at least ``min_core`` indices and the edges hold
-  at most a quarter as many entries as the core's rectangle.
-* kind 2, *identical rows*: the rows hold the same indices, in several runs (BigBird, block
-  sparse and strided patterns held as token CSR): the core is the whole row, no edges.
+  patterns; and their transposes); the core is the intersection ``[lo, hi)`` of the runs, and a
+  row is ``left edge + core + right edge`` (for a window, a triangle of at most ``BAND - 1``
+  entries per row).
+* kind 2, *common indices*: any other rows (BigBird and block patterns held as token CSR, where
+  the rows of a block are identical; windows beside global keys or attention sinks; vertical
+  plus slash lines); the core is the sorted list of indices in every row, found by intersecting
+  the rows as lists of runs, and core and edge entries may interleave in a row. A run of
+  consecutive core indices is a stretch of every row (the rows are sorted and hold each core
+  index once), so the rows are walked stretch by stretch (:func:`core_runs`).
 
-On the core the row pass is three GEMMs over a ``(rows, core)`` rectangle (``S = scale Q K^T``,
-``dP = dout V^T``, ``dq = dS K``) and the column pass two (``dv += P^T dout``, ``dk += dS^T q``
-over the core queries, with ``P`` and ``dS`` gathered from the CSR-ordered scratch: for each core
-query the ``BAND`` weights of the band's keys are adjacent); the core's rows of k and v (q and
-dout) are used in place for a kind 1 core and gathered into a buffer for kind 2. The edges take the
-gather path (:mod:`._csr_parts`). Every product is over entries of the pattern only, as on the
-other paths. Each band's GEMM shapes and its sums depend only on the pattern and the shapes, and
-BLAS runs single-threaded (:mod:`._blas`), so the results stay bitwise reproducible for any
-thread count.
+On the core the row pass is three GEMMs over the ``(rows, core)`` rectangle
+(``S = scale Q K^T``, ``dP = dout V^T``, ``dq = dS K``) and the column pass two (``dv += P^T
+dout``, ``dk += dS^T q`` over the core queries, with ``P`` and ``dS`` gathered from the
+CSR-ordered scratch: for each core query the weights of the band's keys are adjacent). The core's
+rows of k and v (q and dout) are used in place for a kind 1 core and gathered into a buffer for
+kind 2. The edges take the gather path (:mod:`._csr_parts`). Every product is over entries of
+the pattern only, as on the other paths. Each band's GEMM shapes and its sums depend only on the
+pattern and the shapes, and BLAS runs single-threaded (:mod:`._blas`), so the results stay
+bitwise reproducible for any thread count.
 
 Why: the row pass of the other paths keeps ``GROUP = 4`` rows in registers and streams the rows'
 keys through the core once per group; on rows of thousands of keys (causal window 4096) that is
-about three megabytes read from L3 per four rows, and the column pass reads each scratch weight
-from its own cache line. A band reads them once per ``BAND`` rows (keys), and BLAS does the
-products at GEMM speed.
+about three megabytes read from L3 per four rows, and rows of several runs took the gather path
+(dot products through the index array). A band reads the core once per ``BAND`` rows, and BLAS
+does the products at GEMM speed, faster with 64 rows than with 32 (OpenBLAS here, float32,
+``(rows, 64) @ (64, 4096)``: 81 against 60 GFLOP/s on one core).
 """
 
 from __future__ import annotations
@@ -37,9 +42,14 @@ import numba
 import numpy as np
 
 from ._blas import gemm
-from ._csr_parts import gather_accumulate, gather_accumulate_perm, gather_scores, row_grad
+from ._csr_parts import (
+    gather_accumulate,
+    gather_accumulate_perm,
+    gather_scores,
+    row_grad,
+)
 
-__all__ = ["BAND", "band_core", "band_rows", "band_columns"]
+__all__ = ["BAND", "band_core", "core_runs", "band_rows", "band_columns"]
 
 _FASTMATH = {"reassoc", "contract", "arcp"}
 
@@ -50,10 +60,12 @@ _BIG = np.int64(1) << 62
 
 
 @numba.njit(cache=True)
-def band_core(ptr, idx, r0, rn, min_core):  # type: ignore[no-untyped-def]
+def band_core(ptr, idx, r0, rn, min_core, core_buf):  # type: ignore[no-untyped-def]
     """``(kind, lo, hi)`` of rows ``r0 .. r0 + rn - 1`` of a CSR (``ptr`` one head's indptr,
-    ``idx`` its indices): kind 0 (not a band), 1 (core ``[lo, hi)`` of one-run rows) or 2
-    (identical rows; ``hi`` is their length, ``lo`` is 0); see the module doc."""
+    ``idx`` its indices): kind 0 (not a band), 1 (one-run rows, core ``[lo, hi)``) or 2 (core =
+    the indices common to all the rows, written to ``core_buf[0, :hi]``; ``lo`` is 0); see the
+    module doc. ``core_buf`` is ``(2, L)`` int64 with ``L >= 2`` and ``L >=`` the first row's
+    length (work space for the runs of the rows, of which at most ``L // 2`` are followed)."""
     one_run = True
     lo = -_BIG
     hi = _BIG
@@ -73,19 +85,91 @@ def band_core(ptr, idx, r0, rn, min_core):  # type: ignore[no-untyped-def]
         core = hi - lo
         if core >= min_core and 4 * (total - rn * core) <= rn * core:
             return 1, lo, hi
-        return 0, 0, 0
-    start0 = ptr[r0]
-    n0 = ptr[r0 + 1] - start0
-    if n0 < min_core:
-        return 0, 0, 0
+        return 0, 0, 0  # the intersection below would be the same range
+    # kind 2: intersect the rows as lists of runs [a, z) (pairs, alternating between the two rows
+    # of core_buf), then expand the common runs into core_buf[0]
+    cap = core_buf.shape[1] // 2
+    src = 0
+    runs = _row_runs(idx, ptr[r0], ptr[r0 + 1], core_buf[0], cap)
     for r in range(1, rn):
-        start = ptr[r0 + r]
-        if ptr[r0 + r + 1] - start != n0:
-            return 0, 0, 0
-        for u in range(n0):
-            if idx[start + u] != idx[start0 + u]:
-                return 0, 0, 0
-    return 2, 0, n0
+        if runs < 0:
+            break
+        runs = _intersect_runs(
+            core_buf[src], runs, idx, ptr[r0 + r], ptr[r0 + r + 1], core_buf[1 - src], cap
+        )
+        src = 1 - src
+    if runs < 0:  # rows of runs shorter than 2 on average: no band
+        return 0, 0, 0
+    core = 0
+    for x in range(runs):
+        core += core_buf[src, 2 * x + 1] - core_buf[src, 2 * x]
+    if core < min_core or 4 * (total - rn * core) > rn * core:
+        return 0, 0, 0
+    if src == 0:
+        core_buf[1, : 2 * runs] = core_buf[0, : 2 * runs]
+    u = 0
+    for x in range(runs):
+        for j in range(core_buf[1, 2 * x], core_buf[1, 2 * x + 1]):
+            core_buf[0, u] = j
+            u += 1
+    return 2, 0, core
+
+
+@numba.njit(cache=True)
+def _run_end(idx, e, end):  # type: ignore[no-untyped-def]
+    """End (exclusive) of the run of consecutive indices starting at position ``e``: indices
+    strictly increase, so ``idx[p] - idx[e] == p - e`` holds exactly up to the run's end (binary
+    search)."""
+    a = e
+    b = end - 1
+    while a < b:
+        mid = (a + b + 1) >> 1
+        if np.int64(idx[mid]) - np.int64(idx[e]) == mid - e:
+            a = mid
+        else:
+            b = mid - 1
+    return a + 1
+
+
+@numba.njit(cache=True)
+def _row_runs(idx, start, end, out, cap):  # type: ignore[no-untyped-def]
+    """The row ``idx[start:end]`` as runs ``[a, z)`` of indices, ``out[2x], out[2x + 1]``;
+    returns their number, or -1 past ``cap`` runs."""
+    runs = 0
+    e = start
+    while e < end:
+        if runs == cap:
+            return -1
+        f = _run_end(idx, e, end)
+        out[2 * runs] = idx[e]
+        out[2 * runs + 1] = np.int64(idx[f - 1]) + 1
+        runs += 1
+        e = f
+    return runs
+
+
+@numba.njit(cache=True)
+def _intersect_runs(runs_in, runs, idx, start, end, out, cap):  # type: ignore[no-untyped-def]
+    """The ``runs`` pairs of ``runs_in`` intersected with the row ``idx[start:end]``, as pairs in
+    ``out``; returns their number, or -1 past ``cap``."""
+    kept = 0
+    e = start
+    for x in range(runs):
+        a, z = runs_in[2 * x], runs_in[2 * x + 1]
+        while e < end:
+            f = _run_end(idx, e, end)
+            lo = max(a, np.int64(idx[e]))
+            hi = min(z, np.int64(idx[f - 1]) + 1)
+            if lo < hi:
+                if kept == cap:
+                    return -1
+                out[2 * kept] = lo
+                out[2 * kept + 1] = hi
+                kept += 1
+            if np.int64(idx[f - 1]) + 1 >= z:  # the row's run reaches past [a, z): keep it
+                break
+            e = f
+    return kept
 
 
 @numba.njit(cache=True)
@@ -99,10 +183,87 @@ def _gather_rows(src, idx, start, n, out):  # type: ignore[no-untyped-def]
     return out[:n]
 
 
+@numba.njit(cache=True)
+def core_runs(core_idx, run_end):  # type: ignore[no-untyped-def]
+    """``run_end[c]``: the end (exclusive) of the run of consecutive indices holding
+    ``core_idx[c]``."""
+    size = core_idx.shape[0]
+    c = size - 1
+    while c >= 0:
+        run_end[c] = (
+            c + 1 if c == size - 1 or core_idx[c + 1] != core_idx[c] + 1 else run_end[c + 1]
+        )
+        c -= 1
+
+
+@numba.njit(cache=True, inline="always")
+def _segment(indices, start, e, n, core_idx, run_end, c):  # type: ignore[no-untyped-def]
+    """``(length, in_core)`` of the stretch of row entries from ``e`` on that are all core entries
+    (``core_idx[c : c + length]``) or all edge entries. The row holds every core index, sorted
+    and once, so a run of consecutive core indices is a stretch of the row; an edge stretch ends
+    where ``core_idx[c]`` appears."""
+    size = core_idx.shape[0]
+    if c < size and indices[start + e] == core_idx[c]:
+        return run_end[c] - c, True
+    length = 1
+    while e + length < n and not (c < size and indices[start + e + length] == core_idx[c]):
+        length += 1
+    return length, False
+
+
+@numba.njit(cache=True, fastmath=_FASTMATH)
+def _merge_scores(
+    q_r, k_bh, g_r, v_bh, indices, start, n, core_idx, run_end, s_c, dp_c, scale, s, dp
+):  # type: ignore[no-untyped-def]
+    """Row of ``n`` entries at ``start`` whose core entries (``core_idx``, a sorted sublist of
+    the row) take the GEMM results ``s_c``/``dp_c``: ``s``/``dp`` in CSR order, the edge entries
+    computed by dot products, stretch by stretch."""
+    e = 0
+    c = 0
+    while e < n:
+        length, in_core = _segment(indices, start, e, n, core_idx, run_end, c)
+        if in_core:
+            s[e : e + length] = s_c[c : c + length]
+            dp[e : e + length] = dp_c[c : c + length]
+            c += length
+        else:
+            gather_scores(q_r, k_bh, g_r, v_bh, indices, start + e, length, scale, s[e:], dp[e:])
+        e += length
+
+
+@numba.njit(cache=True)
+def _merge_core_back(indices, start, n, core_idx, run_end, w, w_c):  # type: ignore[no-untyped-def]
+    """``w_c[c] = w[e]`` for the row entries ``e`` holding the core's indices."""
+    e = 0
+    c = 0
+    while e < n:
+        length, in_core = _segment(indices, start, e, n, core_idx, run_end, c)
+        if in_core:
+            w_c[c : c + length] = w[e : e + length]
+            c += length
+        e += length
+
+
+@numba.njit(cache=True, fastmath=_FASTMATH)
+def _merge_edges_accumulate(y, w, rows, indices, start, n, core_idx, run_end):  # type: ignore[no-untyped-def]
+    """``y += w[e] rows[indices[start + e]]`` over the row entries outside the core."""
+    e = 0
+    c = 0
+    while e < n:
+        length, in_core = _segment(indices, start, e, n, core_idx, run_end, c)
+        if in_core:
+            c += length
+        else:
+            gather_accumulate(y, w[e:], rows, indices, start + e, length)
+        e += length
+
+
 @numba.njit(cache=True, fastmath=_FASTMATH)
 def _core_row_pass(  # type: ignore[no-untyped-def]
     kc,
     vc,
+    core_idx,
+    run_end,
     q_rows,
     dout_rows,
     k_bh,
@@ -124,8 +285,10 @@ def _core_row_pass(  # type: ignore[no-untyped-def]
     ds_f,
     live,
 ):
-    """:func:`band_rows` once the core's keys are ``kc (C, d)``, ``vc (C, d_v)``; ``first`` is the
-    core's first key (kind 1) or -1 (kind 2: the whole row is the core)."""
+    """:func:`band_rows` once the core's keys are ``kc (C, d)``, ``vc (C, d_v)``: a range starting
+    at key ``first`` (kind 1: each row is left edge, core, right edge) or, with ``first = -1``,
+    the sorted keys ``core_idx`` with their :func:`core_runs` ``run_end`` (kind 2: core and edge
+    entries interleave in a row)."""
     rn = q_rows.shape[0]
     core = kc.shape[0]
     zero = q_rows.dtype.type(0)
@@ -137,11 +300,11 @@ def _core_row_pass(  # type: ignore[no-untyped-def]
     for r in range(rn):
         start = ptr[i0 + r]
         n = ptr[i0 + r + 1] - start
-        left = first - np.int64(indices[start]) if first >= 0 else 0
+        left = first - np.int64(indices[start])
         if n == core:  # no edges: the row is its core's row, in place
             s = s_core[r]
             dp = ds_core[r]
-        else:
+        elif first >= 0:
             s = row_s[:n]
             dp = row_dp[:n]
             s[left : left + core] = s_core[r]
@@ -159,19 +322,47 @@ def _core_row_pass(  # type: ignore[no-untyped-def]
                     s[e0:],
                     dp[e0:],
                 )
+        else:
+            s = row_s[:n]
+            dp = row_dp[:n]
+            _merge_scores(
+                q_rows[r],
+                k_bh,
+                dout_rows[r],
+                v_bh,
+                indices,
+                start,
+                n,
+                core_idx,
+                run_end,
+                s_core[r],
+                ds_core[r],
+                scale,
+                s,
+                dp,
+            )
         live[r] = row_grad(s, dp, row_f, n, softcap)
         if not live[r]:
             s[:] = zero
             dp[:] = zero
         p_f[start - hb : start - hb + n] = s
         ds_f[start - hb : start - hb + n] = dp
-        if n != core:
+        if n != core and first >= 0:
             ds_core[r] = dp[left : left + core]
+        elif n != core:
+            _merge_core_back(indices, start, n, core_idx, run_end, dp, ds_core[r])
     gemm(ds_core, False, kc, False, dq_rows, one, zero)
     for r in range(rn):
         start = ptr[i0 + r]
         n = ptr[i0 + r + 1] - start
-        left = first - np.int64(indices[start]) if first >= 0 else 0
+        if n == core:
+            continue
+        if first < 0:
+            _merge_edges_accumulate(
+                dq_rows[r], ds_f[start - hb :], k_bh, indices, start, n, core_idx, run_end
+            )
+            continue
+        left = first - np.int64(indices[start])
         after = start + left + core
         gather_accumulate(dq_rows[r], ds_f[start - hb :], k_bh, indices, start, left)
         gather_accumulate(dq_rows[r], ds_f[after - hb :], k_bh, indices, after, start + n - after)
@@ -192,6 +383,7 @@ def band_rows(  # type: ignore[no-untyped-def]
     i0,
     scale,
     softcap,
+    core_buf,
     k_buf,
     v_buf,
     s_buf,
@@ -205,16 +397,19 @@ def band_rows(  # type: ignore[no-untyped-def]
     live,
 ):
     """Row pass of one band, rows ``i0 .. i0 + rn - 1`` of a head (``q_rows``/``dout_rows``/
-    ``dq_rows`` their ``(rn, ·)`` slices, ``(kind, lo, hi)`` from :func:`band_core`): writes
-    ``dq_rows`` *unscaled* and without zeroing dead rows, ``p``/``ds`` of the rows into the
-    scratch ``p_f``/``ds_f`` at ``pos - hb``, and ``live[r]`` (False: the row gets no gradient).
+    ``dq_rows`` their ``(rn, ·)`` slices, ``(kind, lo, hi)`` from :func:`band_core`, which wrote a
+    kind 2 core to ``core_buf[0]``; ``core_buf[1]`` takes its :func:`core_runs`): writes ``dq_rows`` *unscaled* and without zeroing dead rows, ``p``/``ds``
+    of the rows into the scratch ``p_f``/``ds_f`` at ``pos - hb``, and ``live[r]`` (False: the row
+    gets no gradient).
 
     Work buffers: ``k_buf (≥ core, d)``, ``v_buf (≥ core, d_v)``, ``s_buf``/``dp_buf``
     (``≥ rn * core``), ``row_s``/``row_dp``/``row_f`` (``≥`` the longest row)."""
-    if kind == 1:
+    if kind == 1:  # read-only views of k and v and writable buffers are different Numba types
         _core_row_pass(
             k_bh[lo:hi],
             v_bh[lo:hi],
+            core_buf[0, :0],
+            core_buf[1, :0],
             q_rows,
             dout_rows,
             k_bh,
@@ -237,9 +432,13 @@ def band_rows(  # type: ignore[no-untyped-def]
             live,
         )
     else:
+        core_idx, run_end = core_buf[0, :hi], core_buf[1, :hi]
+        core_runs(core_idx, run_end)
         _core_row_pass(
-            _gather_rows(k_bh, indices, ptr[i0], hi, k_buf),
-            _gather_rows(v_bh, indices, ptr[i0], hi, v_buf),
+            _gather_rows(k_bh, core_idx, 0, hi, k_buf),
+            _gather_rows(v_bh, core_idx, 0, hi, v_buf),
+            core_idx,
+            run_end,
             q_rows,
             dout_rows,
             k_bh,
@@ -272,6 +471,16 @@ def _core_column_pass(qc, gc, w_p, w_ds, dk_rows, dv_rows):  # type: ignore[no-u
 
 
 @numba.njit(cache=True, fastmath=_FASTMATH)
+def _gather_weights(p_f, ds_f, perm, hb, t, w_p, w_ds, u):  # type: ignore[no-untyped-def]
+    """Row ``u`` of ``w_p``/``w_ds``: the weights of the band's keys for the query at transposed
+    position ``t`` of the band's first key (adjacent in the query's CSR row)."""
+    pos = perm[t] - hb
+    for r in range(w_p.shape[1]):  # loops: a slice assignment per query cost more than the GEMMs
+        w_p[u, r] = p_f[pos + r]
+        w_ds[u, r] = ds_f[pos + r]
+
+
+@numba.njit(cache=True, fastmath=_FASTMATH)
 def band_columns(  # type: ignore[no-untyped-def]
     kind,
     lo,
@@ -285,6 +494,7 @@ def band_columns(  # type: ignore[no-untyped-def]
     j0,
     p_f,
     ds_f,
+    core_buf,
     wp_buf,
     wd_buf,
     q_buf,
@@ -296,30 +506,49 @@ def band_columns(  # type: ignore[no-untyped-def]
     ``j0 .. j0 + rn - 1`` (``dk_rows``/``dv_rows`` their ``(rn, ·)`` slices; ``dk`` unscaled).
     ``q_bh``/``g_bh`` are the head's q and dout ``(n_q, ·)``; ``t_ptr``, ``t_indices`` its
     transposed pattern; the weight at transposed position ``t`` is at ``perm[t] - hb`` in
-    ``p_f``/``ds_f``. Work buffers: ``wp_buf``/``wd_buf`` (``≥ core * rn``), ``q_buf``/``g_buf``
-    (``≥ core`` rows)."""
+    ``p_f``/``ds_f``; ``(kind, lo, hi)`` and ``core_buf`` as in :func:`band_rows`. Work buffers:
+    ``wp_buf``/``wd_buf`` (``≥ rn * core``), ``q_buf``/``g_buf`` (``≥ core`` rows)."""
     rn = dk_rows.shape[0]
     first = t_ptr[j0]
-    t0 = first + lo - np.int64(t_indices[first]) if kind == 1 else first
     core = hi - lo
     w_p = wp_buf[: core * rn].reshape((core, rn))
     w_ds = wd_buf[: core * rn].reshape((core, rn))
-    for u in range(core):  # the band's keys are adjacent in the CSR row of every core query
-        pos = perm[t0 + u] - hb
-        for r in range(rn):  # (a slice assignment here cost more than the GEMMs)
-            w_p[u, r] = p_f[pos + r]
-            w_ds[u, r] = ds_f[pos + r]
     if kind == 1:
+        t0 = first + lo - np.int64(t_indices[first])
+        for u in range(core):
+            _gather_weights(p_f, ds_f, perm, hb, t0 + u, w_p, w_ds, u)
         _core_column_pass(q_bh[lo:hi], g_bh[lo:hi], w_p, w_ds, dk_rows, dv_rows)
     else:
-        qc = _gather_rows(q_bh, t_indices, t0, core, q_buf)
-        gc = _gather_rows(g_bh, t_indices, t0, core, g_buf)
+        core_idx, run_end = core_buf[0, :core], core_buf[1, :core]
+        core_runs(core_idx, run_end)
+        e = 0
+        u = 0
+        while u < core:  # the core queries in the first key's column
+            length, in_core = _segment(
+                t_indices, first, e, t_ptr[j0 + 1] - first, core_idx, run_end, u
+            )
+            if in_core:
+                for x in range(length):
+                    _gather_weights(p_f, ds_f, perm, hb, first + e + x, w_p, w_ds, u + x)
+                u += length
+            e += length
+        qc = _gather_rows(q_bh, core_idx, 0, core, q_buf)
+        gc = _gather_rows(g_bh, core_idx, 0, core, g_buf)
         _core_column_pass(qc, gc, w_p, w_ds, dk_rows, dv_rows)
-        return
     for r in range(rn):  # queries outside the core, key by key
         j = j0 + r
         start = t_ptr[j]
         n = t_ptr[j + 1] - start
+        if n == core:
+            continue
+        if kind == 2:
+            _merge_edges_accumulate_perm(
+                dv_rows[r], p_f, perm, hb, g_bh, t_indices, start, n, core_idx, run_end
+            )
+            _merge_edges_accumulate_perm(
+                dk_rows[r], ds_f, perm, hb, q_bh, t_indices, start, n, core_idx, run_end
+            )
+            continue
         left = lo - np.int64(t_indices[start])
         after = start + left + core
         tail = start + n - after
@@ -327,3 +556,18 @@ def band_columns(  # type: ignore[no-untyped-def]
         gather_accumulate_perm(dv_rows[r], p_f, perm, hb, g_bh, t_indices, after, tail)
         gather_accumulate_perm(dk_rows[r], ds_f, perm, hb, q_bh, t_indices, start, left)
         gather_accumulate_perm(dk_rows[r], ds_f, perm, hb, q_bh, t_indices, after, tail)
+
+
+@numba.njit(cache=True, fastmath=_FASTMATH)
+def _merge_edges_accumulate_perm(y, w, perm, hb, rows, t_indices, start, n, core_idx, run_end):  # type: ignore[no-untyped-def]
+    """``y += w[perm[t] - hb] rows[t_indices[t]]`` over the column entries ``t`` outside the
+    core (the column pass's :func:`_merge_edges_accumulate`)."""
+    e = 0
+    c = 0
+    while e < n:
+        length, in_core = _segment(t_indices, start, e, n, core_idx, run_end, c)
+        if in_core:
+            c += length
+        else:
+            gather_accumulate_perm(y, w, perm, hb, rows, t_indices, start + e, length)
+        e += length
