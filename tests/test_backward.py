@@ -150,6 +150,34 @@ def test_run_path_on_longer_rows(rng, kind):
     testing.assert_grads_close_to_oracle(grads, q, k, v, p, dout, softcap=5.0)
 
 
+@pytest.mark.parametrize("family", ["global_local", "sinks", "global_rows"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_run_path_with_a_shared_prefix(rng, family, dtype):
+    """Narrow windows after a few keys every row shares (global keys, sinks): the run path with a
+    prefix, in the row pass and (global rows) in the column pass."""
+    from sparse_ref import patterns
+    from sparse_ref.kernels import csr_backward
+
+    n = 150
+    p = {
+        "global_local": lambda: patterns.global_local(n, 6, 3, [0, 1, 2, 70]),
+        "sinks": lambda: patterns.sinks(n, 4, 10),
+        "global_rows": lambda: Pattern.from_dense(
+            structured_mask("window", n, n) | (np.arange(n)[:, None] < 3)
+        ),
+    }[family]()
+    csr = p.stacked_csr()
+    rows = csr.indptr[0], csr.indices
+    t = p.transpose().stacked_csr()
+    cols = t.indptr[0], t.indices
+    for ptr, idx in ([rows] if family != "global_rows" else [cols]):
+        prefix = csr_backward._common_prefix(ptr, idx, 100, csr_backward.GROUP)
+        assert prefix > 0 and csr_backward._runs(ptr, idx, 100, csr_backward.GROUP, prefix)[0]
+    q, k, v, dout = random_inputs(rng, (2, 2, n, 8), (2, 1, n, 8), 8, dtype)
+    grads = sparse_ref.attention_backward(q, k, v, p, dout, softcap=3.0)
+    testing.assert_grads_close_to_oracle(grads, q, k, v, p, dout, softcap=3.0)
+
+
 @pytest.mark.parametrize("backend", ["numba", "oracle"])
 def test_out_and_lse_are_optional(rng, backend):
     """Both backends re-derive the softmax statistics: passing the forward's results changes nothing."""
