@@ -196,99 +196,56 @@ def core_runs(core_idx, run_end):  # type: ignore[no-untyped-def]
         c -= 1
 
 
-@numba.njit(cache=True, inline="always")
-def _segment(indices, start, e, n, core_idx, run_end, c):  # type: ignore[no-untyped-def]
-    """``(length, in_core)`` of the stretch of row entries from ``e`` on that are all core entries
-    (``core_idx[c : c + length]``) or all edge entries. The row holds every core index, sorted
-    and once, so a run of consecutive core indices is a stretch of the row; an edge stretch ends
-    where ``core_idx[c]`` appears."""
-    size = core_idx.shape[0]
-    if c < size and indices[start + e] == core_idx[c]:
-        return run_end[c] - c, True
-    length = 1
-    while e + length < n and not (c < size and indices[start + e + length] == core_idx[c]):
-        length += 1
-    return length, False
-
-
-@numba.njit(cache=True, fastmath=_FASTMATH)
-def _merge_scores(
-    q_r, k_bh, g_r, v_bh, indices, start, n, core_idx, run_end, s_c, dp_c, scale, s, dp
-):  # type: ignore[no-untyped-def]
-    """Row of ``n`` entries at ``start`` whose core entries (``core_idx``, a sorted sublist of
-    the row) take the GEMM results ``s_c``/``dp_c``: ``s``/``dp`` in CSR order, the edge entries
-    computed by dot products, stretch by stretch."""
-    e = 0
-    c = 0
-    while e < n:
-        length, in_core = _segment(indices, start, e, n, core_idx, run_end, c)
-        if in_core:
-            s[e : e + length] = s_c[c : c + length]
-            dp[e : e + length] = dp_c[c : c + length]
-            c += length
-        else:
-            gather_scores(q_r, k_bh, g_r, v_bh, indices, start + e, length, scale, s[e:], dp[e:])
-        e += length
-
-
 @numba.njit(cache=True)
-def _merge_core_back(indices, start, n, core_idx, run_end, w, w_c):  # type: ignore[no-untyped-def]
-    """``w_c[c] = w[e]`` for the row entries ``e`` holding the core's indices."""
+def _stretches(indices, start, n, core_idx, run_end, out):  # type: ignore[no-untyped-def]
+    """The row of ``n`` entries at ``start`` as stretches that are all core entries or all edge
+    entries: ``out[0, x]``, ``out[1, x]``, ``out[2, x]`` = first entry, length, position in the
+    core (-1 for edges); returns their number. The row holds every core index, sorted and once,
+    so a run of consecutive core indices (to ``run_end``) is one stretch, and an edge stretch ends
+    where the next core index appears."""
+    size = core_idx.shape[0]
     e = 0
     c = 0
+    x = 0
     while e < n:
-        length, in_core = _segment(indices, start, e, n, core_idx, run_end, c)
-        if in_core:
-            w_c[c : c + length] = w[e : e + length]
-            c += length
-        e += length
-
-
-@numba.njit(cache=True, fastmath=_FASTMATH)
-def _merge_edges_accumulate(y, w, rows, indices, start, n, core_idx, run_end):  # type: ignore[no-untyped-def]
-    """``y += w[e] rows[indices[start + e]]`` over the row entries outside the core."""
-    e = 0
-    c = 0
-    while e < n:
-        length, in_core = _segment(indices, start, e, n, core_idx, run_end, c)
-        if in_core:
+        if c < size and indices[start + e] == core_idx[c]:
+            length = run_end[c] - c
+            out[2, x] = c
             c += length
         else:
-            gather_accumulate(y, w[e:], rows, indices, start + e, length)
+            length = 1
+            while e + length < n and not (c < size and indices[start + e + length] == core_idx[c]):
+                length += 1
+            out[2, x] = -1
+        out[0, x] = e
+        out[1, x] = length
+        x += 1
         e += length
+    return x
+
+
+@numba.njit(cache=True, inline="always")
+def _row_stretches(first, indices, start, n, core_idx, run_end, core, out):  # type: ignore[no-untyped-def]
+    """:func:`_stretches` of a row of the band, for a range core from key ``first`` (kind 1: left
+    edge, core, right edge; some may be empty) or a listed core (``first = -1``, kind 2)."""
+    if first < 0:
+        return _stretches(indices, start, n, core_idx, run_end, out)
+    left = first - np.int64(indices[start])
+    out[0, 0], out[1, 0], out[2, 0] = 0, left, -1
+    out[0, 1], out[1, 1], out[2, 1] = left, core, 0
+    out[0, 2], out[1, 2], out[2, 2] = left + core, n - left - core, -1
+    return 3
 
 
 @numba.njit(cache=True, fastmath=_FASTMATH)
-def _core_row_pass(  # type: ignore[no-untyped-def]
-    kc,
-    vc,
-    core_idx,
-    run_end,
-    q_rows,
-    dout_rows,
-    k_bh,
-    v_bh,
-    ptr,
-    indices,
-    hb,
-    i0,
-    first,
-    scale,
-    softcap,
-    s_buf,
-    dp_buf,
-    row_s,
-    row_dp,
-    row_f,
-    dq_rows,
-    p_f,
-    ds_f,
-    live,
-):
+def _core_row_pass(kc, vc, core_idx, run_end, first, rows, bufs, outs):  # type: ignore[no-untyped-def]
     """:func:`band_rows` once the core's keys are ``kc (C, d)``, ``vc (C, d_v)``: a range starting
     at key ``first`` (kind 1: each row is left edge, core, right edge) or, with ``first = -1``,
     the sorted keys ``core_idx`` with their :func:`core_runs` ``run_end`` (kind 2: core and edge
-    entries interleave in a row)."""
+    entries interleave in a row). ``rows``, ``bufs``, ``outs``: :func:`band_rows`'s arguments."""
+    q_rows, dout_rows, k_bh, v_bh, ptr, indices, hb, i0, scale, softcap = rows
+    s_buf, dp_buf, row_s, row_dp, row_f, st = bufs
+    dq_rows, p_f, ds_f, live = outs
     rn = q_rows.shape[0]
     core = kc.shape[0]
     zero = q_rows.dtype.type(0)
@@ -300,72 +257,42 @@ def _core_row_pass(  # type: ignore[no-untyped-def]
     for r in range(rn):
         start = ptr[i0 + r]
         n = ptr[i0 + r + 1] - start
-        left = first - np.int64(indices[start])
         if n == core:  # no edges: the row is its core's row, in place
             s = s_core[r]
             dp = ds_core[r]
-        elif first >= 0:
-            s = row_s[:n]
-            dp = row_dp[:n]
-            s[left : left + core] = s_core[r]
-            dp[left : left + core] = ds_core[r]
-            for e0, e1 in ((0, left), (left + core, n)):
-                gather_scores(
-                    q_rows[r],
-                    k_bh,
-                    dout_rows[r],
-                    v_bh,
-                    indices,
-                    start + e0,
-                    e1 - e0,
-                    scale,
-                    s[e0:],
-                    dp[e0:],
-                )
         else:
             s = row_s[:n]
             dp = row_dp[:n]
-            _merge_scores(
-                q_rows[r],
-                k_bh,
-                dout_rows[r],
-                v_bh,
-                indices,
-                start,
-                n,
-                core_idx,
-                run_end,
-                s_core[r],
-                ds_core[r],
-                scale,
-                s,
-                dp,
-            )
+            for x in range(_row_stretches(first, indices, start, n, core_idx, run_end, core, st)):
+                e, length, c = st[0, x], st[1, x], st[2, x]
+                if c >= 0:
+                    s[e : e + length] = s_core[r, c : c + length]
+                    dp[e : e + length] = ds_core[r, c : c + length]
+                elif length:
+                    qr, gr = q_rows[r], dout_rows[r]
+                    gather_scores(
+                        qr, k_bh, gr, v_bh, indices, start + e, length, scale, s[e:], dp[e:]
+                    )
         live[r] = row_grad(s, dp, row_f, n, softcap)
         if not live[r]:
             s[:] = zero
             dp[:] = zero
         p_f[start - hb : start - hb + n] = s
         ds_f[start - hb : start - hb + n] = dp
-        if n != core and first >= 0:
-            ds_core[r] = dp[left : left + core]
-        elif n != core:
-            _merge_core_back(indices, start, n, core_idx, run_end, dp, ds_core[r])
+        if n != core:
+            for x in range(_row_stretches(first, indices, start, n, core_idx, run_end, core, st)):
+                e, length, c = st[0, x], st[1, x], st[2, x]
+                if c >= 0:
+                    ds_core[r, c : c + length] = dp[e : e + length]
     gemm(ds_core, False, kc, False, dq_rows, one, zero)
     for r in range(rn):
         start = ptr[i0 + r]
         n = ptr[i0 + r + 1] - start
-        if n == core:
-            continue
-        if first < 0:
-            _merge_edges_accumulate(
-                dq_rows[r], ds_f[start - hb :], k_bh, indices, start, n, core_idx, run_end
-            )
-            continue
-        left = first - np.int64(indices[start])
-        after = start + left + core
-        gather_accumulate(dq_rows[r], ds_f[start - hb :], k_bh, indices, start, left)
-        gather_accumulate(dq_rows[r], ds_f[after - hb :], k_bh, indices, after, start + n - after)
+        for x in range(_row_stretches(first, indices, start, n, core_idx, run_end, core, st)):
+            e, length, c = st[0, x], st[1, x], st[2, x]
+            if c < 0 and length:
+                w = ds_f[start + e - hb :]
+                gather_accumulate(dq_rows[r], w, k_bh, indices, start + e, length)
 
 
 @numba.njit(cache=True, fastmath=_FASTMATH)
@@ -398,68 +325,26 @@ def band_rows(  # type: ignore[no-untyped-def]
 ):
     """Row pass of one band, rows ``i0 .. i0 + rn - 1`` of a head (``q_rows``/``dout_rows``/
     ``dq_rows`` their ``(rn, ·)`` slices, ``(kind, lo, hi)`` from :func:`band_core`, which wrote a
-    kind 2 core to ``core_buf[0]``; ``core_buf[1]`` takes its :func:`core_runs`): writes ``dq_rows`` *unscaled* and without zeroing dead rows, ``p``/``ds``
-    of the rows into the scratch ``p_f``/``ds_f`` at ``pos - hb``, and ``live[r]`` (False: the row
-    gets no gradient).
+    kind 2 core to ``core_buf[0]``; ``core_buf[1]`` takes its :func:`core_runs` and
+    ``core_buf[2:5]`` a row's :func:`_stretches`; ``(5, L)`` with ``L >= 3`` and ``L >=`` the
+    longest row): writes ``dq_rows`` *unscaled* and without
+    zeroing dead rows, ``p``/``ds`` of the rows into the scratch ``p_f``/``ds_f`` at
+    ``pos - hb``, and ``live[r]`` (False: the row gets no gradient).
 
     Work buffers: ``k_buf (≥ core, d)``, ``v_buf (≥ core, d_v)``, ``s_buf``/``dp_buf``
     (``≥ rn * core``), ``row_s``/``row_dp``/``row_f`` (``≥`` the longest row)."""
+    rows = (q_rows, dout_rows, k_bh, v_bh, ptr, indices, hb, i0, scale, softcap)
+    bufs = (s_buf, dp_buf, row_s, row_dp, row_f, core_buf[2:])
+    outs = (dq_rows, p_f, ds_f, live)
     if kind == 1:  # read-only views of k and v and writable buffers are different Numba types
-        _core_row_pass(
-            k_bh[lo:hi],
-            v_bh[lo:hi],
-            core_buf[0, :0],
-            core_buf[1, :0],
-            q_rows,
-            dout_rows,
-            k_bh,
-            v_bh,
-            ptr,
-            indices,
-            hb,
-            i0,
-            lo,
-            scale,
-            softcap,
-            s_buf,
-            dp_buf,
-            row_s,
-            row_dp,
-            row_f,
-            dq_rows,
-            p_f,
-            ds_f,
-            live,
-        )
+        empty = core_buf[0, :0]
+        _core_row_pass(k_bh[lo:hi], v_bh[lo:hi], empty, empty, lo, rows, bufs, outs)
     else:
         core_idx, run_end = core_buf[0, :hi], core_buf[1, :hi]
         core_runs(core_idx, run_end)
-        _core_row_pass(
-            _gather_rows(k_bh, core_idx, 0, hi, k_buf),
-            _gather_rows(v_bh, core_idx, 0, hi, v_buf),
-            core_idx,
-            run_end,
-            q_rows,
-            dout_rows,
-            k_bh,
-            v_bh,
-            ptr,
-            indices,
-            hb,
-            i0,
-            np.int64(-1),
-            scale,
-            softcap,
-            s_buf,
-            dp_buf,
-            row_s,
-            row_dp,
-            row_f,
-            dq_rows,
-            p_f,
-            ds_f,
-            live,
-        )
+        kc = _gather_rows(k_bh, core_idx, 0, hi, k_buf)
+        vc = _gather_rows(v_bh, core_idx, 0, hi, v_buf)
+        _core_row_pass(kc, vc, core_idx, run_end, np.int64(-1), rows, bufs, outs)
 
 
 @numba.njit(cache=True, fastmath=_FASTMATH)
@@ -513,25 +398,18 @@ def band_columns(  # type: ignore[no-untyped-def]
     core = hi - lo
     w_p = wp_buf[: core * rn].reshape((core, rn))
     w_ds = wd_buf[: core * rn].reshape((core, rn))
+    core_idx, run_end, st = core_buf[0, :core], core_buf[1, :core], core_buf[2:]
     if kind == 1:
         t0 = first + lo - np.int64(t_indices[first])
         for u in range(core):
             _gather_weights(p_f, ds_f, perm, hb, t0 + u, w_p, w_ds, u)
         _core_column_pass(q_bh[lo:hi], g_bh[lo:hi], w_p, w_ds, dk_rows, dv_rows)
     else:
-        core_idx, run_end = core_buf[0, :core], core_buf[1, :core]
         core_runs(core_idx, run_end)
-        e = 0
-        u = 0
-        while u < core:  # the core queries in the first key's column
-            length, in_core = _segment(
-                t_indices, first, e, t_ptr[j0 + 1] - first, core_idx, run_end, u
-            )
-            if in_core:
-                for x in range(length):
-                    _gather_weights(p_f, ds_f, perm, hb, first + e + x, w_p, w_ds, u + x)
-                u += length
-            e += length
+        for x in range(_stretches(t_indices, first, t_ptr[j0 + 1] - first, core_idx, run_end, st)):
+            e, length, c = st[0, x], st[1, x], st[2, x]
+            for y in range(length if c >= 0 else 0):  # the core queries in the first key's column
+                _gather_weights(p_f, ds_f, perm, hb, first + e + y, w_p, w_ds, c + y)
         qc = _gather_rows(q_bh, core_idx, 0, core, q_buf)
         gc = _gather_rows(g_bh, core_idx, 0, core, g_buf)
         _core_column_pass(qc, gc, w_p, w_ds, dk_rows, dv_rows)
@@ -542,12 +420,12 @@ def band_columns(  # type: ignore[no-untyped-def]
         if n == core:
             continue
         if kind == 2:
-            _merge_edges_accumulate_perm(
-                dv_rows[r], p_f, perm, hb, g_bh, t_indices, start, n, core_idx, run_end
-            )
-            _merge_edges_accumulate_perm(
-                dk_rows[r], ds_f, perm, hb, q_bh, t_indices, start, n, core_idx, run_end
-            )
+            for x in range(_stretches(t_indices, start, n, core_idx, run_end, st)):
+                e, length, c = st[0, x], st[1, x], st[2, x]
+                if c < 0:
+                    t = start + e
+                    gather_accumulate_perm(dv_rows[r], p_f, perm, hb, g_bh, t_indices, t, length)
+                    gather_accumulate_perm(dk_rows[r], ds_f, perm, hb, q_bh, t_indices, t, length)
             continue
         left = lo - np.int64(t_indices[start])
         after = start + left + core
@@ -556,18 +434,3 @@ def band_columns(  # type: ignore[no-untyped-def]
         gather_accumulate_perm(dv_rows[r], p_f, perm, hb, g_bh, t_indices, after, tail)
         gather_accumulate_perm(dk_rows[r], ds_f, perm, hb, q_bh, t_indices, start, left)
         gather_accumulate_perm(dk_rows[r], ds_f, perm, hb, q_bh, t_indices, after, tail)
-
-
-@numba.njit(cache=True, fastmath=_FASTMATH)
-def _merge_edges_accumulate_perm(y, w, perm, hb, rows, t_indices, start, n, core_idx, run_end):  # type: ignore[no-untyped-def]
-    """``y += w[perm[t] - hb] rows[t_indices[t]]`` over the column entries ``t`` outside the
-    core (the column pass's :func:`_merge_edges_accumulate`)."""
-    e = 0
-    c = 0
-    while e < n:
-        length, in_core = _segment(t_indices, start, e, n, core_idx, run_end, c)
-        if in_core:
-            c += length
-        else:
-            gather_accumulate_perm(y, w, perm, hb, rows, t_indices, start + e, length)
-        e += length

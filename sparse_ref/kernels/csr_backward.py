@@ -532,7 +532,7 @@ def csr_backward_rows(
         f4 = np.empty((GROUP, width), q.dtype)
         live = np.empty(BAND, np.bool_)
         core_max = longest if longest >= band_min else 0
-        core_buf = np.empty((2, max(longest, 2)), np.int64)  # a band's core and its runs
+        core_buf = np.empty((5, max(longest, 3)), np.int64)  # a band's core, runs, stretches
         k_buf = np.empty((core_max, d), q.dtype)
         v_buf = np.empty((core_max, d_v), q.dtype)
         s_buf = np.empty(BAND * core_max, q.dtype)
@@ -709,7 +709,7 @@ def csr_backward_columns(
     u0, u1 = f0 // group, (f1 - 1) // group + 1  # kv heads b * H_kv + g touched
     for worker in prange(workers):  # one iteration per thread; tasks dealt out cyclically
         core_max = longest if longest >= band_min else 0
-        core_buf = np.empty((2, max(longest, 2)), np.int64)  # a band's core and its runs
+        core_buf = np.empty((5, max(longest, 3)), np.int64)  # a band's core, runs, stretches
         wp_buf = np.empty(BAND * core_max, q.dtype)
         wd_buf = np.empty(BAND * core_max, q.dtype)
         q_buf = np.empty((core_max, d), q.dtype)
