@@ -47,6 +47,7 @@ from ._csr_parts import (
     gather_accumulate_perm,
     gather_scores,
     row_grad,
+    run_bounds,
 )
 
 __all__ = ["BAND", "band_core", "core_runs", "band_rows", "band_columns"]
@@ -56,8 +57,6 @@ _FASTMATH = {"reassoc", "contract", "arcp"}
 #: Rows (keys) per band: one row task (column task) of the backward.
 BAND = 64
 
-_BIG = np.int64(1) << 62
-
 
 @numba.njit(cache=True)
 def band_core(ptr, idx, r0, rn, min_core, core_buf):  # type: ignore[no-untyped-def]
@@ -66,21 +65,7 @@ def band_core(ptr, idx, r0, rn, min_core, core_buf):  # type: ignore[no-untyped-
     the indices common to all the rows, written to ``core_buf[0, :hi]``; ``lo`` is 0); see the
     module doc. ``core_buf`` is ``(2, L)`` int64 with ``L >= 2`` and ``L >=`` the first row's
     length (work space for the runs of the rows, of which at most ``L // 2`` are followed)."""
-    one_run = True
-    lo = -_BIG
-    hi = _BIG
-    total = 0
-    for r in range(rn):
-        start = ptr[r0 + r]
-        n = ptr[r0 + r + 1] - start
-        if n == 0:
-            return 0, 0, 0
-        a = np.int64(idx[start])
-        z = np.int64(idx[start + n - 1]) + 1
-        one_run = one_run and z - a == n
-        lo = max(lo, a)
-        hi = min(hi, z)
-        total += n
+    one_run, _, _, lo, hi, total = run_bounds(ptr, idx, r0, rn, 0)  # an empty row: not one run
     if one_run:
         core = hi - lo
         if core >= min_core and 4 * (total - rn * core) <= rn * core:

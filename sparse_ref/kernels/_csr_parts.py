@@ -19,6 +19,7 @@ import numpy as np
 from ._exp import fast_exp
 
 __all__ = [
+    "run_bounds",
     "gather_scores",
     "gather_accumulate",
     "gather_accumulate_perm",
@@ -30,6 +31,37 @@ __all__ = [
 
 #: IEEE-preserving fast-math (as in :mod:`.csr_backward`): never ``nnan``/``ninf``.
 _FASTMATH = {"reassoc", "contract", "arcp"}
+
+_BIG = np.int64(1) << 62
+
+
+@numba.njit(cache=True, inline="always")
+def run_bounds(ptr, idx, r0, rn, skip):  # type: ignore[no-untyped-def]
+    """Rows ``r0 .. r0 + rn - 1`` of a CSR less their first ``skip`` entries:
+    ``(one_run, lo, hi, core_lo, core_hi, total)``. ``one_run``: every row is non-empty and one
+    run of consecutive indices; ``[lo, hi)`` and ``[core_lo, core_hi)`` are the union and the
+    intersection of the rows' index ranges (``core_hi >= core_lo``); ``total`` their entries."""
+    one_run = True
+    lo = _BIG
+    hi = -_BIG
+    core_lo = -_BIG
+    core_hi = _BIG
+    total = 0
+    for r in range(rn):
+        start = ptr[r0 + r] + skip
+        n = ptr[r0 + r + 1] - start
+        if n <= 0:
+            one_run = False
+            continue
+        a = np.int64(idx[start])
+        z = np.int64(idx[start + n - 1]) + 1
+        one_run = one_run and z - a == n
+        lo = min(lo, a)
+        hi = max(hi, z)
+        core_lo = max(core_lo, a)
+        core_hi = min(core_hi, z)
+        total += n
+    return one_run, lo, hi, core_lo, max(core_lo, core_hi), total
 
 
 # ----------------------------------------------------------------------------- gather path

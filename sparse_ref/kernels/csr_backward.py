@@ -101,6 +101,7 @@ from ._csr_parts import (
     gather_accumulate_perm,
     gather_scores,
     row_grad,
+    run_bounds,
 )
 from ._views import readonly as _readonly
 
@@ -133,8 +134,6 @@ BAND_MIN_CORE = 128
 #: the scratch (``p`` and ``ds`` per entry) of one call of the passes stays under this, unless a
 #: single head needs more
 SCRATCH_BYTES = 256 << 20
-
-_BIG = np.int64(1) << 62
 
 
 # ------------------------------------------------------------------------------------- layout
@@ -327,29 +326,10 @@ def _run_accumulate(y, w, off, rows, lo, n):  # type: ignore[no-untyped-def]
 def _runs(ptr, idx, r0, rn, skip):  # type: ignore[no-untyped-def]
     """Whether rows ``r0 .. r0 + GROUP - 1``, less their first ``skip`` entries, take the run path,
     and ``(lo, hi, core_lo, core_hi)``: the union and the intersection of their index ranges."""
-    ok = rn == GROUP
-    lo = _BIG
-    hi = -_BIG
-    core_lo = -_BIG
-    core_hi = _BIG
-    total = 0
-    for r in range(rn):
-        start = ptr[r0 + r] + skip
-        n = ptr[r0 + r + 1] - start
-        if n <= 0:
-            ok = False
-            continue
-        a = np.int64(idx[start])
-        z = np.int64(idx[start + n - 1]) + 1
-        if z - a != n:
-            ok = False
-        lo = min(lo, a)
-        hi = max(hi, z)
-        core_lo = max(core_lo, a)
-        core_hi = min(core_hi, z)
-        total += n
-    ok = ok and 2 * total >= GROUP * (hi - lo)  # dense enough: at most half of the union wasted
-    return ok, lo, hi, core_lo, max(core_lo, core_hi)
+    one_run, lo, hi, core_lo, core_hi, total = run_bounds(ptr, idx, r0, rn, skip)
+    # dense enough: at most half of the union wasted
+    ok = rn == GROUP and one_run and 2 * total >= GROUP * (hi - lo)
+    return ok, lo, hi, core_lo, core_hi
 
 
 @numba.njit(cache=True)
