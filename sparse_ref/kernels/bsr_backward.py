@@ -100,17 +100,6 @@ TILE_KEYS = 1024
 
 # --------------------------------------------------------------------------------- small pieces
 @numba.njit(fastmath=_FASTMATH, cache=True)
-def _dq_loops(dt, kb, alpha, out):  # type: ignore[no-untyped-def]
-    """``out[r] += alpha * sum_c dt[c, r] * kb[c]`` (plain loops)."""
-    nc, nr = dt.shape
-    for c in range(nc):
-        for r in range(nr):
-            y = dt[c, r] * alpha
-            for e in range(kb.shape[1]):
-                out[r, e] += y * kb[c, e]
-
-
-@numba.njit(fastmath=_FASTMATH, cache=True)
 def _prepare(st, dt, fb, softcap, masks_t, mi, m):  # type: ignore[no-untyped-def]
     """One block ``(w, nr)`` of scaled scores: softcap (``fb = 1 - t**2``), masked entries
     ``st = -inf`` and ``dt = 0``; ``m[r]`` = running max over non-NaN scores."""
@@ -393,7 +382,7 @@ def _row_task(
         elif use_blas:
             _gemm(dt, True, kg, False, dqb, scale, one)
         else:
-            _dq_loops(dt, kg, scale, dqb)
+            _mm_add(dt.T, kg, scale, dqb)  # dq += scale dS^T K with plain loops
         whole = full and not any_dead  # every entry of the tile allowed and live
         pk = part_k[base_k + wcum[idx] * d : base_k + (wcum[idx] + nc) * d].reshape((nc, d))
         pv = part_v[base_v + wcum[idx] * d_v : base_v + (wcum[idx] + nc) * d_v].reshape((nc, d_v))
