@@ -50,6 +50,19 @@ def _kernel_inputs(*arrays: np.ndarray) -> list[np.ndarray]:
     return [readonly(np.ascontiguousarray(a)) for a in arrays]
 
 
+def _block_form(
+    pattern: Pattern,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """``(indptr, indices, mask_index, masks, bq, bk)`` of the pattern's block form, as the BSR
+    kernels take them (:meth:`Pattern.stacked_bsr`, read-only contiguous arrays)."""
+    bsr = pattern.stacked_bsr()
+    indptr, indices, mask_index, masks = _kernel_inputs(
+        bsr.indptr, bsr.indices, bsr.mask_index, bsr.masks
+    )
+    bq, bk = bsr.block
+    return indptr, indices, mask_index, masks, bq, bk
+
+
 def forward(
     q: np.ndarray,
     k: np.ndarray,
@@ -68,21 +81,11 @@ def forward(
     out = np.empty((B, H, n_q, vc.shape[3]), dtype=ct)
     lse = np.empty((B, H, n_q), dtype=ct)
     if pattern.block is not None:
-        bsr = pattern.stacked_bsr()
-        bq, bk = bsr.block
-        b_indptr, b_indices, b_mask_index, b_masks = _kernel_inputs(
-            bsr.indptr, bsr.indices, bsr.mask_index, bsr.masks
-        )
         bsr_forward(
             qc,
             kc,
             vc,
-            b_indptr,
-            b_indices,
-            b_mask_index,
-            b_masks,
-            bq,
-            bk,
+            *_block_form(pattern),
             ct(scale),
             ct(softcap or 0.0),
             out,
@@ -144,22 +147,12 @@ def backward(
     qc, kc, vc, gc = _kernel_inputs(*(np.asarray(x, dtype=ct) for x in (q, k, v, dout)))
     dq, dk, dv = (np.empty(x.shape, dtype=ct) for x in (qc, kc, vc))
     if pattern.block is not None:
-        bsr = pattern.stacked_bsr()
-        bq, bk = bsr.block
-        b_indptr, b_indices, b_mask_index, b_masks = _kernel_inputs(
-            bsr.indptr, bsr.indices, bsr.mask_index, bsr.masks
-        )
         bsr_backward(
             qc,
             kc,
             vc,
             gc,
-            b_indptr,
-            b_indices,
-            b_mask_index,
-            b_masks,
-            bq,
-            bk,
+            *_block_form(pattern),
             ct(scale),
             ct(softcap or 0.0),
             dq,
