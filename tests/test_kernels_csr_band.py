@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from test_backward import random_inputs
 
 import sparse_ref
 from sparse_ref import Pattern, patterns, testing
@@ -31,14 +32,6 @@ def causal_window(n_q, n_k, w):
     i = np.arange(n_q)[:, None] + (n_k - n_q)
     j = np.arange(n_k)[None, :]
     return (j <= i) & (j > i - w)
-
-
-def random_inputs(rng, shape_q, shape_kv, d_v, dtype):
-    q = rng.standard_normal(shape_q).astype(dtype)
-    k = rng.standard_normal(shape_kv).astype(dtype)
-    v = rng.standard_normal((*shape_kv[:-1], d_v)).astype(dtype)
-    dout = rng.standard_normal((*shape_q[:-1], d_v)).astype(dtype)
-    return q, k, v, dout
 
 
 def band_rows_taken(p: Pattern, band_min: int, transposed: bool = False) -> int:
