@@ -37,6 +37,7 @@ from .data_dependent import *  # noqa: F403
 from .document import *  # noqa: F403  (re-export the family functions; modules named like a
 from .global_ import *  # noqa: F403   family, e.g. ``strided``, are shadowed by the function)
 from .hierarchical import *  # noqa: F403
+from .hierarchical import hierarchical_keys  # a helper, not a family: exported by name
 from .local import *  # noqa: F403
 from .neighborhood import *  # noqa: F403
 from .random_ import *  # noqa: F403
@@ -146,4 +147,4 @@ def _from_spec(spec: Any, where: str) -> Pattern:
     return build(spec["family"], **spec["params"])
 
 
-__all__ = ["available", "build", *sorted(_FAMILIES)]
+__all__ = ["available", "build", "hierarchical_keys", *sorted(_FAMILIES)]
