@@ -498,6 +498,12 @@ class Pattern:
         return self._bsr
 
     @cached_property
+    def _kernel_metadata(self) -> dict[Any, Any]:
+        """Kernel metadata derived from this pattern, built and keyed by :mod:`sparse_ref.metadata`
+        (the pattern is immutable, so it never goes stale)."""
+        return {}
+
+    @cached_property
     def nnz(self) -> int:
         """Allowed (query, key) pairs, summed over the stored heads."""
         if self._heads is None:
