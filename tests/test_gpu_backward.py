@@ -17,6 +17,7 @@ import pytest
 import sparse_ref
 from sparse_ref import Pattern, patterns
 from sparse_ref.backends import cupy as gpu
+from sparse_ref.backends.cupy import tiles as tiles_mod
 from sparse_ref.testing import assert_grads_close_to_oracle
 
 try:
@@ -335,8 +336,8 @@ def test_clear_error_without_cupy_or_gpu() -> None:
      ("float64", 256, (1, 2))],
 )  # fmt: skip
 def test_tile_choice_fits_shared_memory(dtype: str, dmax: int, tiles: tuple[int, int]) -> None:
-    assert gpu._bwd_tiles(dtype, dmax, None) == tiles
-    assert gpu._bwd_smem(dtype, dmax, *tiles) <= 227 * 1024
+    assert tiles_mod._bwd_tiles(dtype, dmax, None) == tiles
+    assert tiles_mod._bwd_smem(dtype, dmax, *tiles) <= 227 * 1024
     dq, dkdv = gpu.bwd_kernel_names(dtype, dmax)
     assert dq.startswith("sparse_ref::csr_backward_dq<") and f", {dmax}>" in dq
     assert dkdv.startswith("sparse_ref::csr_backward_dkdv<")
@@ -344,6 +345,6 @@ def test_tile_choice_fits_shared_memory(dtype: str, dmax: int, tiles: tuple[int,
 
 def test_tile_override_is_validated() -> None:
     with pytest.raises(ValueError, match="do not fit"):
-        gpu._bwd_tiles("float64", 256, (4, 4))
+        tiles_mod._bwd_tiles("float64", 256, (4, 4))
     with pytest.raises(ValueError, match="TM in"):
-        gpu._bwd_tiles("float32", 128, (3, 4))
+        tiles_mod._bwd_tiles("float32", 128, (3, 4))

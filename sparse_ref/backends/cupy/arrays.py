@@ -1,0 +1,85 @@
+"""Array conversion at the backend's edge: CuPy views of CuPy or torch inputs (bfloat16 as
+``uint16`` bits), 16-byte alignment, output allocation, scalars and finiteness checks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .runtime import _require
+from .tiles import _CTYPES
+
+
+def _dtype_name(x: Any) -> str:
+    name = str(x.dtype)
+    return name.replace("torch.", "")
+
+
+def _to_kernel_arrays(arrays: Sequence[Any], dtype: str | None) -> tuple[list[Any], str, Any]:
+    """CuPy views of the arrays (q, k, v, ...; bfloat16 as uint16), their dtype name, and a
+    converter for outputs."""
+    cp = _require()
+    q = arrays[0]
+    if type(q).__module__.startswith("torch"):
+        import torch
+
+        name = _dtype_name(q)
+        views = []
+        for x in arrays:
+            x = x.contiguous()
+            if x.dtype == torch.bfloat16:
+                x = x.view(torch.int16)
+            views.append(cp.from_dlpack(x))
+        if name == "bfloat16":
+            views = [x.view(cp.uint16) for x in views]
+
+        def back(a: Any) -> Any:
+            if a.dtype == cp.uint16:  # bfloat16 bits; DLPack moves them as int16
+                return torch.from_dlpack(a.view(cp.int16)).view(torch.bfloat16)
+            return torch.from_dlpack(a)
+
+        return [_aligned(x) for x in views], name, back
+    arrs = [_aligned(cp.ascontiguousarray(x)) for x in arrays]
+    name = dtype or _dtype_name(arrs[0])
+    if name == "bfloat16":
+        if str(arrs[0].dtype) == "bfloat16":  # a CuPy with ml_dtypes bfloat16
+            arrs = [x.view(cp.uint16) for x in arrs]
+
+            def back(a: Any) -> Any:
+                return a.view(q.dtype) if a.dtype == cp.uint16 else a
+
+            return arrs, name, back
+        if arrs[0].dtype != cp.uint16:
+            raise TypeError("dtype='bfloat16' needs uint16 views of the bfloat16 buffers")
+    elif name not in _CTYPES:
+        raise TypeError(f"the cupy backend supports {sorted(_CTYPES)}, got {name}")
+    return arrs, name, lambda a: a
+
+
+def _aligned(x: Any) -> Any:
+    """``x`` itself when its buffer is 16-byte aligned (the kernels' vector copies), else a copy."""
+    return x if x.data.ptr % 16 == 0 else x.copy()
+
+
+def _geometry(q: Any, k: Any, v: Any) -> tuple[int, int, int, int, int, int, int]:
+    B, H, n_q, d = (int(s) for s in q.shape)
+    Hkv, n_k, dv = int(k.shape[1]), int(k.shape[2]), int(v.shape[3])
+    return B, H, Hkv, n_q, n_k, d, dv
+
+
+def _outputs(cp: Any, q: Any, dtype: str, B: int, H: int, n_q: int, dv: int) -> tuple[Any, Any]:
+    out = cp.empty((B, H, n_q, dv), dtype=q.dtype)
+    lse = cp.empty((B, H, n_q), dtype=cp.float64 if dtype == "float64" else cp.float32)
+    return out, lse
+
+
+def _scalar(dtype: str, x: float) -> Any:
+    return np.float64(x) if dtype == "float64" else np.float32(x)
+
+
+def _all_finite(x: Any, dtype: str) -> bool:
+    if dtype == "bfloat16":  # uint16 bits: exponent all ones <=> inf/NaN
+        return not bool(((x & 0x7F80) == 0x7F80).any())
+    return bool(_require().isfinite(x).all())

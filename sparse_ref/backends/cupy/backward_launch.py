@@ -1,0 +1,133 @@
+"""Backward launches: ``csr_backward_dq`` and ``csr_backward_dkdv`` on CuPy arrays, and
+:func:`backward`, the backend's entry point."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .arrays import _all_finite, _geometry, _scalar, _to_kernel_arrays
+from .metadata import DeviceCSR, _csr_order, _kv_order, _pattern_csr, _pattern_csr_t
+from .runtime import _require
+from .sources import compiled
+from .tiles import _bwd_smem, _bwd_tiles, _simt_dmax, bwd_kernel_names
+
+__all__ = ["backward", "backward_csr"]
+
+
+def backward_csr(
+    q: Any,
+    k: Any,
+    v: Any,
+    dout: Any,
+    csr: DeviceCSR,
+    tcsr: DeviceCSR,
+    scale: float,
+    softcap: float | None,
+    *,
+    dtype: str,
+    finite: bool = True,
+    tiles: tuple[int, int] | None = None,
+) -> tuple[Any, Any, Any]:
+    """``csr_backward_dq`` then ``csr_backward_dkdv`` on CuPy arrays (bfloat16 as uint16 with
+    ``dtype='bfloat16'``); ``tcsr = device_csr_transpose(csr)``. ``finite``: q, k, v and dout hold
+    no inf/NaN (then entries outside the pattern may meet a weight of exactly 0 in the
+    accumulations; otherwise they are skipped). Returns ``(dq, dk, dv)`` shaped and typed like
+    ``(q, k, v)``."""
+    cp = _require()
+    B, H, Hkv, n_q, n_k, d, dv = _geometry(q, k, v)
+    if tuple(dout.shape) != (B, H, n_q, dv):
+        raise ValueError(f"dout must have shape {(B, H, n_q, dv)}, got {tuple(dout.shape)}")
+    dq, dk, dvo = cp.empty_like(q), cp.empty_like(k), cp.empty_like(v)
+    if B == 0 or H == 0:
+        dk.fill(0)
+        dvo.fill(0)
+        return dq, dk, dvo
+    dmax = _simt_dmax(d, dv)
+    tm, tn = _bwd_tiles(dtype, dmax, tiles)
+    smem = _bwd_smem(dtype, dmax, tm, tn)
+    kdq, kdkdv = compiled("csr_backward.cu", bwd_kernel_names(dtype, dmax, (tm, tn)), smem)
+    stats = cp.empty((3, B * H * n_q), dtype=cp.float64 if dtype == "float64" else cp.float32)
+    bm = 16 * tm
+    P = int(csr.indptr.shape[0])
+    common = (
+        np.int32(n_q), np.int32(n_k), np.int32(d), np.int32(dv), _scalar(dtype, scale),
+        _scalar(dtype, softcap or 1.0), np.int32(softcap is not None), np.int32(bool(finite)),
+    )  # fmt: skip
+    if n_q > 0:
+        args = (
+            q, k, v, dout, dq, stats[0], stats[1], stats[2], csr.indptr, csr.indices,
+            _csr_order(csr, bm), np.int32(H), np.int32(Hkv), np.int32(P), *common,
+        )  # fmt: skip
+        kdq((H * -(-n_q // bm), B), (256,), args, shared_mem=smem)
+    if n_k > 0:
+        if not finite:
+            q, dout = _without_dead_non_finite_rows(q, dout, stats[1].reshape(B, H, n_q), dtype)
+        group = H // Hkv
+        targs = (
+            q, k, v, dout, dk, dvo, stats[0], stats[1], stats[2], tcsr.indptr, tcsr.indices,
+            _kv_order(tcsr, bm, group), np.int32(H), np.int32(Hkv), np.int32(P),
+            np.int32(1 if P == 1 else Hkv), *common,
+        )  # fmt: skip
+        kdkdv((Hkv * -(-n_k // bm), B), (256,), targs, shared_mem=smem)
+    return dq, dk, dvo
+
+
+def _without_dead_non_finite_rows(q: Any, dout: Any, r: Any, dtype: str) -> tuple[Any, Any]:
+    """``q``, ``dout`` for ``csr_backward_dkdv``: rows that get no gradient (``r = 1/l == 0``: no
+    keys, or only ``-inf`` scores) still meet a weight of 0 there, so where such a row holds inf
+    or NaN it is zeroed in a copy (the oracle skips these rows: 0 * inf must not reach dk/dv)."""
+    cp = _require()
+
+    def non_finite_rows(x: Any) -> Any:
+        if dtype == "bfloat16":  # stored as uint16: exponent bits all ones
+            return ((x & 0x7F80) == 0x7F80).any(axis=-1)
+        return ~cp.isfinite(x).all(axis=-1)
+
+    bad = (r == 0) & (non_finite_rows(q) | non_finite_rows(dout))
+    if not bool(bad.any()):
+        return q, dout
+    zero = cp.zeros((), dtype=q.dtype)
+    return cp.where(bad[..., None], zero, q), cp.where(bad[..., None], zero, dout)
+
+
+def backward(
+    q: Any,
+    k: Any,
+    v: Any,
+    pattern: Any,
+    dout: Any,
+    out: Any,
+    lse: Any,
+    scale: float,
+    softcap: float | None,
+    *,
+    dtype: str | None = None,
+    finite: bool | None = None,
+    tiles: tuple[int, int] | None = None,
+) -> tuple[Any, Any, Any]:
+    """``(dq, dk, dv)`` of sparse attention on the GPU (the signature of the Numba backend's).
+
+    Args:
+        q, k, v, pattern, scale, softcap, dtype: as :func:`forward`.
+        dout: ``(B, H, n_q, d_v)``, the gradient with respect to ``out``, of q's dtype.
+        out, lse: accepted and unused: the dq kernel re-derives each row's softmax statistics and
+            ``delta = sum_j p_ij (dout_i . v_j)`` from its own scores (as the CPU kernels do).
+        finite: whether q, k, v and dout are all finite (``None``: checked on the device).
+        tiles: ``(TM, TN)`` tile override (see ``BWD_TILES``), for tests and benchmarks.
+
+    Returns:
+        ``dq, dk, dv`` shaped and typed like ``q, k, v`` (CuPy, or torch for torch inputs);
+        float64 inputs are computed in float64, the others in float32. Rows with no allowed keys
+        get ``dq = 0`` and add nothing to dk/dv; with GQA, dk/dv of a kv head sum over its query
+        heads in increasing order. Deterministic: bitwise identical across runs.
+    """
+    (qa, ka, va, ga), name, back = _to_kernel_arrays((q, k, v, dout), dtype)
+    if finite is None:
+        finite = all(_all_finite(x, name) for x in (qa, ka, va, ga))
+    dq, dk, dv = backward_csr(
+        qa, ka, va, ga, _pattern_csr(pattern), _pattern_csr_t(pattern), scale, softcap,
+        dtype=name, finite=finite, tiles=tiles,
+    )  # fmt: skip
+    return back(dq), back(dk), back(dv)
