@@ -18,6 +18,7 @@
 //    blocks read their packed mask words. Requires d, d_v <= D and d, d_v multiples of 8.
 // Both are deterministic: fixed reduction order, no atomics.
 #include "simt_core.cuh"
+#include "mma_common.cuh"
 
 namespace sparse_ref {
 
@@ -115,39 +116,6 @@ bsr_forward_simt(const T* __restrict__ q, const T* __restrict__ k, const T* __re
 }
 
 // ------------------------------------------------------------------ tensor-core path (f16 / bf16)
-template <typename T> struct MmaOp;
-template <> struct MmaOp<bf16_t> {
-  static __device__ __forceinline__ void run(float (&c)[4], const unsigned (&a)[4], unsigned b0,
-                                             unsigned b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-};
-template <> struct MmaOp<f16_t> {
-  static __device__ __forceinline__ void run(float (&c)[4], const unsigned (&a)[4], unsigned b0,
-                                             unsigned b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-};
-
-__device__ __forceinline__ void ldsm_x4(unsigned (&r)[4], const void* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(p))
-               : "memory");
-}
-__device__ __forceinline__ void ldsm_x4_t(unsigned (&r)[4], const void* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(p))
-               : "memory");
-}
-
 template <int D, int WARPS, int MT>
 struct MmaCfg {
   static constexpr int BM = 16 * MT * WARPS, BN = 64, LDS = D + 8, THREADS = 32 * WARPS;
@@ -167,7 +135,7 @@ bsr_forward_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __res
                 float scale, float softcap, int use_softcap) {
   using Cfg = MmaCfg<D, WARPS, MT>;
   constexpr int BM = Cfg::BM, BN = Cfg::BN, LDS = Cfg::LDS, THREADS = Cfg::THREADS;
-  constexpr int NT = BN / 8, ND = D / 8, KS = D / 16, CPR = D / 8;
+  constexpr int NT = BN / 8, ND = D / 8, KS = D / 16;
   constexpr float LOG2E = 1.4426950408889634f, LN2 = 0.6931471805599453f;
   const float INF = __int_as_float(0x7f800000);
   static_assert(D % 16 == 0, "D must be a multiple of 16");
@@ -199,50 +167,26 @@ bsr_forward_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __res
   const long long total = (kb1 - kb0) * cpb;
   const int wrow = warp * 16 * MT;  // first row of this warp within the CTA
 
-  for (int x = tid; x < BM * CPR; x += THREADS) {
-    const int r = x / CPR, cc = (x % CPR) * 8;
-    const bool ok = r < nrows && cc < d;
-    cp_async16(sQ + r * LDS + cc, ok ? qb + (long long)(r0 + r) * d + cc : q, ok);
-  }
+  tile_async<BM, D, THREADS>(sQ, qb, r0, nrows, d, tid);
   cp_async_commit();
 
-  // chunk t of this block row: first key c0, valid keys nk, mask index mi, chunk within block c
-  auto chunk = [&](long long t, long long& c0, int& nk, int& mi, int& c) {
-    const long long kbi = kb0 + t / cpb;
-    c = (int)(t % cpb);
-    mi = mask_index[kbi];
-    const long long kstart = (long long)bcols[kbi] * bk;
-    c0 = kstart + (long long)c * BN;
-    const long long kend = min(kstart + bk, (long long)n_k);
-    nk = (int)max(0LL, min((long long)BN, kend - c0));
-  };
+  const ChunkWalk walk{bcols, mask_index, kb0, cpb, bk, n_k};
   auto load = [&](long long t, int buf) {
     long long c0;
     int nk, mi, c;
-    chunk(t, c0, nk, mi, c);
-    T* dK = sK + buf * BN * LDS;
-    T* dV = sV + buf * BN * LDS;
-    for (int x = tid; x < BN * CPR; x += THREADS) {
-      const int r = x / CPR, cc = (x % CPR) * 8;
-      const bool okk = r < nk && cc < d, okv = r < nk && cc < dv;
-      cp_async16(dK + r * LDS + cc, okk ? kb + (c0 + r) * d + cc : k, okk);
-      cp_async16(dV + r * LDS + cc, okv ? vb + (c0 + r) * dv + cc : v, okv);
-    }
+    walk.chunk(t, c0, nk, mi, c);
+    tile_async<BN, D, THREADS>(sK + buf * BN * LDS, kb, c0, nk, d, tid);
+    tile_async<BN, D, THREADS>(sV + buf * BN * LDS, vb, c0, nk, dv, tid);
   };
   if (total > 0) load(0, 0);
   cp_async_commit();
   cp_async_wait<0>();
   __syncthreads();
 
-  // A fragment of Q: rows wrow + 16*mt .., k-step ks
-  auto q_frag = [&](unsigned (&a)[4], int mt, int ks) {
-    ldsm_x4(a, sQ + (wrow + 16 * mt + (lane & 7) + ((lane >> 3) & 1) * 8) * LDS + ks * 16 +
-                   (lane >> 4) * 8);
-  };
-  unsigned qf[MT == 1 ? KS : 1][4];
+  unsigned qf[MT == 1 ? KS : 1][4];  // MT == 1: the warp's Q fragments stay in registers
   if constexpr (MT == 1) {
 #pragma unroll
-    for (int ks = 0; ks < KS; ++ks) q_frag(qf[ks], 0, ks);
+    for (int ks = 0; ks < KS; ++ks) frag_a<LDS>(qf[ks], sQ, wrow, ks, lane);
   }
 
   float o[MT][ND][4];
@@ -268,7 +212,7 @@ bsr_forward_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __res
     __syncthreads();
     long long c0;
     int nk, mi, c;
-    chunk(t, c0, nk, mi, c);
+    walk.chunk(t, c0, nk, mi, c);
     const T* K = sK + (t & 1) * BN * LDS;
     const T* V = sV + (t & 1) * BN * LDS;
 
@@ -288,14 +232,13 @@ bsr_forward_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __res
           a[mt][2] = qf[ks][2];
           a[mt][3] = qf[ks][3];
         } else {
-          q_frag(a[mt], mt, ks);
+          frag_a<LDS>(a[mt], sQ, wrow + 16 * mt, ks, lane);
         }
       }
 #pragma unroll
       for (int np = 0; np < NT / 2; ++np) {
         unsigned bf[4];
-        ldsm_x4(bf, K + (np * 16 + (lane & 7) + ((lane >> 4) << 3)) * LDS + ks * 16 +
-                        ((lane >> 3) & 1) * 8);
+        frag_bt<LDS>(bf, K, np, ks, lane);
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
           MmaOp<T>::run(s[mt][2 * np], a[mt], bf[0], bf[1]);
@@ -306,20 +249,8 @@ bsr_forward_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __res
 
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
-      unsigned mw[2][2] = {{0xffffffffu, 0xffffffffu}, {0xffffffffu, 0xffffffffu}};
-      if (mi >= 0) {
-#pragma unroll
-        for (int hh = 0; hh < 2; ++hh) {
-          const int brow = sub * BM + wrow + 16 * mt + g + 8 * hh;
-#pragma unroll
-          for (int w = 0; w < 2; ++w) {
-            const int wi = c * 2 + w;
-            mw[hh][w] = (brow < bq && wi < mwords)
-                            ? __ldg(mbits + ((long long)mi * bq + brow) * mwords + wi)
-                            : 0u;
-          }
-        }
-      }
+      unsigned mw[2][2];
+      chunk_mask(mw, mbits, mi, sub * BM + wrow + 16 * mt + g, bq, mwords, c);
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
@@ -364,17 +295,11 @@ bsr_forward_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __res
     for (int ks = 0; ks < BN / 16; ++ks) {
       unsigned a[MT][4];
 #pragma unroll
-      for (int mt = 0; mt < MT; ++mt) {
-        a[mt][0] = pack2<T>(s[mt][2 * ks][0], s[mt][2 * ks][1]);
-        a[mt][1] = pack2<T>(s[mt][2 * ks][2], s[mt][2 * ks][3]);
-        a[mt][2] = pack2<T>(s[mt][2 * ks + 1][0], s[mt][2 * ks + 1][1]);
-        a[mt][3] = pack2<T>(s[mt][2 * ks + 1][2], s[mt][2 * ks + 1][3]);
-      }
+      for (int mt = 0; mt < MT; ++mt) c_to_a<T, NT>(a[mt], s[mt], ks);
 #pragma unroll
       for (int np = 0; np < ND / 2; ++np) {
         unsigned bf[4];
-        ldsm_x4_t(bf, V + (ks * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LDS + np * 16 +
-                          (lane >> 4) * 8);
+        frag_b<LDS>(bf, V, np, ks, lane);
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
           MmaOp<T>::run(o[mt][2 * np], a[mt], bf[0], bf[1]);

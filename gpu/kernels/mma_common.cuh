@@ -1,0 +1,164 @@
+// Tensor-core helpers shared by the fp16/bf16 block-form kernels (bsr_forward_mma in
+// bsr_forward.cu, the kernels of bsr_backward_mma.cu): mma.sync.m16n8k16 with fp32 accumulation,
+// ldmatrix fragment loads from padded shared-memory tiles, cp.async tile loads, and the walk over
+// the stored blocks of one block row (or column) in chunks of 64.
+//
+// Tiles in shared memory are row-major with LDS = D + 8 elements per row (16 bytes of padding, so
+// that ldmatrix's eight 16-byte rows hit eight different bank groups). Fragment layouts are PTX's
+// for m16n8k16: thread (g = lane / 4, t4 = lane % 4) holds C[g][2 t4 + {0,1}] in c[0..1] and
+// C[g + 8][2 t4 + {0,1}] in c[2..3] of each 16 x 8 tile.
+#pragma once
+#include "attn_common.cuh"
+
+namespace sparse_ref {
+
+template <typename T> struct MmaOp;
+template <> struct MmaOp<bf16_t> {
+  static __device__ __forceinline__ void run(float (&c)[4], const unsigned (&a)[4], unsigned b0,
+                                             unsigned b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+};
+template <> struct MmaOp<f16_t> {
+  static __device__ __forceinline__ void run(float (&c)[4], const unsigned (&a)[4], unsigned b0,
+                                             unsigned b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+};
+
+__device__ __forceinline__ void ldsm_x4(unsigned (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p))
+               : "memory");
+}
+__device__ __forceinline__ void ldsm_x4_t(unsigned (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p))
+               : "memory");
+}
+
+// A fragment (16 x 16) of a row-major tile: rows row0.., columns 16 ks..
+template <int LDS, typename T>
+__device__ __forceinline__ void frag_a(unsigned (&a)[4], const T* tile, int row0, int ks, int lane) {
+  ldsm_x4(a, tile + (row0 + (lane & 7) + ((lane >> 3) & 1) * 8) * LDS + ks * 16 + (lane >> 4) * 8);
+}
+// B fragments of two n-tiles for C = A B^T: B^T's rows 16 np.. (n) of a row-major tile, columns
+// 16 ks.. (k); b[0..1] is n-tile 2 np, b[2..3] n-tile 2 np + 1
+template <int LDS, typename T>
+__device__ __forceinline__ void frag_bt(unsigned (&b)[4], const T* tile, int np, int ks, int lane) {
+  ldsm_x4(b, tile + (np * 16 + (lane & 7) + ((lane >> 4) << 3)) * LDS + ks * 16 +
+                 ((lane >> 3) & 1) * 8);
+}
+// B fragments of two n-tiles for C = A B: rows 16 ks.. (k) of a row-major tile, columns 16 np..
+// (n), through ldmatrix.trans
+template <int LDS, typename T>
+__device__ __forceinline__ void frag_b(unsigned (&b)[4], const T* tile, int np, int ks, int lane) {
+  ldsm_x4_t(b, tile + (ks * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LDS + np * 16 +
+                   (lane >> 4) * 8);
+}
+
+// The accumulator tiles 2 ks and 2 ks + 1 of a 16 x (8 NT) fp32 C fragment, rounded to T, as the A
+// fragment of k-step ks (FlashAttention-2's register reuse of P).
+template <typename T, int NT>
+__device__ __forceinline__ void c_to_a(unsigned (&a)[4], const float (&c)[NT][4], int ks) {
+  a[0] = pack2<T>(c[2 * ks][0], c[2 * ks][1]);
+  a[1] = pack2<T>(c[2 * ks][2], c[2 * ks][3]);
+  a[2] = pack2<T>(c[2 * ks + 1][0], c[2 * ks + 1][1]);
+  a[3] = pack2<T>(c[2 * ks + 1][2], c[2 * ks + 1][3]);
+}
+
+// Warp product C[16 x 8 NT] += A[16 x 16 KS] B^T, A rows arow.. of tile `a`, B rows 0..8 NT of
+// tile `b` (both row-major, k along the row).
+template <typename T, int LDS, int NT, int KS>
+__device__ __forceinline__ void warp_abt(float (&c)[NT][4], const T* a, int arow, const T* b, int lane) {
+#pragma unroll
+  for (int ks = 0; ks < KS; ++ks) {
+    unsigned af[4];
+    frag_a<LDS>(af, a, arow, ks, lane);
+#pragma unroll
+    for (int np = 0; np < NT / 2; ++np) {
+      unsigned bf[4];
+      frag_bt<LDS>(bf, b, np, ks, lane);
+      MmaOp<T>::run(c[2 * np], af, bf[0], bf[1]);
+      MmaOp<T>::run(c[2 * np + 1], af, bf[2], bf[3]);
+    }
+  }
+}
+
+// Warp product C[16 x 8 ND] += W B, W the fp32 16 x (8 NT) fragment `w` rounded to T, B rows
+// 0..8 NT of a row-major tile (k along the column).
+template <typename T, int LDS, int NT, int ND>
+__device__ __forceinline__ void warp_wb(float (&c)[ND][4], const float (&w)[NT][4], const T* b, int lane) {
+#pragma unroll
+  for (int ks = 0; ks < NT / 2; ++ks) {
+    unsigned a[4];
+    c_to_a<T, NT>(a, w, ks);
+#pragma unroll
+    for (int np = 0; np < ND / 2; ++np) {
+      unsigned bf[4];
+      frag_b<LDS>(bf, b, np, ks, lane);
+      MmaOp<T>::run(c[2 * np], a, bf[0], bf[1]);
+      MmaOp<T>::run(c[2 * np + 1], a, bf[2], bf[3]);
+    }
+  }
+}
+
+// cp.async of rows [r0, r0 + nvalid) x columns [0, ncols) of a row-major matrix with row length
+// ncols into a ROWS x LDS tile; the rest of the ROWS x D tile is zero-filled. ncols % 8 == 0.
+template <int ROWS, int D, int THREADS, typename T>
+__device__ __forceinline__ void tile_async(T* dst, const T* src, long long r0, int nvalid, int ncols,
+                                           int tid) {
+  constexpr int CPR = D / 8, LDS = D + 8;
+  for (int x = tid; x < ROWS * CPR; x += THREADS) {
+    const int r = x / CPR, cc = (x % CPR) * 8;
+    const bool ok = r < nvalid && cc < ncols;
+    cp_async16(dst + r * LDS + cc, ok ? src + (r0 + r) * ncols + cc : src, ok);
+  }
+}
+
+// The stored blocks [b0, b1) of one block row (block column of the transposed form), each cut
+// into chunks of 64 along its other axis: chunk t starts at index c0 of that axis, holds nvalid
+// in-range indices (0 for a chunk wholly past n), uses mask mi (-1: full) and is chunk c of its
+// block.
+struct ChunkWalk {
+  const int* idx;         // block index along the other axis, per stored block
+  const int* mask_index;  // per stored block
+  long long b0;           // first stored block
+  int cpb;                // chunks per block: ceil(blen / 64)
+  int blen;               // block length along the other axis
+  int n;                  // extent of the other axis
+  __device__ __forceinline__ void chunk(long long t, long long& c0, int& nvalid, int& mi, int& c) const {
+    const long long bi = b0 + t / cpb;
+    c = (int)(t % cpb);
+    mi = mask_index[bi];
+    const long long start = (long long)idx[bi] * blen;
+    c0 = start + (long long)c * 64;
+    const long long end = min(start + blen, (long long)n);
+    nvalid = (int)max(0LL, min(64LL, end - c0));
+  }
+};
+
+// The packed mask words of rows row and row + 8 (of a block of `rows` rows) for the 64 columns of
+// chunk c: mw[hh][w] covers columns 32 w.. of the chunk. Full blocks (mi < 0) give all ones.
+__device__ __forceinline__ void chunk_mask(unsigned (&mw)[2][2], const unsigned* __restrict__ mbits,
+                                           int mi, int row, int rows, int words, int c) {
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh)
+#pragma unroll
+    for (int w = 0; w < 2; ++w) {
+      const int r = row + 8 * hh, wi = c * 2 + w;
+      mw[hh][w] = mi < 0 ? 0xffffffffu
+                  : (r < rows && wi < words) ? __ldg(mbits + ((long long)mi * rows + r) * words + wi)
+                                             : 0u;
+    }
+}
+
+}  // namespace sparse_ref
