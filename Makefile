@@ -21,7 +21,7 @@ demo: $(PY)
 test: $(PY)
 	$(PIP) -e ".[test,lint,docs]"
 	@if [ -n "$(TORCH_SPEC)" ]; then $(PIP) "$(TORCH_SPEC)" || echo "torch not installed: torch tests will skip"; fi
-	$(PY) -m sparse_ref.kernels.warmup float32 & $(PY) -m sparse_ref.kernels.warmup float64; wait
+	$(VENV)/bin/sparse-ref warmup --dtype float32 & $(VENV)/bin/sparse-ref warmup --dtype float64; wait
 	$(PY) -m pytest -m "not slow" --durations=15 --cov=sparse_ref --cov-report=term:skip-covered $(PYTEST_ARGS)
 
 test-gpu: $(PY)

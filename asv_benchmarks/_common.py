@@ -9,13 +9,14 @@ forward suites (asv skips abstract classes). The suites import it as
 
 The building blocks (threads, ``keep_freed_memory``, warm-ups, interleaved timing, useful flops,
 the benchmark patterns and inputs, the runners of our kernels, the oracle and the torch peers,
-the machine's peaks) live in the package, :mod:`sparse_ref.benchmarking`, which ``sparse-ref
-bench`` uses too; this module imports them and the suites call them as ``common.<name>``. So the
-suites need a ``sparse_ref`` that has ``sparse_ref.benchmarking``: the commits from the one that
-added it on (``asv continuous`` against an older commit fails to import the suites there).
+the machine's peaks) live in the package, :mod:`sparse_ref.bench`, which ``sparse-ref bench`` uses
+too; this module imports them and the suites call them as ``common.<name>``. So the suites need a
+``sparse_ref`` that has ``sparse_ref.bench`` or, for older commits, ``sparse_ref.benchmarking``
+(its former name, tried second so that ``asv continuous`` can still compare against them); commits
+older than ``sparse_ref.benchmarking`` fail to import the suites.
 
 How the suites keep compilation and first-touch memory out of their timings (issue 11; the
-details are in :mod:`sparse_ref.benchmarking`):
+details are in :mod:`sparse_ref.bench`):
 
 1. Every ``setup`` starts with :func:`prepare_process`: 2 threads for Numba, the BLAS
    (threadpoolctl) and torch, and glibc's ``malloc`` told to keep the memory it frees (``mallopt``:
@@ -50,8 +51,13 @@ from collections.abc import Callable, Iterable
 from itertools import product
 from typing import Any
 
-from sparse_ref import benchmarking
-from sparse_ref.benchmarking import (
+try:
+    from sparse_ref import bench as benchmarking
+except ImportError:  # a commit from before sparse_ref.bench (asv continuous BASE=<older>)
+    from sparse_ref import benchmarking  # type: ignore[no-redef]
+
+    sys.modules["sparse_ref.bench"] = benchmarking  # so that the import below finds it
+from sparse_ref.bench import (
     BSR_BLOCK,
     THREADS,
     Case,
@@ -82,7 +88,7 @@ from sparse_ref.benchmarking import (
 )
 
 __all__ = [
-    # from sparse_ref.benchmarking, called by the suites as common.<name>
+    # from sparse_ref.bench, called by the suites as common.<name>
     "BSR_BLOCK",
     "THREADS",
     "Case",
@@ -129,7 +135,7 @@ __all__ = [
     "main",
 ]
 
-#: the benchmark patterns (named as in :mod:`sparse_ref.benchmarking`): causal sliding windows
+#: the benchmark patterns (named as in :mod:`sparse_ref.bench.cases`): causal sliding windows
 #: (keys ``i - w + 1 .. i``) and BigBird of 64-blocks (3 window blocks, the first and last block
 #: global, 3 random blocks per row, seed 0)
 PATTERNS = ["causal_window_256", "causal_window_4096", "bigbird_64"]
@@ -149,7 +155,7 @@ PROCESSES = 1
 
 
 def prepare_process() -> None:
-    """:func:`sparse_ref.benchmarking.prepare_process` with :data:`THREADS` threads: first thing
+    """:func:`sparse_ref.bench.prepare_process` with :data:`THREADS` threads: first thing
     in every ``setup``."""
     benchmarking.prepare_process(THREADS)
 
@@ -192,7 +198,7 @@ def setup_case(
 ) -> Case:
     """The start of every kernel suite's ``setup``: :func:`check_case` (``dense``: also skip
     where a dense reference cannot run), :func:`prepare_process`, then
-    :func:`sparse_ref.benchmarking.make_case` with ``kwargs`` (``form``, default ``"bsr"``;
+    :func:`sparse_ref.bench.make_case` with ``kwargs`` (``form``, default ``"bsr"``;
     ``count`` of inputs; ``backward`` for the flops)."""
     check_case(pattern, n, d, dtype, form="dense" if dense else kwargs.get("form", "bsr"))
     prepare_process()

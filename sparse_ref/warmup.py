@@ -1,26 +1,31 @@
 """Compile the Numba kernels into their on-disk cache ahead of time.
 
-``python -m sparse_ref.kernels.warmup [float32|float64 ...]`` runs every kernel once on tiny inputs
-(CSR and BSR forward with int32 and int64 indices, CSR and BSR backward), so later processes load
-machine code from Numba's cache (``cache=True``) instead of compiling. ``make test`` runs it once
-per dtype, in parallel, before pytest: compiling under coverage tracing takes about twice as long.
+:func:`warmup` runs every kernel once on tiny inputs (CSR and BSR forward with int32 and int64
+indices, CSR and BSR backward), so later processes load machine code from Numba's cache
+(``cache=True``) instead of compiling. ``sparse-ref warmup [--dtype float32 --dtype float64]``
+runs it from the shell; ``make test`` runs it once per dtype, in parallel, before pytest:
+compiling under coverage tracing takes about twice as long.
 """
 
 from __future__ import annotations
 
-import sys
 import time
 
 import numpy as np
 
-from .. import patterns
-from ..api import attention, attention_backward
-from .csr_forward import csr_forward
+from . import patterns
+from .api import attention, attention_backward
+from .kernels.csr_forward import csr_forward
+
+__all__ = ["DTYPES", "warmup"]
+
+#: the dtypes the CPU kernels are compiled for
+DTYPES = ("float32", "float64")
 
 
 def warmup(dtype: str) -> float:
     """Compile every kernel for ``dtype`` (``"float32"`` or ``"float64"``); returns seconds."""
-    if dtype not in ("float32", "float64"):
+    if dtype not in DTYPES:
         raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
     start = time.perf_counter()
     rng = np.random.default_rng(0)
@@ -37,13 +42,3 @@ def warmup(dtype: str) -> float:
     ct = np.dtype(dtype).type
     csr_forward(q, k, v, csr.indptr, csr.indices.astype(np.int64), ct(0.3), ct(0), out, lse)
     return time.perf_counter() - start
-
-
-def main(argv: list[str]) -> None:
-    """Warm up the dtypes named in ``argv`` (default: both)."""
-    for dtype in argv or ["float32", "float64"]:
-        print(f"numba warm-up {dtype}: {warmup(dtype):.1f} s", flush=True)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

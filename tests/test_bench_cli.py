@@ -14,9 +14,10 @@ import numba
 import pytest
 from typer.testing import CliRunner
 
-from sparse_ref import bench_cli
-from sparse_ref import benchmarking as bm
+from sparse_ref import bench as bm
+from sparse_ref.bench import flops, peers, timing
 from sparse_ref.cli import app
+from sparse_ref.cli import bench as bench_cli
 
 runner = CliRunner()
 GEMM, MEMORY = 123.0, 4.5  # the peaks the CLI tests see
@@ -78,7 +79,8 @@ def test_peers_without_torch_are_skipped_with_the_reason(tmp_path, fixed_peaks, 
     def no_torch() -> None:
         raise bm.PeerUnavailable("torch is not installed: pip install -e '.[torch]'")
 
-    monkeypatch.setattr(bm, "import_torch", no_torch)
+    for module in (bm, peers):  # the package's name (the CLI) and the one the runners call
+        monkeypatch.setattr(module, "import_torch", no_torch)
     out = tmp_path / "bench.json"
     result = runner.invoke(
         app, ["bench", "--n", "256", "--n", "512", "--repeat", "1", "--json", str(out)]
@@ -146,7 +148,7 @@ def test_interleaved_min_calls_in_rounds_and_keeps_each_best(monkeypatch):
 
         return call
 
-    monkeypatch.setattr(bm.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: clock[0])
     assert bm.interleaved_min([fn("a"), fn("b")], repeat=3) == [1.0, 4.0]
     assert calls == ["a", "b"] * 3
     calls.clear()
@@ -175,5 +177,6 @@ def test_peaks_measure_something():
     assert bm.triad_gbytes(size=1 << 12, repeat=1) > 0
 
 
-def test_module_examples():
-    assert doctest.testmod(bm).failed == 0
+@pytest.mark.parametrize("module", [bm, flops])
+def test_module_examples(module):
+    assert doctest.testmod(module).failed == 0

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from sparse_ref import golden, oracle, patterns, testing
 from sparse_ref.golden import store, suites
-from sparse_ref.golden.cli import golden_app
+from sparse_ref.cli.golden import golden_app
 from sparse_ref.golden.generate import compute_case
 from sparse_ref.golden.suites import CaseSpec, Suite
 

@@ -13,14 +13,12 @@ block form is 270k blocks of 128 and two distinct masks, built directly in about
 4. checks ``rows`` sampled query rows (first, last, block edges and random ones) against
    ``oracle.attention_rows`` with the DESIGN §9 tolerance rule (float64 reference, float32 naive).
 
-``python -m sparse_ref.bench_scale --n 1048576 --window 4096`` runs it from the shell (the CLI
-mounts the same function as ``sparse-ref bench scale``). On Linux only (``/proc``); elsewhere the
-memory figure falls back to ``getrusage`` (peak since process start).
+``sparse-ref bench scale --n 1048576 --window 4096`` runs it from the shell. On Linux only
+(``/proc``); elsewhere the memory figure falls back to ``getrusage`` (peak since process start).
 """
 
 from __future__ import annotations
 
-import argparse
 import resource
 import sys
 import time
@@ -28,11 +26,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import blocks, oracle, testing
-from .api import attention
-from .pattern import Pattern
+from .. import blocks, oracle, testing
+from ..api import attention
+from ..pattern import Pattern
+from .flops import useful_flops
 
-__all__ = ["ScaleResult", "run", "report", "MEMORY_BUDGET"]
+__all__ = ["ScaleResult", "run", "report", "sample_rows", "MEMORY_BUDGET"]
 
 #: The target: extra peak memory of the forward call (DESIGN §12, "scale").
 MEMORY_BUDGET = 4 << 30
@@ -162,7 +161,7 @@ def run(
         distinct_masks=len(bs.mask_table),
         build_s=build_s,
         forward_s=forward_s,
-        gflops=4 * pattern.nnz * d / forward_s / 1e9,
+        gflops=useful_flops(pattern.nnz, d) / forward_s / 1e9,
         extra_bytes=int(extra),
         rss_before_bytes=int(before),
         memory_method=method,
@@ -188,21 +187,3 @@ def report(r: ScaleResult) -> str:
         f"lse err {r.lse_err:.2e} <= tol {r.lse_tol:.2e}: {'ok' if r.accuracy_ok else 'FAILED'}",
     ]
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=1 << 20)
-    parser.add_argument("--window", type=int, default=4096)
-    parser.add_argument("--d", type=int, default=64)
-    parser.add_argument("--block", type=int, default=128)
-    parser.add_argument("--rows", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    result = run(args.n, args.window, d=args.d, block=args.block, rows=args.rows, seed=args.seed)
-    print(report(result))
-    return 0 if result.ok else 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,12 +1,12 @@
 """``sparse-ref bench ...``: benchmarks runnable from the shell.
 
-Mounted by ``sparse_ref/cli.py`` with ``app.add_typer(bench_app, name="bench")``:
+Mounted by :mod:`sparse_ref.cli` with ``app.add_typer(bench_app, name="bench")``:
 
 - ``sparse-ref bench``: the quick table (:func:`quick`), our forward and backward against the
   dense oracle, FlexAttention (CPU, compiled) and torch SDPA with a boolean mask, in one process,
-  without asv; built from :mod:`sparse_ref.benchmarking` like the asv suites.
+  without asv; built from :mod:`sparse_ref.bench` like the asv suites.
 - ``sparse-ref bench scale --n 1048576 --window 4096``: the million-token causal-window forward
-  (:mod:`sparse_ref.bench_scale`).
+  (:mod:`sparse_ref.bench.scale`).
 """
 
 from __future__ import annotations
@@ -30,14 +30,14 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from . import benchmarking as bm
+from .. import bench as bm
 
 bench_app = typer.Typer(add_completion=False)  # its help: the docstring of ``quick``
 console = Console()
 
 
 class QuickCase(NamedTuple):
-    """A case of the quick table: a benchmark pattern (named as in :mod:`.benchmarking`), n, and
+    """A case of the quick table: a benchmark pattern (named as in :mod:`sparse_ref.bench.cases`), n, and
     the form our kernels run it in (``"csr"``: token CSR, ``"bsr"``: block form)."""
 
     pattern: str
@@ -111,7 +111,7 @@ def quick_cases(ns: Sequence[int] | None) -> list[QuickCase]:
 
 
 def _reason(err: BaseException) -> str:
-    """Why a peer did not run: :class:`.benchmarking.PeerUnavailable`'s message, else the
+    """Why a peer did not run: :class:`sparse_ref.bench.PeerUnavailable`'s message, else the
     exception's type and first line."""
     text = (str(err).strip().splitlines() or [""])[0]
     return (text if isinstance(err, bm.PeerUnavailable) else f"{type(err).__name__}: {text}")[:120]
@@ -414,7 +414,7 @@ def scale(
 ) -> None:
     """Causal-window forward at a million tokens in float32: time, peak extra memory (< 4 GiB) and
     an oracle check of sampled rows. Exits 1 if memory or accuracy misses its target."""
-    from .bench_scale import report, run
+    from ..bench.scale import report, run
 
     if n < 1 or window < 0 or d < 1 or block < 1 or rows < 1:
         raise typer.BadParameter("n, d, block and rows must be positive and window >= 0")

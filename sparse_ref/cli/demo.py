@@ -1,8 +1,8 @@
-"""The ``sparse-ref`` command (typer + rich)."""
+"""``sparse-ref demo``: catalog patterns through the Numba kernels against the oracle, then the smoke
+golden suite (typer + rich)."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -14,21 +14,11 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
-from . import golden, oracle, patterns, testing
-from .api import attention
-from .bench_cli import bench_app
-from .golden.cli import golden_app
-from .pattern import Pattern
-from .patterns_cli import patterns_app
+from .. import golden, oracle, patterns, testing
+from ..api import attention
+from ..bench.timing import best_time
+from ..pattern import Pattern
 
-app = typer.Typer(
-    help="sparse-ref: the reference for sparse attention.",
-    no_args_is_help=True,
-    add_completion=False,
-)
-app.add_typer(golden_app, name="golden")
-app.add_typer(patterns_app, name="patterns")
-app.add_typer(bench_app, name="bench")
 console = Console()
 if not console.is_terminal:  # logs and pipes: keep the demo table on one line per row
     console = Console(width=160)
@@ -55,16 +45,6 @@ def demo_patterns(n: int) -> list[tuple[str, Callable[[], Pattern]]]:
     ]
 
 
-def _best_time(fn: Callable[[], object], repeat: int) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
-@app.command()
 def demo(
     n: Annotated[int, typer.Option(help="sequence length")] = 4096,
     heads: Annotated[int, typer.Option(help="attention heads")] = 2,
@@ -89,8 +69,8 @@ def demo(
     for label, build in track(demo_patterns(n), description="patterns", console=console):
         pattern = build()
         attention(q, k, v, pattern)  # compile / warm up
-        kernel_s = _best_time(partial(attention, q, k, v, pattern), repeat=3)
-        oracle_s = _best_time(partial(oracle.attention, q, k, v, pattern), repeat=1)
+        kernel_s = best_time(partial(attention, q, k, v, pattern), repeat=3)
+        oracle_s = best_time(partial(oracle.attention, q, k, v, pattern), repeat=1)
         ref = testing.oracle_reference(q, k, v, pattern, dtype=np.float32)
         out = attention(q, k, v, pattern)
         err = float(np.max(np.abs(out.astype(np.float64) - ref.out)))
@@ -117,8 +97,3 @@ def demo(
             f"{len(report.failures)} golden case(s) failed[/]"
         )
         raise typer.Exit(1)
-
-
-def main() -> None:
-    """Entry point for ``python -m sparse_ref``."""
-    app()

@@ -1,6 +1,6 @@
 """``sparse-ref golden``: generate, verify, check and list golden suites (typer + rich).
 
-Mounted by ``sparse_ref/cli.py`` with ``app.add_typer(golden_app, name="golden")``.
+Mounted by :mod:`sparse_ref.cli` with ``app.add_typer(golden_app, name="golden")``.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from . import store
-from .suites import SUITES
+from ..golden import store
+from ..golden.suites import SUITES
 
 golden_app = typer.Typer(
     help="Golden suites: expected outputs from the float64 oracle, to test other implementations.",
@@ -57,7 +57,7 @@ def generate(
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
 ) -> None:
     """Compute a suite with the oracle and write DIR/manifest.json and DIR/cases/*.safetensors."""
-    from .generate import generate as run
+    from ..golden.generate import generate as run
 
     if suite not in SUITES:
         raise _fail(f"unknown suite {suite!r}; choose one of {', '.join(SUITES)}")
@@ -95,7 +95,7 @@ def verify(
     only: Annotated[str | None, typer.Option(help="only case ids matching this glob")] = None,
 ) -> None:
     """Check hashes, schema, tensor headers, shapes and patterns; exit 1 on any problem."""
-    from .check import verify as run
+    from ..golden.check import verify as run
 
     try:
         results = run(directory, recompute=recompute, only=only)
@@ -141,8 +141,8 @@ def check(
     only: Annotated[str | None, typer.Option(help="only case ids matching this glob")] = None,
 ) -> None:
     """Run an implementation on every case; print max errors and tolerances; exit 1 on a failure."""
-    from .check import check as run
-    from .check import load_impl
+    from ..golden.check import check as run
+    from ..golden.check import load_impl
 
     if str(Path.cwd()) not in sys.path:  # like `python -m`: modules in the working directory
         sys.path.insert(0, str(Path.cwd()))

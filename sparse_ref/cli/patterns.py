@@ -1,6 +1,6 @@
 """``sparse-ref patterns``: look at a catalog pattern and compare patterns (typer + rich).
 
-Mounted by ``sparse_ref/cli.py`` with ``app.add_typer(patterns_app, name="patterns")``.
+Mounted by :mod:`sparse_ref.cli` with ``app.add_typer(patterns_app, name="patterns")``.
 
 - ``sparse-ref patterns list``: the catalog families and their example parameters;
 - ``sparse-ref patterns show NAME [--n N] [--param key=value ...] [--png FILE]``: summary and a text
@@ -21,7 +21,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from . import analysis, patterns, viz
+from .. import analysis, patterns, viz
 
 patterns_app = typer.Typer(
     help="Pattern pictures and comparison tables (complexity, density, memory, receptive field).",
