@@ -48,6 +48,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import scipy.sparse as sp
 
+from .checks import block_param, check_block, check_nonneg_int, check_shape
+
 __all__ = [
     "BlockSparse",
     "StackedBSR",
@@ -73,38 +75,6 @@ MASK_LIMIT = 1 << 30
 
 _BIG = 1 << 40  # an unbounded term bound (far beyond any sequence length)
 _CHUNK_CELLS = 1 << 22  # block cells (bq * bk per block) per chunk when streaming token rows
-
-
-# ---------------------------------------------------------------------------------------- checks
-def _check_int(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def check_block(block: Any, name: str = "block") -> tuple[int, int]:
-    """``block`` as ``(bq, bk)``: an int ``b`` means ``(b, b)``; both sizes must be ints >= 1.
-
-    Raises ``TypeError`` for non-integers (bools and floats included) and ``ValueError`` for sizes
-    below 1, naming ``name``.
-    """
-    if isinstance(block, tuple | list) and len(block) == 2:
-        return (
-            _check_int(block[0], f"{name}[0] (bq)", 1),
-            _check_int(block[1], f"{name}[1] (bk)", 1),
-        )
-    if isinstance(block, tuple | list):
-        raise TypeError(f"{name} must be an int or a pair (bq, bk), got {block!r}")
-    b = _check_int(block, name, 1)
-    return b, b
-
-
-def block_param(block: Any) -> int | list[int]:
-    """``block`` for JSON ``params``: ``b`` when square, else ``[bq, bk]`` (validated)."""
-    bq, bk = check_block(block)
-    return bq if bq == bk else [bq, bk]
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -570,7 +540,7 @@ class BlockSparse:
                 allow every in-range entry become full blocks.
         """
         bq, bk = check_block(block)
-        n_q, n_k = _check_shape(shape)
+        n_q, n_k = check_shape(shape)
         nbq, nbk = _cdiv(n_q, bq), _cdiv(n_k, bk)
         ip = np.asarray(indptr)
         if ip.dtype == bool or not np.issubdtype(ip.dtype, np.integer):
@@ -643,14 +613,6 @@ class BlockSparse:
             a, b = ip[p, 0], ip[p, -1]
             heads.append((rows[a:b], ix[a:b], cid[a:b]))
         return _finish((bq, bk), (n_q, n_k), heads, m)
-
-
-def _check_shape(shape: Any) -> tuple[int, int]:
-    try:
-        n_q, n_k = shape
-    except (TypeError, ValueError):
-        raise ValueError(f"shape must be a pair (n_q, n_k), got {shape!r}") from None
-    return _check_int(n_q, "shape[0] (n_q)", 0), _check_int(n_k, "shape[1] (n_k)", 0)
 
 
 # ---------------------------------------------------------------------------------------- core
@@ -763,8 +725,8 @@ def from_layout(
     if lay.shape[0] == 0:
         raise ValueError("layout must have at least one head")
     nbq, nbk = lay.shape[1:]
-    n_q = nbq * bq if n_q is None else _check_int(n_q, "n_q", 0)
-    n_k = nbk * bk if n_k is None else _check_int(n_k, "n_k", 0)
+    n_q = nbq * bq if n_q is None else check_nonneg_int(n_q, "n_q")
+    n_k = nbk * bk if n_k is None else check_nonneg_int(n_k, "n_k")
     for name, n, nb, b in (("n_q", n_q, nbq, bq), ("n_k", n_k, nbk, bk)):
         if _cdiv(n, b) != nb:
             raise ValueError(
@@ -1009,7 +971,7 @@ def _from_terms(
 
 
 def _nonneg(value: Any, name: str) -> int:
-    return _check_int(value, name, 0)
+    return check_nonneg_int(value, name)
 
 
 def dense(n_q: int, n_k: int | None = None, *, block: Any) -> BlockSparse:

@@ -40,7 +40,16 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import blocks as _blocks
-from .blocks import BlockSparse, StackedBSR, check_block
+from .blocks import BlockSparse, StackedBSR
+from .checks import (
+    block_param,
+    check_block,
+    check_bool,
+    check_compressed,
+    check_shape,
+    integer_array,
+    is_int,
+)
 
 __all__ = ["Pattern", "StackedCSR", "StackedBSR", "BlockSparse", "DENSE_LIMIT", "CSR_LIMIT"]
 
@@ -97,84 +106,26 @@ def _canonicalize(csr: sp.sparray | sp.spmatrix) -> sp.csr_array:
     return csr_from_arrays(csr.indptr, csr.indices, csr.shape)
 
 
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int | np.integer) and not isinstance(x, bool | np.bool_)
-
-
-def _check_shape(shape: Any, name: str = "shape") -> tuple[int, int]:
-    try:
-        n_q, n_k = shape
-    except (TypeError, ValueError):
-        n_q = n_k = None
-    if not (_is_int(n_q) and _is_int(n_k) and n_q >= 0 and n_k >= 0):
-        raise ValueError(f"{name} must be a pair (n_q, n_k) of non-negative ints, got {shape!r}")
-    return int(n_q), int(n_k)
-
-
-def _integer_array(x: Any, name: str) -> np.ndarray:
-    arr = np.asarray(x)
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
-    if arr.size and (arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer)):
-        raise TypeError(f"{name} must have an integer dtype, got {arr.dtype}")  # [] is fine
-    if arr.size and arr.dtype == np.uint64 and int(arr.max()) > np.iinfo(np.int64).max:
-        # the int64 cast below would wrap these to negative numbers and misreport them
-        pos = int(np.argmax(arr > np.iinfo(np.int64).max))
-        raise ValueError(f"{name}[{pos}] = {int(arr[pos])} is out of range (above int64)")
-    return arr.astype(np.int64)  # a copy: the Pattern freezes its arrays, never the caller's
-
-
-def _check_sort(sort: Any) -> bool:
-    if not isinstance(sort, bool | np.bool_):
-        raise TypeError(f"sort must be a bool, got {type(sort).__name__} {sort!r}")
-    return bool(sort)
-
-
 def _validated_csr(
     indptr: Any, indices: Any, shape: Any, *, sort: bool, where: str = ""
 ) -> sp.csr_array:
-    """Validate user CSR structure; errors name the broken rule and the first offending row."""
-    n_q, n_k = _check_shape(shape)
-    ip = _integer_array(indptr, f"{where}indptr")
-    ix = _integer_array(indices, f"{where}indices")
+    """Validate user CSR structure (:func:`~sparse_ref.checks.check_compressed`, full check);
+    errors name the broken rule and the first offending row. ``sort=True`` sorts and deduplicates
+    rows that are not strictly increasing."""
+    n_q, n_k = check_shape(shape)
+    ip = integer_array(indptr, f"{where}indptr")
+    ix = integer_array(indices, f"{where}indices")
     if len(ip) != n_q + 1:
         raise ValueError(f"{where}indptr must have length n_q + 1 = {n_q + 1}, got {len(ip)}")
-    if ip[0] != 0:
-        raise ValueError(f"{where}indptr[0] must be 0, got {ip[0]}")
-    steps = np.diff(ip)
-    if (steps < 0).any():
-        row = int(np.argmax(steps < 0))
-        raise ValueError(
-            f"{where}indptr must be non-decreasing: indptr[{row + 1}] = {ip[row + 1]} < "
-            f"indptr[{row}] = {ip[row]} (row {row})"
-        )
-    if ip[-1] != len(ix):
-        raise ValueError(f"{where}indptr[-1] = {ip[-1]} must equal len(indices) = {len(ix)}")
-    rows = np.repeat(np.arange(n_q, dtype=np.int64), steps)
-    bad = (ix < 0) | (ix >= n_k)
-    if bad.any():
-        pos = int(np.argmax(bad))
-        raise ValueError(
-            f"{where}indices out of range: row {rows[pos]} has key {ix[pos]}, expected 0 <= key < "
-            f"n_k = {n_k}"
-        )
-    if len(ix) > 1:
-        same_row = rows[1:] == rows[:-1]
-        not_increasing = same_row & (ix[1:] <= ix[:-1])
-        if not_increasing.any():
-            if not sort:
-                row = int(rows[1:][np.argmax(not_increasing)])
-                raise ValueError(
-                    f"{where}indices must be strictly increasing within each row (sorted, no "
-                    f"duplicates); row {row} is not. Pass sort=True to sort and deduplicate."
-                )
-            order = np.lexsort((ix, rows))  # by row, then key; rows are already ascending
-            ix = ix[order]
-            keep = np.ones(len(ix), dtype=bool)
-            keep[1:] = (rows[1:] != rows[:-1]) | (ix[1:] != ix[:-1])
-            new_ptr = np.zeros(n_q + 1, dtype=np.int64)
-            np.cumsum(np.bincount(rows[keep], minlength=n_q), out=new_ptr[1:])
-            return csr_from_arrays(new_ptr, ix[keep], (n_q, n_k))
+    if not check_compressed(ip[None], ix, n_k, require_sorted=not sort, where=where):
+        rows = np.repeat(np.arange(n_q, dtype=np.int64), np.diff(ip))
+        order = np.lexsort((ix, rows))  # by row, then key; rows are already ascending
+        ix = ix[order]
+        keep = np.ones(len(ix), dtype=bool)
+        keep[1:] = (rows[1:] != rows[:-1]) | (ix[1:] != ix[:-1])
+        new_ptr = np.zeros(n_q + 1, dtype=np.int64)
+        np.cumsum(np.bincount(rows[keep], minlength=n_q), out=new_ptr[1:])
+        return csr_from_arrays(new_ptr, ix[keep], (n_q, n_k))
     return csr_from_arrays(ip, ix, (n_q, n_k))
 
 
@@ -289,7 +240,7 @@ class Pattern:
         each row unless ``sort=True``, which sorts and removes duplicates (scipy input, whose own
         format allows unsorted and duplicate storage, is always canonicalised).
         """
-        sort = _check_sort(sort)
+        sort = check_bool(sort, "sort")
         if sp.issparse(csr):
             m = sp.csr_array(csr, copy=True)
             m.eliminate_zeros()  # explicit False/0 entries are not allowed keys
@@ -325,12 +276,12 @@ class Pattern:
             raise TypeError(f"fn must be callable fn(q_idx, k_idx) -> bool array, got {fn!r}")
         n_k = n_q if n_k is None else n_k
         for name, n in (("n_q", n_q), ("n_k", n_k)):
-            if not _is_int(n):
+            if not is_int(n):
                 raise TypeError(f"{name} must be an int, got {type(n).__name__} {n!r}")
             if n < 0:
                 raise ValueError(f"{name} must be >= 0, got {n}")
         n_q, n_k = int(n_q), int(n_k)
-        if not _is_int(tile) or tile < 1:
+        if not is_int(tile) or tile < 1:
             raise ValueError(f"tile must be a positive int, got {tile!r}")
         tile = int(tile)
         counts = np.zeros(n_q, dtype=np.int64)
@@ -384,9 +335,9 @@ class Pattern:
             >>> p.nnz, p.to_bsr().full.tolist()
             (6, [False, True, True])
         """
-        sort = _check_sort(sort)
+        sort = check_bool(sort, "sort")
         if isinstance(bsr, BlockSparse):
-            if shape is not None and _check_shape(shape) != bsr.shape:
+            if shape is not None and check_shape(shape) != bsr.shape:
                 raise ValueError(f"shape {shape} differs from the block form's {bsr.shape}")
             return cls._new(None, blocks=bsr)
         if not (sp.issparse(bsr) and bsr.format == "bsr"):
@@ -394,7 +345,7 @@ class Pattern:
                 f"bsr must be a BlockSparse or a scipy BSR array/matrix, got {type(bsr).__name__}"
             )
         bq, bk = bsr.blocksize
-        n_q, n_k = bsr.shape if shape is None else _check_shape(shape)
+        n_q, n_k = bsr.shape if shape is None else check_shape(shape)
         nbq, nbk = bsr.shape[0] // bq, bsr.shape[1] // bk
         for name, n, nb, b in (("n_q", n_q, nbq, bq), ("n_k", n_k, nbk, bk)):
             if -(-n // b) != nb:
@@ -436,7 +387,7 @@ class Pattern:
         blocks = _blocks.from_layout(layout, block, n_q, n_k)
         params = {
             "layout": np.asarray(layout).tolist(),
-            "block": _blocks.block_param(blocks.block),
+            "block": block_param(blocks.block),
             "n_q": blocks.shape[0],
             "n_k": blocks.shape[1],
         }

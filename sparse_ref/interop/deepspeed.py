@@ -39,14 +39,14 @@ from typing import Any
 
 import numpy as np
 
-from ..pattern import Pattern
-from ..patterns._validate import (
+from ..checks import (
     check_bool,
     check_choice,
     check_int,
     check_nonneg_int,
     check_pos_int,
 )
+from ..pattern import Pattern
 
 __all__ = [
     "BigBirdSparsityConfig",

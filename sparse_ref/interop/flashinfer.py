@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from ..checks import check_pos_int
 from ..pattern import Pattern
-from ..patterns._validate import check_pos_int
 
 __all__ = ["FlashInferBSR", "to_flashinfer_bsr"]
 

@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from ..checks import check_nonneg_int, check_pos_int
 from ..pattern import Pattern
-from ..patterns._validate import check_nonneg_int, check_pos_int
 
 __all__ = ["hf_bigbird_layout", "from_hf_bigbird_rand_attn"]
 

@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 
 from ..blocks import BlockSparse, check_block
+from ..checks import check_nonneg_int, check_pos_int
 from ..pattern import Pattern
-from ..patterns._validate import check_nonneg_int, check_pos_int
 
 __all__ = [
     "from_flex_block_mask",

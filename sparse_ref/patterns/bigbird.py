@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 
 from .. import blocks as _blocks
+from ..checks import check_index_list, check_nonneg_int, check_pos_int
 from ..pattern import Pattern
-from ._validate import check_index_list, check_nonneg_int, check_pos_int
 
 __all__ = ["bigbird"]
 

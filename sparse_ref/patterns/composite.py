@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from ..checks import check_bool, check_index_list, check_nonneg_int
 from ..pattern import Pattern, csr_from_arrays, index_dtype
-from ._validate import check_bool, check_index_list, check_nonneg_int
 
 __all__ = ["vertical_slash"]
 

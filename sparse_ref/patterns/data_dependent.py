@@ -30,9 +30,9 @@ from typing import Any
 import numpy as np
 
 from .. import blocks as _blocks
+from ..checks import check_bool, check_nonneg_int, check_pos_int
 from ..pattern import Pattern, csr_from_arrays, index_dtype
 from ._rowkeys import same_group_csr, union_csr
-from ._validate import check_bool, check_nonneg_int, check_pos_int
 
 __all__ = ["block_topk", "lsh", "routing", "topk"]
 

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..checks import check_index_list, check_nonneg_int
 from ..pattern import Pattern
 from ._ranges import BlockArg, block_pattern, csr_pattern
-from ._validate import check_index_list, check_nonneg_int
 
 __all__ = ["global_local"]
 

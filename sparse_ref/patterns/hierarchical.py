@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from ..checks import check_nonneg_int, check_pos_int
 from ..pattern import Pattern, csr_from_arrays
 from ._ranges import progressions_csr
-from ._validate import check_nonneg_int, check_pos_int
 
 __all__ = ["hierarchical"]
 

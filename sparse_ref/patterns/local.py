@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..checks import check_choice, check_nonneg_int, resolve_n_k
 from ..pattern import Pattern, _causal_offset
 from ._ranges import BlockArg, block_pattern, csr_pattern
-from ._validate import check_choice, check_nonneg_int, resolve_n_k
 
 __all__ = ["causal", "causal_sliding_window", "dense", "prefix_lm", "sinks", "sliding_window"]
 

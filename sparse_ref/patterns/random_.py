@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..checks import check_bool, check_nonneg_int, resolve_n_k
 from ..pattern import Pattern, csr_from_arrays, index_dtype
-from ._validate import check_bool, check_nonneg_int, resolve_n_k
 
 __all__ = ["random"]
 

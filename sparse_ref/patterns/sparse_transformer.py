@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..checks import check_bool, check_nonneg_int, check_pos_int
 from ..pattern import Pattern, csr_from_arrays, index_dtype
 from ._ranges import progressions_csr
 from ._rowkeys import rank_csr
-from ._validate import check_bool, check_nonneg_int, check_pos_int
 
 __all__ = ["sparse_transformer_fixed", "sparse_transformer_strided"]
 

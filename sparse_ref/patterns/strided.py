@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..checks import check_bool, check_nonneg_int, check_pos_int
 from ..pattern import Pattern
 from ._ranges import csr_pattern
-from ._validate import check_bool, check_nonneg_int, check_pos_int
 
 __all__ = ["dilated", "strided"]
 
