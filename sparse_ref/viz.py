@@ -226,7 +226,7 @@ def plot_receptive_field(
         >>> from sparse_ref import patterns
         >>> ax = plot_receptive_field(patterns.causal_sliding_window(512, 32), layers=6)
     """
-    from .analysis import _layer_list, receptive_field
+    from .analysis.receptive import _layer_list, receptive_field
 
     plt = _pyplot()
     stack = _layer_list(patterns, layers)

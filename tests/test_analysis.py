@@ -71,7 +71,7 @@ def test_cost_numbers():
     assert c.flops == 4 * p.nnz * 64
     assert c.dense_flops == 4 * 1000 * 1000 * 64
     assert c.flop_ratio == pytest.approx(p.density)
-    assert c.backward_flops == 2.5 * c.flops
+    assert c.backward_flops == 2 * c.flops == 8 * p.nnz * 64  # dP, dV, dQ, dK
     assert c.score_bytes == 4 * p.nnz and c.dense_score_bytes == 4 * 10**6
     assert c.io_bytes == 4 * (1000 * 128 + 1000 * 128)
     assert c.csr_bytes == 1001 * 8 + 4 * p.nnz
@@ -84,6 +84,7 @@ def test_cost_numbers():
     c2 = analysis.cost(p, d=64, d_v=32, heads=8, dtype="bfloat16", block=(64, 32))
     assert c2.nnz == 8 * p.nnz
     assert c2.flops == 2 * 8 * p.nnz * (64 + 32)
+    assert c2.backward_flops == 4 * 8 * p.nnz * (64 + 32)
     assert c2.itemsize == 2 and c2.bsr_block == (64, 32)
     assert c2.dense_score_bytes == 8 * 2 * 10**6
 
@@ -348,3 +349,16 @@ def test_literature_patterns_are_the_published_configurations():
     )
     assert lit["window 256 causal (Mistral)"].params == {"n": 1024, "window": 256}
     assert set(analysis.COMPLEXITY) >= {p.family for p in lit.values()}
+
+
+@pytest.mark.parametrize("module", ["metrics", "receptive", "graph", "tables", "presets"])
+def test_module_examples(module):
+    import doctest
+    import importlib
+
+    assert doctest.testmod(importlib.import_module(f"sparse_ref.analysis.{module}")).failed == 0
+
+
+def test_the_public_names_stay_in_the_package():
+    assert all(hasattr(analysis, name) for name in analysis.__all__)
+    assert analysis.cost.__module__ == "sparse_ref.analysis.metrics"
