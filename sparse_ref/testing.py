@@ -1,18 +1,13 @@
-"""The tolerance rule (DESIGN §9) and assertions for testing any implementation against the oracle.
+"""Assertions for testing any implementation against the oracle by the tolerance rule (DESIGN §9).
 
-An implementation working in dtype ``T`` passes when, over the finite entries,
-
-    max|out - ref| <= factor * max|naive_T - ref| + atol_T
-
-where ``ref`` is the oracle in float64, ``naive_T`` the oracle run with ``compute_dtype=T`` (the
-FlashAttention test rule), ``atol_T = 2 * max|(ref + 0.3) - 0.3 - ref|`` evaluated in ``T`` (a
-rounding floor, held at least at one ulp of ``0.3 + max|ref|``: see :func:`rounding_floor`), ``factor = 2`` for outputs and lse and 3 for gradients. NaN and infinite entries must
-sit exactly where the reference has them.
-
-For ``T = float64`` the float64 oracle *is* the naive computation, so the rule is applied one level
-up: ``ref`` is the oracle in ``np.longdouble`` (80-bit on x86-64 Linux) and ``naive_T`` the float64
-oracle. Where ``longdouble`` is no wider than float64 the reference is float64 and only the rounding
-floor remains.
+The rule itself (version 2) lives in :mod:`sparse_ref.tolerance`: an implementation working in dtype
+``T`` passes when, over the finite entries, ``max|x - ref| <= factor * E_T + atol_T`` with ``ref``
+the float64 oracle (``numpy.longdouble`` for ``T`` = float64), ``E_T`` the worst error of the
+legitimate same-precision formulations of :mod:`sparse_ref.formulations` run in ``T``, ``factor``
+2 for ``out``/``lse`` and 3 for gradients, and ``atol_T`` a rounding floor (for gradients at least
+the floor derived from the magnitudes entering each product). NaN and infinite entries must sit
+exactly where the reference has them. ``T`` may be float64, float32, float16 or bfloat16
+(``ml_dtypes.bfloat16`` arrays, or any array a DLPack/``__array__`` reader gives).
 """
 
 from __future__ import annotations
@@ -22,11 +17,26 @@ from typing import Any
 
 import numpy as np
 
-from . import oracle
+from . import golden
+from .formulations import as_dtype
 from .pattern import Pattern
+from .tolerance import (
+    FORWARD_FACTOR,
+    GRADIENT_FACTOR,
+    MismatchError,
+    assert_matches,
+    backward_reference,
+    forward_reference,
+    reference_dtype,
+    rounding_floor,
+    rule_tolerance,
+)
 from .validation import prepare
 
 __all__ = [
+    "FORWARD_FACTOR",
+    "GRADIENT_FACTOR",
+    "MismatchError",
     "Tolerance",
     "reference_dtype",
     "rounding_floor",
@@ -39,78 +49,6 @@ __all__ = [
     "assert_grads_close_to_oracle",
     "golden_cases",
 ]
-
-FORWARD_FACTOR = 2.0
-GRADIENT_FACTOR = 3.0
-
-
-def reference_dtype(dtype: Any) -> np.dtype:
-    """The dtype of the reference that an implementation in ``dtype`` is measured against."""
-    if np.dtype(dtype) == np.float64 and np.finfo(np.longdouble).eps < np.finfo(np.float64).eps:
-        return np.dtype(np.longdouble)
-    return np.dtype(np.float64)
-
-
-def rounding_floor(ref: np.ndarray, dtype: Any) -> float:
-    """The rounding floor ``atol_T``: ``2 * max|(ref + 0.3) - 0.3 - ref|`` evaluated in ``dtype``,
-    but never below one unit in the last place of ``0.3 + max|ref|`` in ``dtype``.
-
-    FlashAttention's sampled expression estimates the rounding unit at the reference's magnitude;
-    over a large tensor it reaches that unit, but over a handful of entries (a one-row case, an
-    all-zero gradient) it can fall far below it, or to 0, by luck. The lower bound keeps the floor
-    at the value the sample estimates.
-    """
-    r = np.asarray(ref)[np.isfinite(ref)].astype(dtype)
-    c = np.asarray(0.3, dtype=dtype)
-    sampled = float(2 * np.max(np.abs((r + c) - c - r), initial=0))
-    unit = float(np.spacing(c + np.max(np.abs(r), initial=0).astype(dtype)))
-    return max(sampled, unit)
-
-
-def rule_tolerance(ref: np.ndarray, naive: np.ndarray, dtype: Any, factor: float) -> float:
-    """``factor * max|naive - ref| + rounding_floor(ref, dtype)`` over entries finite in both."""
-    ref = np.asarray(ref)
-    naive = np.asarray(naive)
-    both = np.isfinite(ref) & np.isfinite(naive)
-    naive_err = (
-        float(np.max(np.abs(naive[both].astype(ref.dtype) - ref[both]))) if both.any() else 0.0
-    )
-    return factor * naive_err + rounding_floor(ref, dtype)
-
-
-def assert_matches(actual: Any, expected: Any, tol: float, name: str = "out") -> float:
-    """Assert NaN/±inf positions agree and ``max|actual - expected| <= tol`` elsewhere.
-
-    Returns the measured max error. Raises ``AssertionError`` naming ``name`` and both numbers.
-    """
-    actual = np.asarray(actual)
-    expected = np.asarray(expected)
-    if actual.shape != expected.shape:
-        raise AssertionError(f"{name}: shape {actual.shape} != expected {expected.shape}")
-    nan_a, nan_e = np.isnan(actual), np.isnan(expected)
-    if not np.array_equal(nan_a, nan_e):
-        where = np.argwhere(nan_a != nan_e)[0]
-        raise AssertionError(
-            f"{name}: NaN positions differ (first at {tuple(where)}: actual {actual[tuple(where)]}, "
-            f"expected {expected[tuple(where)]})"
-        )
-    inf_a, inf_e = np.isinf(actual), np.isinf(expected)
-    if not np.array_equal(inf_a, inf_e) or not np.array_equal(actual[inf_a], expected[inf_e]):
-        where = np.argwhere((inf_a != inf_e) | (inf_a & (actual != expected)))[0]
-        raise AssertionError(
-            f"{name}: infinite entries differ (first at {tuple(where)}: actual "
-            f"{actual[tuple(where)]}, expected {expected[tuple(where)]})"
-        )
-    finite = np.isfinite(expected)
-    ref_dtype = np.result_type(expected.dtype, np.float64)
-    err = (
-        float(np.max(np.abs(actual[finite].astype(ref_dtype) - expected[finite].astype(ref_dtype))))
-        if finite.any()
-        else 0.0
-    )
-    if not err <= tol:
-        raise AssertionError(f"{name}: max error {err:.3e} exceeds tolerance {tol:.3e}")
-    return err
 
 
 @dataclass(frozen=True)
@@ -132,18 +70,18 @@ def oracle_reference(
     dtype: Any,
     scale: float | None = None,
     softcap: float | None = None,
-    factor: float = FORWARD_FACTOR,
 ) -> Tolerance:
-    """Reference ``out``/``lse`` (in the caller's rank) and the rule's tolerances for ``dtype``."""
+    """Reference ``out``/``lse`` (in the caller's rank) and rule v2's tolerances for ``dtype``."""
     prep = prepare(q, k, v, pattern, scale=scale, softcap=softcap, check_finite=False)
-    args = (prep.q, prep.k, prep.v, pattern, prep.scale, prep.softcap)
-    ref_out, ref_lse = oracle.forward(*args, compute_dtype=reference_dtype(dtype))
-    naive_out, naive_lse = oracle.forward(*args, compute_dtype=dtype)
+    ref, tols = forward_reference(
+        prep.q, prep.k, prep.v, pattern, prep.scale, prep.softcap, [as_dtype(dtype).name]
+    )
+    tol = next(iter(tols.values()))
     return Tolerance(
-        out=prep.restore(ref_out),
-        lse=prep.restore(ref_lse),
-        out_tol=rule_tolerance(ref_out, naive_out, dtype, factor),
-        lse_tol=rule_tolerance(ref_lse, naive_lse, dtype, factor),
+        out=prep.restore(ref["out"]),
+        lse=prep.restore(ref["lse"]),
+        out_tol=tol["out"],
+        lse_tol=tol["lse"],
     )
 
 
@@ -179,12 +117,12 @@ def assert_close_to_oracle(
     return out_err, lse_err
 
 
-def golden_cases(directory: Any, *, only: str | None = None) -> list[Any]:
+def golden_cases(directory: Any, *, only: str | list[str] | None = None) -> list[Any]:
     """The cases of a golden suite, for ``pytest.mark.parametrize`` (one test per case, by id).
 
     Each item is a ``pytest.param`` wrapping a :class:`sparse_ref.golden.Case` (a plain ``Case``
     when pytest is not installed); tensors are read and checked when the test first touches them.
-    ``only`` is a glob over case ids.
+    ``only`` is a glob over case ids, or a list of globs.
 
     Example::
 
@@ -194,9 +132,7 @@ def golden_cases(directory: Any, *, only: str | None = None) -> list[Any]:
                                scale=case.scale, softcap=case.softcap)
             case.assert_close(out)
     """
-    from .golden import load
-
-    cases = list(load(directory, only=only, lazy=True))
+    cases = list(golden.load(directory, only=only, lazy=True))
     try:
         import pytest
     except ImportError:
@@ -222,18 +158,17 @@ def oracle_grad_reference(
     dtype: Any,
     scale: float | None = None,
     softcap: float | None = None,
-    factor: float = GRADIENT_FACTOR,
 ) -> GradTolerance:
-    """Reference gradients and the rule's tolerances (factor 3) for an implementation in ``dtype``."""
+    """Reference gradients and rule v2's tolerances (factor 3, gradient floor) for ``dtype``."""
     prep = prepare(
         q, k, v, pattern, scale=scale, softcap=softcap, check_finite=False, extra={"dout": dout}
     )
     args = (prep.q, prep.k, prep.v, pattern, prep.extra["dout"], prep.scale, prep.softcap)
-    ref = oracle.backward(*args, compute_dtype=reference_dtype(dtype))
-    naive = oracle.backward(*args, compute_dtype=dtype)
+    ref, tols = backward_reference(*args, [as_dtype(dtype).name])
+    tol = next(iter(tols.values()))
     return GradTolerance(
-        grads=tuple(prep.restore(r) for r in ref),  # type: ignore[arg-type]
-        tols=tuple(rule_tolerance(r, n, dtype, factor) for r, n in zip(ref, naive)),  # type: ignore[arg-type]
+        grads=(prep.restore(ref["dq"]), prep.restore(ref["dk"]), prep.restore(ref["dv"])),
+        tols=(tol["dq"], tol["dk"], tol["dv"]),
     )
 
 

@@ -28,21 +28,18 @@ from typing import Any
 
 import numpy as np
 
-from .. import oracle, testing
+from .. import tolerance
 from ..validation import prepare
 from . import store
 from .suites import CaseSpec, Suite, build_pattern, build_suite, pattern_shape
 
-__all__ = ["generate", "compute_case", "make_inputs", "has_backward", "GenerateResult"]
+__all__ = ["generate", "compute_case", "make_inputs", "tolerance_dtypes", "GenerateResult"]
 
-TOLERANCE_RULE = (
-    "An implementation in dtype T passes a case if max|x - ref| <= factor * max|naive_T - ref| + "
-    "atol_T for each stored tensor x, where ref is the stored expected tensor (the oracle in "
-    "float64, "
-    "or in numpy.longdouble for float64 cases), naive_T the oracle run in T, atol_T = 2 * "
-    "max|(ref + 0.3) - 0.3 - ref| in T; factor 2 for out and lse, 3 for dq, dk, dv. The tolerances "
-    "field holds the resulting numbers. -inf/NaN entries must match exactly."
-)
+#: The rule that computed the stored tolerances (``tolerance_rule`` in the manifest).
+TOLERANCE_RULE = {"version": tolerance.RULE_VERSION, "text": tolerance.RULE_TEXT}
+
+#: Implementation dtypes whose tolerances every case stores, beside its own dtype.
+_LOWER_DTYPES = {"float64": ("float32", "float16", "bfloat16"), "float32": ("float16", "bfloat16")}
 
 
 # ------------------------------------------------------------------------------------ inputs
@@ -88,73 +85,39 @@ def sample_rows(spec: CaseSpec, n_q: int) -> np.ndarray:
     return np.sort(np.r_[fixed, extra][:count]).astype(np.int64)
 
 
-# ------------------------------------------------------------------------------------ backward
-def has_backward() -> bool:
-    """Whether ``sparse_ref.oracle.attention_backward`` exists (gradients are then stored)."""
-    return callable(getattr(oracle, "attention_backward", None))
-
-
-def _backward(
-    q: np.ndarray,
-    k: np.ndarray,
-    v: np.ndarray,
-    pattern: Any,
-    dout: np.ndarray,
-    scale: float,
-    softcap: float | None,
-    compute_dtype: Any,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    dq, dk, dv = oracle.attention_backward(
-        q,
-        k,
-        v,
-        pattern,
-        dout,
-        scale=scale,
-        softcap=softcap,
-        compute_dtype=compute_dtype,
-        check_finite=False,
-    )
-    return np.asarray(dq), np.asarray(dk), np.asarray(dv)
-
-
 # ------------------------------------------------------------------------------------ one case
-def _tolerances(
-    ref: dict[str, np.ndarray], naive: dict[str, np.ndarray], dtype: Any
-) -> dict[str, float]:
-    out = {}
-    for name in ref:
-        factor = testing.GRADIENT_FACTOR if name in ("dq", "dk", "dv") else testing.FORWARD_FACTOR
-        out[name] = float(testing.rule_tolerance(ref[name], naive[name], dtype, factor))
-    return out
+def tolerance_dtypes(spec: CaseSpec) -> list[str]:
+    """The implementation dtypes a case stores tolerances for: its own first, then every lower
+    precision (float32, float16, bfloat16) and any the spec adds."""
+    extra = [d for d in spec.extra_tolerance_dtypes if d not in _LOWER_DTYPES[spec.dtype]]
+    return [spec.dtype, *_LOWER_DTYPES[spec.dtype], *[d for d in extra if d != spec.dtype]]
 
 
 def _compute(
     spec: CaseSpec,
     inputs: dict[str, np.ndarray],
     pattern: Any,
-    dtype: Any,
     rows: np.ndarray | None,
     gradients: bool,
-) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """Reference tensors (in the reference dtype) and the rule's tolerances for dtype ``dtype``."""
-    q, k, v = (inputs[n].astype(dtype) for n in ("q", "k", "v"))
+) -> tuple[dict[str, np.ndarray], dict[str, dict[str, float]]]:
+    """Reference tensors (in the case's reference dtype) and rule v2's tolerances per dtype."""
+    dt = np.dtype(spec.dtype)
+    q, k, v = (inputs[n].astype(dt) for n in ("q", "k", "v"))
     prep = prepare(
         q, k, v, pattern, scale=spec.resolved_scale(), softcap=spec.softcap, check_finite=False
     )
-    ref_dtype = testing.reference_dtype(dtype)
-    args = (prep.q, prep.k, prep.v, pattern, prep.scale, prep.softcap)
-    ref: dict[str, np.ndarray] = {}
-    naive: dict[str, np.ndarray] = {}
-    ref["out"], ref["lse"] = oracle.forward(*args, compute_dtype=ref_dtype, rows=rows)
-    naive["out"], naive["lse"] = oracle.forward(*args, compute_dtype=dtype, rows=rows)
+    args = (prep.q, prep.k, prep.v, pattern)
+    dtypes = tolerance_dtypes(spec)
+    ref, tols = tolerance.forward_reference(*args, prep.scale, prep.softcap, dtypes, rows=rows)
     if gradients:
-        dout = inputs["dout"].astype(dtype)
-        for target, ct in ((ref, ref_dtype), (naive, np.dtype(dtype))):
-            target["dq"], target["dk"], target["dv"] = _backward(
-                q, k, v, pattern, dout, prep.scale, prep.softcap, ct
-            )
-    return ref, _tolerances(ref, naive, dtype)
+        dout = inputs["dout"].astype(dt)
+        grads, grad_tols = tolerance.backward_reference(
+            *args, dout, prep.scale, prep.softcap, dtypes
+        )
+        ref.update(grads)
+        for name, tol in tols.items():
+            tol.update(grad_tols[name])
+    return ref, tols
 
 
 @contextlib.contextmanager
@@ -200,12 +163,8 @@ def _compute_case(spec_json: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
             f"case {spec.id!r}: pattern has {pattern.num_heads} heads, the case {spec.heads}"
         )
     rows = sample_rows(spec, n_q) if spec.rows is not None else None
-    gradients = spec.gradients and has_backward() and rows is None
-    ref, tol = _compute(spec, inputs, pattern, np.dtype(spec.dtype), rows, gradients)
-    tolerances = {spec.dtype: tol}
-    for extra in spec.extra_tolerance_dtypes:
-        if extra != spec.dtype:
-            _, tolerances[extra] = _compute(spec, inputs, pattern, np.dtype(extra), rows, gradients)
+    gradients = spec.gradients and rows is None
+    ref, tolerances = _compute(spec, inputs, pattern, rows, gradients)
 
     dt = np.dtype(spec.dtype)
     tensors: dict[str, np.ndarray] = {
@@ -247,7 +206,7 @@ def _compute_case(spec_json: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
         tensor_dtypes={name: store.tensor_dtype_name(arr) for name, arr in tensors.items()},
         tolerances=tolerances,
         reference_dtype="longdouble"
-        if testing.reference_dtype(spec.dtype) != np.float64
+        if tolerance.reference_dtype(spec.dtype) != np.float64
         else "float64",
     )
     return meta, store.encode_case(tensors, meta)
@@ -278,11 +237,11 @@ def spec_of_entry(entry: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _planned_spec(spec: CaseSpec, gradients_available: bool) -> dict[str, Any]:
+def _planned_spec(spec: CaseSpec) -> dict[str, Any]:
     data = spec.to_json()
     data["scale"] = spec.resolved_scale()
-    data["gradients"] = spec.gradients and gradients_available and spec.rows is None
-    data["tolerances"] = dict.fromkeys({spec.dtype, *spec.extra_tolerance_dtypes})
+    data["gradients"] = spec.gradients and spec.rows is None
+    data["tolerances"] = dict.fromkeys(tolerance_dtypes(spec))
     return spec_of_entry(data)
 
 
@@ -397,16 +356,22 @@ def _local_results(specs: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any]
         yield compute_case(spec)
 
 
-def _dask_results(
-    specs: list[dict[str, Any]], workers: int | None, scheduler: str | None
-) -> Iterator[tuple[dict[str, Any], bytes]]:
+def _require_dask() -> None:
     try:
-        from distributed import Client, LocalCluster, as_completed
+        import distributed  # noqa: F401
     except ImportError:
         raise ImportError(
             "--workers/--scheduler need dask.distributed: pip install 'sparse-ref[dask]'"
         ) from None
+
+
+def _dask_results(
+    specs: list[dict[str, Any]], workers: int | None, scheduler: str | None
+) -> Iterator[tuple[dict[str, Any], bytes]]:
+    _require_dask()
     import logging
+
+    from distributed import Client, LocalCluster, as_completed
 
     cluster = None
     if scheduler is not None:
@@ -473,6 +438,8 @@ def generate(
         raise ValueError(f"workers must be a positive int, got {workers!r}")
     t0 = time.perf_counter()
     s = _resolve_suite(suite, dtypes, only)
+    if workers is not None or scheduler is not None:
+        _require_dask()  # before anything is written: a refused run leaves nothing behind
     root = Path(out_dir)
     manifest_path = root / store.MANIFEST_NAME
     old: dict[str, dict[str, Any]] = {}
@@ -488,12 +455,11 @@ def generate(
         old = {e["id"]: e for e in previous["cases"]}
     root.joinpath(store.CASES_DIR).mkdir(parents=True, exist_ok=True)
 
-    grads = has_backward()
     entries: dict[str, dict[str, Any]] = {}
     todo: list[dict[str, Any]] = []
     kept: list[str] = []
     for spec in s.cases:
-        planned = _planned_spec(spec, grads)
+        planned = _planned_spec(spec)
         entry = _existing_entry(root, spec, planned, old) if resume else None
         if entry is not None:
             entries[spec.id] = entry
@@ -519,6 +485,29 @@ def generate(
         else _dask_results(todo, workers, scheduler)
     )
     bar = _ProgressBar(progress, s.name, len(s.cases), len(kept))
+    try:
+        _write_results(root, s, entries, results, computed, bar, on_case)
+    except BaseException:
+        if not entries and not resume:  # nothing kept: leave no manifest that blocks a rerun
+            manifest_path.unlink(missing_ok=True)
+        raise
+    store.write_manifest(root, _manifest(s, entries))  # full validation of the final manifest
+    total = sum(e["bytes"] for e in entries.values())
+    return GenerateResult(
+        root, s.name, computed, kept, list(s.skipped), time.perf_counter() - t0, total
+    )
+
+
+def _write_results(
+    root: Path,
+    s: Suite,
+    entries: dict[str, dict[str, Any]],
+    results: Iterator[tuple[dict[str, Any], bytes]],
+    computed: list[str],
+    bar: _ProgressBar,
+    on_case: Callable[[str], None] | None,
+) -> None:
+    """Write each computed case file, then the manifest with it (so a kill loses nothing)."""
     with bar as advance:
         for meta, data in results:
             case_id = meta["id"]
@@ -530,11 +519,6 @@ def generate(
             advance(case_id)
             if on_case is not None:
                 on_case(case_id)
-    store.write_manifest(root, _manifest(s, entries))  # full validation of the final manifest
-    total = sum(e["bytes"] for e in entries.values())
-    return GenerateResult(
-        root, s.name, computed, kept, list(s.skipped), time.perf_counter() - t0, total
-    )
 
 
 class _ProgressBar:

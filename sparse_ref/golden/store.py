@@ -16,7 +16,11 @@ Reading never unpickles and trusts nothing. For each case, in this order:
    tensor's byte span equal to ``prod(shape) * itemsize``, spans contiguous and inside the file;
 6. the tensor names, dtypes and shapes equal the manifest's, and the embedded case metadata agrees.
 
-Each failure is a ``ValueError`` whose message starts with ``case '<id>'``.
+Each failure is a :class:`GoldenFormatError` (a ``ValueError``); one about a case names it
+(``case_id``) and its message starts with ``case '<id>'``.
+
+Files are written with the permissions the umask allows (``0o666 & ~umask``), like ``open()``
+would: suites are shared between users and CI containers.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "GoldenFormatError",
+    "rule_version",
     "SCHEMA_VERSION",
     "MANIFEST_NAME",
     "CASES_DIR",
@@ -82,8 +88,32 @@ _ST_TO_NP: dict[str, np.dtype[Any]] = {
 }
 
 
-def _err(case_id: str | None, message: str) -> ValueError:
-    return ValueError(f"case {case_id!r}: {message}" if case_id is not None else message)
+class GoldenFormatError(ValueError):
+    """A golden suite (its manifest or a case file) is malformed, corrupted or unreadable.
+
+    ``case_id`` names the case, or is ``None`` for a problem with the suite as a whole. A checker
+    re-raises this instead of blaming the implementation under test.
+    """
+
+    def __init__(self, message: str, case_id: str | None = None) -> None:
+        super().__init__(f"case {case_id!r}: {message}" if case_id is not None else message)
+        self.case_id = case_id
+
+
+def _err(case_id: str | None, message: str) -> GoldenFormatError:
+    return GoldenFormatError(message, case_id)
+
+
+def rule_version(manifest: dict[str, Any]) -> int:
+    """The tolerance rule version a manifest's tolerances were computed with (1 for a string)."""
+    rule = manifest.get("tolerance_rule")
+    return int(rule["version"]) if isinstance(rule, dict) else 1
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def sha256_hex(data: bytes | bytearray | memoryview) -> str:
@@ -144,6 +174,7 @@ def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a plain open() would not
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -215,40 +246,42 @@ def _validate(value: Any, schema: dict[str, Any], root: dict[str, Any], where: s
     if "$ref" in schema:
         ref = schema["$ref"]
         if not ref.startswith("#/$defs/"):
-            raise ValueError(f"unsupported $ref {ref!r} in the manifest schema")
+            raise GoldenFormatError(f"unsupported $ref {ref!r} in the manifest schema")
         schema = root["$defs"][ref[len("#/$defs/") :]]
     if "type" in schema:
         types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
         if not any(_type_ok(value, t) for t in types):
-            raise ValueError(
+            raise GoldenFormatError(
                 f"{where}: expected {' or '.join(types)}, got {json.dumps(value)[:80]}"
             )
     if "const" in schema and value != schema["const"]:
-        raise ValueError(f"{where}: must be {schema['const']!r}, got {value!r}")
+        raise GoldenFormatError(f"{where}: must be {schema['const']!r}, got {value!r}")
     if "enum" in schema and value not in schema["enum"]:
-        raise ValueError(f"{where}: must be one of {schema['enum']}, got {value!r}")
+        raise GoldenFormatError(f"{where}: must be one of {schema['enum']}, got {value!r}")
     if isinstance(value, str):
         if "pattern" in schema and not re.search(schema["pattern"], value):
-            raise ValueError(f"{where}: {value!r} does not match {schema['pattern']!r}")
+            raise GoldenFormatError(f"{where}: {value!r} does not match {schema['pattern']!r}")
         if len(value) < schema.get("minLength", 0):
-            raise ValueError(f"{where}: shorter than {schema['minLength']} characters")
+            raise GoldenFormatError(f"{where}: shorter than {schema['minLength']} characters")
     if _type_ok(value, "number"):
         if "minimum" in schema and value < schema["minimum"]:
-            raise ValueError(f"{where}: {value} < minimum {schema['minimum']}")
+            raise GoldenFormatError(f"{where}: {value} < minimum {schema['minimum']}")
         if "exclusiveMinimum" in schema and value <= schema["exclusiveMinimum"]:
-            raise ValueError(f"{where}: {value} <= exclusive minimum {schema['exclusiveMinimum']}")
+            raise GoldenFormatError(
+                f"{where}: {value} <= exclusive minimum {schema['exclusiveMinimum']}"
+            )
     if isinstance(value, list):
         if len(value) < schema.get("minItems", 0):
-            raise ValueError(f"{where}: fewer than {schema['minItems']} items")
+            raise GoldenFormatError(f"{where}: fewer than {schema['minItems']} items")
         if "maxItems" in schema and len(value) > schema["maxItems"]:
-            raise ValueError(f"{where}: more than {schema['maxItems']} items")
+            raise GoldenFormatError(f"{where}: more than {schema['maxItems']} items")
         if "items" in schema:
             for i, item in enumerate(value):
                 _validate(item, schema["items"], root, f"{where}[{i}]")
     if isinstance(value, dict):
         for key in schema.get("required", []):
             if key not in value:
-                raise ValueError(f"{where}: missing required key {key!r}")
+                raise GoldenFormatError(f"{where}: missing required key {key!r}")
         props = schema.get("properties", {})
         pattern_props = schema.get("patternProperties", {})
         extra = schema.get("additionalProperties", True)
@@ -263,7 +296,7 @@ def _validate(value: Any, schema: dict[str, Any], root: dict[str, Any], where: s
                     matched = True
             if not matched:
                 if extra is False:
-                    raise ValueError(f"{where}: unexpected key {key!r}")
+                    raise GoldenFormatError(f"{where}: unexpected key {key!r}")
                 if isinstance(extra, dict):
                     _validate(item, extra, root, f"{where}.{key}")
 
@@ -274,10 +307,10 @@ def validate_manifest(manifest: Any) -> None:
     Errors inside a case entry start with ``case '<id>'``.
     """
     if not isinstance(manifest, dict):
-        raise ValueError("manifest.json must hold a JSON object")
+        raise GoldenFormatError("manifest.json must hold a JSON object")
     version = manifest.get("schema_version")
     if version != SCHEMA_VERSION:
-        raise ValueError(
+        raise GoldenFormatError(
             f"manifest has unknown schema_version {version!r}; this sparse-ref reads version "
             f"{SCHEMA_VERSION} (upgrade sparse-ref, or regenerate the suite)"
         )
@@ -312,21 +345,21 @@ def read_manifest(root: str | os.PathLike[str]) -> dict[str, Any]:
     root = Path(root)
     path = root / MANIFEST_NAME
     if not root.is_dir():
-        raise ValueError(f"{root} is not a directory")
+        raise GoldenFormatError(f"{root} is not a directory")
     if not path.is_file():
-        raise ValueError(f"{root} holds no {MANIFEST_NAME}: not a golden suite")
+        raise GoldenFormatError(f"{root} holds no {MANIFEST_NAME}: not a golden suite")
     if path.stat().st_size > MAX_HEADER_BYTES:
-        raise ValueError(f"{path} is larger than {MAX_HEADER_BYTES} bytes")
+        raise GoldenFormatError(f"{path} is larger than {MAX_HEADER_BYTES} bytes")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"), parse_constant=_reject_constant)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from None
+        raise GoldenFormatError(f"{path} is not valid JSON: {err}") from None
     validate_manifest(manifest)
     return manifest
 
 
 def _reject_constant(name: str) -> Any:
-    raise ValueError(f"non-standard JSON constant {name}")
+    raise GoldenFormatError(f"non-standard JSON constant {name}")
 
 
 def _check_relpath(rel: str, case_id: str) -> None:

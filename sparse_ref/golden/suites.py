@@ -4,8 +4,10 @@ A case is a :class:`CaseSpec`: a pattern (catalog family and parameters, or a sm
 them), the input shapes, dtype, scale, softcap and input seed. Everything a case file holds follows
 from its spec, so generating a spec twice gives the same bytes.
 
-Families that the catalog does not provide (``patterns.available()``) are skipped when the suite is
-built; the skip and its reason are recorded in the manifest.
+A case whose family the catalog does not provide (``patterns.available()``; a suite written by a
+newer sparse-ref may name one) is skipped when the suite is built; the skip and its reason are
+recorded in the manifest. Every case stores tolerances for its own dtype and every lower one
+(float32, float16, bfloat16), see :func:`sparse_ref.golden.generate.tolerance_dtypes`.
 """
 
 from __future__ import annotations
@@ -138,13 +140,10 @@ class Suite:
 
 # ------------------------------------------------------------------------------------ patterns
 def catalog_families() -> frozenset[str]:
-    """Families the installed catalog provides (empty when ``sparse_ref.patterns`` lacks one)."""
-    try:
-        from .. import patterns
-    except ImportError:
-        return frozenset()
-    available = getattr(patterns, "available", None)
-    return frozenset(available()) if callable(available) else frozenset()
+    """Families the catalog provides (``patterns.available()``)."""
+    from .. import patterns
+
+    return frozenset(patterns.available())
 
 
 def spec_families(family: str, params: dict[str, Any]) -> set[str]:
@@ -216,16 +215,13 @@ def _p(family: str, **params: Any) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------ suites
-_F16 = ("float16",)
-
-
 def _smoke() -> list[CaseSpec]:
     """<= 30 tiny cases, every feature once: seconds to generate and to check."""
     c = CaseSpec
     return [
-        c("dense-n16-f32", "dense", {"n_q": 16}, d=8, extra_tolerance_dtypes=_F16),
+        c("dense-n16-f32", "dense", {"n_q": 16}, d=8),
         c("dense-n16-f64", "dense", {"n_q": 16}, dtype="float64", d=8),
-        c("causal-n24-f32", "causal", {"n_q": 24}, d=8, extra_tolerance_dtypes=_F16),
+        c("causal-n24-f32", "causal", {"n_q": 24}, d=8),
         c("causal-n24-f64", "causal", {"n_q": 24}, dtype="float64", d=8),
         c(
             "causal-br-q12k20-f32",
@@ -284,7 +280,6 @@ def _smoke() -> list[CaseSpec]:
             d=8,
             softcap=2.0,
             input_std=2.0,
-            extra_tolerance_dtypes=_F16,
         ),
         c(
             "softcap-causal-n24-f64",
@@ -448,12 +443,10 @@ def _default() -> list[CaseSpec]:
                     params,
                     dtype=dtype,
                     d=32,
-                    extra_tolerance_dtypes=_F16 if dtype == "float32" else (),
                 )
             )
     c = CaseSpec
     for dtype, tag in (("float32", "f32"), ("float64", "f64")):
-        extra = _F16 if dtype == "float32" else ()
         cases += [
             c(
                 f"dense-q64k200-{tag}",
@@ -461,7 +454,6 @@ def _default() -> list[CaseSpec]:
                 {"n_q": 64, "n_k": 200},
                 dtype=dtype,
                 d=32,
-                extra_tolerance_dtypes=extra,
                 note="n_q < n_k",
             ),
             c(
@@ -470,7 +462,6 @@ def _default() -> list[CaseSpec]:
                 {"n_q": 200, "n_k": 37},
                 dtype=dtype,
                 d=32,
-                extra_tolerance_dtypes=extra,
                 note="n_q > n_k",
             ),
             c(
@@ -479,7 +470,6 @@ def _default() -> list[CaseSpec]:
                 {"n_q": 70, "n_k": 190, "align": "bottom_right"},
                 dtype=dtype,
                 d=32,
-                extra_tolerance_dtypes=extra,
                 note="decode-like: queries at the end",
             ),
             c(
@@ -488,7 +478,6 @@ def _default() -> list[CaseSpec]:
                 {"n_q": 190, "n_k": 70, "align": "bottom_right"},
                 dtype=dtype,
                 d=32,
-                extra_tolerance_dtypes=extra,
                 note="the first 120 rows are empty",
             ),
             c(
@@ -497,7 +486,6 @@ def _default() -> list[CaseSpec]:
                 {"n_q": 90, "n_k": 150},
                 dtype=dtype,
                 d=32,
-                extra_tolerance_dtypes=extra,
             ),
             c(
                 f"random-k8-q77k250-{tag}",
@@ -505,7 +493,6 @@ def _default() -> list[CaseSpec]:
                 {"n_q": 77, "n_k": 250, "per_row": 8, "seed": 5},
                 dtype=dtype,
                 d=32,
-                extra_tolerance_dtypes=extra,
             ),
             c(
                 f"gqa-h8kv2-causal_sliding_window-w24-n160-{tag}",
@@ -515,7 +502,6 @@ def _default() -> list[CaseSpec]:
                 heads=8,
                 kv_heads=2,
                 d=32,
-                extra_tolerance_dtypes=extra,
             ),
             c(
                 f"mqa-h4kv1-sliding_window-l8r8-n160-{tag}",
@@ -525,7 +511,6 @@ def _default() -> list[CaseSpec]:
                 heads=4,
                 kv_heads=1,
                 d=32,
-                extra_tolerance_dtypes=extra,
             ),
             c(
                 f"batch3-causal-n96-{tag}",
@@ -534,7 +519,6 @@ def _default() -> list[CaseSpec]:
                 dtype=dtype,
                 batch=3,
                 d=32,
-                extra_tolerance_dtypes=extra,
             ),
             c(
                 f"softcap5-causal-n128-{tag}",
@@ -544,7 +528,6 @@ def _default() -> list[CaseSpec]:
                 d=32,
                 softcap=5.0,
                 input_std=2.0,
-                extra_tolerance_dtypes=extra,
                 note="softcap binds: |s| >> 5",
             ),
             c(
@@ -555,7 +538,6 @@ def _default() -> list[CaseSpec]:
                 d=32,
                 softcap=30.0,
                 input_std=3.0,
-                extra_tolerance_dtypes=extra,
             ),
             c(
                 f"softcap5-gqa-h4kv2-sinks-n128-{tag}",
@@ -567,7 +549,6 @@ def _default() -> list[CaseSpec]:
                 d=32,
                 softcap=5.0,
                 input_std=2.0,
-                extra_tolerance_dtypes=extra,
             ),
             c(
                 f"dv-d64dv16-causal-n100-{tag}",
@@ -576,7 +557,6 @@ def _default() -> list[CaseSpec]:
                 dtype=dtype,
                 d=64,
                 d_v=16,
-                extra_tolerance_dtypes=extra,
                 note="d != d_v",
             ),
             c(
@@ -587,7 +567,6 @@ def _default() -> list[CaseSpec]:
                 d=128,
                 heads=1,
                 kv_heads=1,
-                extra_tolerance_dtypes=extra,
             ),
             c(
                 f"d1-causal-n33-{tag}",
@@ -595,7 +574,6 @@ def _default() -> list[CaseSpec]:
                 {"n_q": 33},
                 dtype=dtype,
                 d=1,
-                extra_tolerance_dtypes=extra,
             ),
             c(
                 f"n1-dense-{tag}",
@@ -603,7 +581,6 @@ def _default() -> list[CaseSpec]:
                 {"n_q": 1},
                 dtype=dtype,
                 d=16,
-                extra_tolerance_dtypes=extra,
                 note="a single query and key",
             ),
             c(
@@ -613,7 +590,6 @@ def _default() -> list[CaseSpec]:
                 dtype=dtype,
                 d=32,
                 scale=0.03,
-                extra_tolerance_dtypes=extra,
                 note="explicit scale",
             ),
             c(
@@ -623,7 +599,6 @@ def _default() -> list[CaseSpec]:
                 dtype=dtype,
                 d=32,
                 input_std=6.0,
-                extra_tolerance_dtypes=extra,
                 note="scores up to ~200: the max subtraction matters",
             ),
             c(
@@ -632,7 +607,6 @@ def _default() -> list[CaseSpec]:
                 {"n_k": 9, "rows": [[], [0, 8], [], [], [4], [1, 2, 3, 4, 5, 6, 7, 8], []]},
                 dtype=dtype,
                 d=8,
-                extra_tolerance_dtypes=extra,
             ),
             c(
                 f"emptyrows-window-minus-self-{tag}",
@@ -645,7 +619,6 @@ def _default() -> list[CaseSpec]:
                 },
                 dtype=dtype,
                 d=16,
-                extra_tolerance_dtypes=extra,
                 note="every row empty",
             ),
             c(
@@ -663,7 +636,6 @@ def _default() -> list[CaseSpec]:
                 heads=4,
                 kv_heads=2,
                 d=32,
-                extra_tolerance_dtypes=extra,
                 note="one pattern per query head, with GQA",
             ),
             c(
@@ -672,7 +644,6 @@ def _default() -> list[CaseSpec]:
                 {"of": [_p("document", lengths=[30, 70, 50]), _p("causal", n_q=150)]},
                 dtype=dtype,
                 d=32,
-                extra_tolerance_dtypes=extra,
                 note="packed causal documents",
             ),
             c(
@@ -686,7 +657,6 @@ def _default() -> list[CaseSpec]:
                 },
                 dtype=dtype,
                 d=32,
-                extra_tolerance_dtypes=extra,
             ),
             c(
                 f"ragged-bigbird-b32-n150-{tag}",
@@ -694,7 +664,6 @@ def _default() -> list[CaseSpec]:
                 {"n": 150, "block": 32, "num_random_blocks": 1, "seed": 3, "num_heads": 1},
                 dtype=dtype,
                 d=32,
-                extra_tolerance_dtypes=extra,
                 note="last block partial (150 % 32)",
             ),
         ]

@@ -1,0 +1,327 @@
+"""Legitimate same-precision formulations of sparse attention: the baseline of tolerance rule v2.
+
+The tolerance rule (DESIGN §9, :mod:`sparse_ref.tolerance`) measures how far a straightforward
+implementation in dtype ``T`` lands from the float64 oracle. Real kernels order the same arithmetic
+differently, and each order rounds differently; rule v2 takes the worst of this small, documented
+family, so that none of these legitimate choices is rejected:
+
+==========================  =====================================================================
+choice                      alternatives
+==========================  =====================================================================
+where the scale goes        ``s = (q . k) * scale`` or ``s = (q * scale)_T . k`` (FlashAttention's
+                            ``attention_ref(reorder_ops=True)``, most kernels)
+when P is normalised        ``out = (p_T . v) / l`` (online softmax) or ``out = (p / l)_T . v``
+                            (SDPA's MATH backend, FlexAttention eager)
+the backward's ``delta``    ``delta_i = sum_j P_ij dP_ij`` or ``rowsum(dout_i * out_i)``
+                            (FlashAttention-2)
+the backward's ``P``        kept from the forward or recomputed as ``exp(s - lse)`` (FlashAttention)
+the exponential             ``exp(s - m)``, or ``exp2`` of scores scaled by ``scale * log2(e)`` with
+                            the natural-log ``lse`` stored and multiplied back by ``log2(e)``
+                            (FlashAttention-2, torch's CPU flash kernels)
+==========================  =====================================================================
+
+``x_T`` is ``x`` rounded to ``T``. For ``T`` = float16/bfloat16 every formulation computes in float32
+and rounds where typical tensor-core kernels round: the inputs, ``P`` before ``P . V`` (and ``dS``
+before ``dS . K``, ``dS^T . Q``), and the outputs (``lse`` stays float32). bfloat16 arrays are
+``ml_dtypes.bfloat16``.
+
+All functions take validated 4-D arrays (q ``(B, H, n_q, d)``, k/v ``(B, H_kv, n_k, d|d_v)``,
+dout ``(B, H, n_q, d_v)``) and return arrays in the compute dtype holding values of ``T``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+from .oracle import auto_chunk
+from .pattern import Pattern
+
+__all__ = [
+    "Formulation",
+    "FORWARD_FORMULATIONS",
+    "BACKWARD_FORMULATIONS",
+    "HALF_DTYPES",
+    "as_dtype",
+    "compute_dtype",
+    "forward",
+    "backward",
+    "gradient_magnitudes",
+]
+
+#: The 16-bit dtypes: computed in float32, rounded at the kernel's rounding points.
+HALF_DTYPES = ("float16", "bfloat16")
+
+
+def as_dtype(dtype: Any) -> np.dtype:
+    """``dtype`` as a NumPy dtype; ``"bfloat16"`` is ``ml_dtypes.bfloat16``."""
+    if isinstance(dtype, str) and dtype == "bfloat16":
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(dtype)
+
+
+def compute_dtype(dtype: Any) -> np.dtype:
+    """float32 for the 16-bit dtypes, the dtype itself otherwise."""
+    dt = as_dtype(dtype)
+    return np.dtype(np.float32) if dt.name in HALF_DTYPES else dt
+
+
+@dataclass(frozen=True)
+class Formulation:
+    """One legitimate order of the same arithmetic (see the module doc for each flag)."""
+
+    name: str
+    prescale_q: bool = False
+    normalize_first: bool = False
+    delta_from_out: bool = False
+    p_from_lse: bool = False
+    exp2: bool = False
+
+
+#: The forward family: scale on scores or on q, times P normalised after or before P . V.
+FORWARD_FORMULATIONS = (
+    Formulation("scores"),
+    Formulation("q_prescaled", prescale_q=True),
+    Formulation("p_normalized", normalize_first=True),
+    Formulation("q_prescaled_p_normalized", prescale_q=True, normalize_first=True),
+    Formulation("exp2", exp2=True),
+)
+
+#: The backward family: each choice alone, and FlashAttention-2's combination of all three.
+BACKWARD_FORMULATIONS = (
+    Formulation("scores"),
+    Formulation("q_prescaled", prescale_q=True),
+    Formulation("delta_from_out", delta_from_out=True),
+    Formulation("p_from_lse", p_from_lse=True),
+    Formulation("flash2", delta_from_out=True, p_from_lse=True, exp2=True),
+    Formulation("flash2_q_prescaled", prescale_q=True, delta_from_out=True, p_from_lse=True),
+)
+
+
+_LOG2E = 1.4426950408889634
+_LN2 = 0.6931471805599453
+
+
+class _Precision:
+    """Implementation dtype ``t`` computed in ``c``; ``store`` rounds a ``c`` array to ``t``."""
+
+    def __init__(self, dtype: Any) -> None:
+        self.t = as_dtype(dtype)
+        self.c = compute_dtype(dtype)
+        self.half = self.t != self.c
+
+    def store(self, x: np.ndarray) -> np.ndarray:
+        return x.astype(self.t).astype(self.c) if self.half else x.astype(self.c, copy=False)
+
+
+def _scores(
+    q_rows: np.ndarray, k: np.ndarray, scale: Any, softcap: Any, f: Formulation, pr: _Precision
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Scores of a row block (softcapped; in base 2 for ``exp2``) and ``tanh(s_raw / softcap)``."""
+    log2e = pr.c.type(_LOG2E)
+    with np.errstate(invalid="ignore", over="ignore"):
+        if f.exp2 and softcap is None:  # the scale folded into one factor, as FlashAttention-2
+            return (q_rows @ k.T) * (scale * log2e), None
+        s = pr.store(q_rows * scale) @ k.T if f.prescale_q else (q_rows @ k.T) * scale
+        if softcap is None:
+            return s, None
+        t = np.tanh(s / softcap)
+        return softcap * t * (log2e if f.exp2 else 1), t
+
+
+def _softmax_parts(
+    s: np.ndarray, mask: np.ndarray, f: Formulation
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``p = exp(s - m)`` (``exp2`` for base-2 scores) over allowed keys (0 elsewhere), row sums
+    ``l`` and safe row maxima ``m``."""
+    s = np.where(mask, s, -np.inf)
+    m = s.max(axis=1, initial=-np.inf)
+    m_safe = np.where(m == -np.inf, 0, m).astype(s.dtype)
+    p = (np.exp2 if f.exp2 else np.exp)(s - m_safe[:, None])
+    return p, p.sum(axis=1), m_safe
+
+
+def _lse(total: np.ndarray, m: np.ndarray, f: Formulation, pr: _Precision) -> np.ndarray:
+    """The natural-log lse (``-inf`` for rows without keys) in the compute dtype."""
+    with np.errstate(divide="ignore"):
+        if f.exp2:
+            lse = (m + np.log2(total)) * pr.c.type(_LN2)
+        else:
+            lse = m + np.log(total)
+    return np.where(total == 0, -np.inf, lse).astype(pr.c)
+
+
+def _out_lse(
+    p: np.ndarray, total: np.ndarray, m: np.ndarray, v: np.ndarray, f: Formulation, pr: _Precision
+) -> tuple[np.ndarray, np.ndarray]:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if f.normalize_first:
+            out = pr.store(p / total[:, None]) @ v
+        else:
+            out = (pr.store(p) @ v) / total[:, None]
+        out = pr.store(np.where(total[:, None] == 0, 0, out).astype(pr.c))
+    return out, _lse(total, m, f, pr)
+
+
+def forward(
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    pattern: Pattern,
+    scale: float,
+    softcap: float | None,
+    dtype: Any,
+    formulation: Formulation,
+    *,
+    rows: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``out (B, H, R, d_v)`` and ``lse (B, H, R)`` of one formulation in ``dtype`` (``R`` rows)."""
+    pr = _Precision(dtype)
+    B, H, n_q, _ = q.shape
+    H_kv, n_k, d_v = v.shape[1:]
+    rows = np.arange(n_q, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
+    chunk = auto_chunk(n_k, pr.c.itemsize)
+    sc, cap = pr.c.type(scale), None if softcap is None else pr.c.type(softcap)
+    out = np.zeros((B, H, len(rows), d_v), dtype=pr.c)
+    lse = np.full((B, H, len(rows)), -np.inf, dtype=pr.c)
+    group = H // H_kv
+    for b in range(B):
+        for h in range(H):
+            k_bh, v_bh = pr.store(k[b, h // group]), pr.store(v[b, h // group])
+            for r0 in range(0, len(rows), chunk):
+                sel = rows[r0 : r0 + chunk]
+                s, _ = _scores(pr.store(q[b, h, sel]), k_bh, sc, cap, formulation, pr)
+                p, total, m = _softmax_parts(s, pattern.mask_rows(sel, head=h), formulation)
+                out[b, h, r0 : r0 + chunk], lse[b, h, r0 : r0 + chunk] = _out_lse(
+                    p, total, m, v_bh, formulation, pr
+                )
+    return out, lse
+
+
+def backward(
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    pattern: Pattern,
+    dout: np.ndarray,
+    scale: float,
+    softcap: float | None,
+    dtype: Any,
+    formulation: Formulation,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(dq, dk, dv)`` of one formulation in ``dtype``; dk/dv sum over each GQA group."""
+    pr, f = _Precision(dtype), formulation
+    B, H, n_q, _ = q.shape
+    H_kv, n_k = k.shape[1], k.shape[2]
+    chunk = max(1, auto_chunk(n_k, pr.c.itemsize) // 2)
+    sc, cap = pr.c.type(scale), None if softcap is None else pr.c.type(softcap)
+    dq = np.zeros(q.shape, dtype=pr.c)
+    dk = np.zeros(k.shape, dtype=pr.c)
+    dv = np.zeros(v.shape, dtype=pr.c)
+    group = H // H_kv
+    for b in range(B):
+        for h in range(H):
+            g = h // group
+            k_bh, v_bh = pr.store(k[b, g]), pr.store(v[b, g])
+            for r0 in range(0, n_q, chunk):
+                sel = np.arange(r0, min(r0 + chunk, n_q))
+                q_r, do_r = pr.store(q[b, h, sel]), pr.store(dout[b, h, sel])
+                mask = pattern.mask_rows(sel, head=h)
+                s, t = _scores(q_r, k_bh, sc, cap, f, pr)
+                p, total, m = _softmax_parts(s, mask, f)
+                live = mask & (total != 0)[:, None]
+                with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                    if f.p_from_lse:  # the stored natural-log lse, as a kernel reads it back
+                        lse = np.where(total == 0, 0, _lse(total, m, f, pr))
+                        if f.exp2:
+                            lse = lse * pr.c.type(_LOG2E)
+                        exp = np.exp2 if f.exp2 else np.exp
+                        P = np.where(live, exp(np.where(live, s, 0) - lse[:, None]), 0)
+                    else:
+                        P = np.where(live, p / total[:, None], 0)
+                    dP = np.where(live, do_r @ v_bh.T, 0)
+                    if f.delta_from_out:
+                        out, _ = _out_lse(p, total, m, v_bh, f, pr)
+                        delta = (do_r * out).sum(axis=1)
+                    else:
+                        delta = (P * dP).sum(axis=1)
+                    ds = P * (dP - delta[:, None])
+                    if t is not None:
+                        ds = ds * (1 - t * t)
+                ds = pr.store(np.where(live, ds, 0).astype(pr.c))
+                P = pr.store(P.astype(pr.c))
+                dq[b, h, sel] = (ds @ k_bh) * sc
+                if f.prescale_q:
+                    dk[b, g] += ds.T @ pr.store(q_r * sc)
+                else:
+                    dk[b, g] += (ds.T @ q_r) * sc
+                dv[b, g] += P.T @ do_r
+    return pr.store(dq), pr.store(dk), pr.store(dv)
+
+
+def gradient_magnitudes(
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    pattern: Pattern,
+    dout: np.ndarray,
+    scale: float,
+    softcap: float | None,
+) -> dict[str, float]:
+    """The largest magnitude entering each gradient's products, in float64 (rule v2's floor).
+
+    With exact probabilities ``P``, ``out = P . v``, ``dP_ij = dout_i . v_j`` and
+    ``delta_i = P_i . dP_i``: a kernel that recomputes ``P`` in the backward gets it with a relative
+    error of a few units times ``c_ij = scale * |q_i| . |k_j| + |lse_i|`` (the score's own rounding,
+    the stored lse's), and forms ``dS_ij = P_ij (dP_ij - delta_i)`` from
+    ``R_ij = P_ij (|dout_i| . |v_j| + |dout_i| . |out_i| + c_ij (|dP_ij| + |delta_i|))``. Then
+    ``dq: scale * max sum_j R_ij |k_j|``, ``dk: scale * max sum_i R_ij |q_i|`` (summed over a GQA
+    group) and ``dv: max sum_i P_ij (1 + c_ij) |dout_i|``. Non-finite inputs count as 0.
+    """
+    pr = _Precision(np.float64)
+    x = {
+        name: np.nan_to_num(np.asarray(arr, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        for name, arr in (("q", q), ("k", k), ("v", v), ("dout", dout))
+    }
+    a = {name: np.abs(arr) for name, arr in x.items()}
+    B, H, n_q, _ = q.shape
+    H_kv, n_k = k.shape[1], k.shape[2]
+    chunk = max(1, auto_chunk(n_k, 8) // 2)
+    top_dq = 0.0
+    m_dk = np.zeros(k.shape)
+    m_dv = np.zeros(v.shape)
+    group = H // H_kv
+    plain = Formulation("scores")
+    for b in range(B):
+        for h in range(H):
+            g = h // group
+            for r0 in range(0, n_q, chunk):
+                sel = np.arange(r0, min(r0 + chunk, n_q))
+                s, _ = _scores(x["q"][b, h, sel], x["k"][b, g], scale, softcap, plain, pr)
+                p, total, _ = _softmax_parts(s, pattern.mask_rows(sel, head=h), plain)
+                live = total > 0
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    P = np.where(live[:, None], p / total[:, None], 0)
+                    lse = np.where(live, np.max(np.where(P > 0, s, -np.inf), axis=1), 0)
+                    lse = np.abs(lse + np.log(np.where(live, total, 1)))
+                out = np.abs(P @ x["v"][b, g])
+                ado = a["dout"][b, h, sel]
+                dP = x["dout"][b, h, sel] @ x["v"][b, g].T
+                delta = np.abs((P * dP).sum(axis=1))
+                c = abs(scale) * (a["q"][b, h, sel] @ a["k"][b, g].T) + lse[:, None]
+                R = P * (
+                    ado @ a["v"][b, g].T
+                    + (ado * out).sum(axis=1)[:, None]
+                    + c * (np.abs(dP) + delta[:, None])
+                )
+                top_dq = max(top_dq, float(np.max(R @ a["k"][b, g], initial=0.0)) * abs(scale))
+                m_dk[b, g] += (R.T @ a["q"][b, h, sel]) * abs(scale)
+                m_dv[b, g] += (P * (1 + c)).T @ ado
+    return {
+        "dq": top_dq,
+        "dk": float(np.max(m_dk, initial=0.0)),
+        "dv": float(np.max(m_dv, initial=0.0)),
+    }
