@@ -19,8 +19,8 @@ import typer
 from typer.testing import CliRunner
 
 from sparse_ref import golden, oracle, patterns, testing
-from sparse_ref.golden import store, suites
 from sparse_ref.cli.golden import golden_app
+from sparse_ref.golden import store, suites
 from sparse_ref.golden.generate import compute_case
 from sparse_ref.golden.suites import CaseSpec, Suite
 
