@@ -33,6 +33,8 @@ def as_cpu_array(x: Any, name: str) -> np.ndarray:
     """NumPy view of ``x`` (ndarray, ``__dlpack__`` or ``__array__``), in native byte order."""
     if isinstance(x, np.ndarray):
         arr = x
+    elif str(getattr(x, "dtype", "")) == "torch.bfloat16" and hasattr(x, "view"):
+        arr = _torch_bfloat16(x, name)
     elif hasattr(x, "__dlpack__") and not hasattr(x, "__cuda_array_interface__"):
         try:
             arr = np.from_dlpack(x)
@@ -53,6 +55,22 @@ def as_cpu_array(x: Any, name: str) -> np.ndarray:
     if not arr.dtype.isnative:
         arr = arr.astype(arr.dtype.newbyteorder("="))
     return arr
+
+
+def _torch_bfloat16(x: Any, name: str) -> np.ndarray:
+    """A CPU torch bfloat16 tensor as an ``ml_dtypes.bfloat16`` array (shared memory).
+
+    DLPack has no NumPy dtype for bfloat16, so the bits travel as int16 and are viewed back.
+    """
+    import sys
+
+    import ml_dtypes
+
+    if getattr(getattr(x, "device", None), "type", "cpu") != "cpu":
+        raise TypeError(f"{name} is a GPU tensor; pass backend='cupy' or move it to the CPU first")
+    torch = sys.modules["torch"]  # x is a torch tensor, so torch is imported
+    bits = np.from_dlpack(x.detach().view(torch.int16))
+    return bits.view(ml_dtypes.bfloat16)
 
 
 def compute_dtype(dtype: Any) -> type[np.floating]:
