@@ -33,7 +33,12 @@ def _nvcc() -> str | None:
 
 
 def test_sources_exist():
-    assert {p.name for p in SOURCES} >= {"csr_forward.cu", "bsr_forward.cu", "csr_backward.cu"}
+    assert {p.name for p in SOURCES} >= {
+        "csr_forward.cu",
+        "bsr_forward.cu",
+        "csr_backward.cu",
+        "bsr_backward_simt.cu",
+    }
     assert gpu.kernel_dir() == KERNELS
 
 
@@ -106,10 +111,13 @@ _BSR_NAMES += [gpu.mma_kernel_name(t, dm, w, mt) for t, dm, w, mt in
                 ("bfloat16", 32, 4, 1))]  # fmt: skip
 _BWD_NAMES = [n for t, dm in (("float32", 128), ("float64", 64), ("float64", 256), ("float32", 256),
                                ("bfloat16", 32)) for n in gpu.bwd_kernel_names(t, dm)]  # fmt: skip
+_BSR_BWD_NAMES = [n for t, dm in (("float32", 128), ("float64", 128), ("float64", 256),
+                                   ("bfloat16", 64)) for n in gpu.bwd_kernel_names(t, dm, form="bsr")]  # fmt: skip
 _NVRTC_CASES = [
     ("csr_forward.cu", _CSR_NAMES),
     ("bsr_forward.cu", _BSR_NAMES),
     ("csr_backward.cu", _BWD_NAMES),
+    ("bsr_backward_simt.cu", _BSR_BWD_NAMES),
 ]
 
 

@@ -18,6 +18,7 @@
 //    blocks read their packed mask words. Requires d, d_v <= D and d, d_v multiples of 8.
 // Both are deterministic: fixed reduction order, no atomics.
 #include "simt_core.cuh"
+#include "block_walk.cuh"
 #include "mma_common.cuh"
 
 namespace sparse_ref {
@@ -78,22 +79,8 @@ bsr_forward_simt(const T* __restrict__ q, const T* __restrict__ k, const T* __re
     cp_async_commit();
     if (SPLIT) C::template load_tile<C::BN>(sm.v, vb, c0, nk, dv);
     cp_async_commit();
-    for (int x = tid; x < C::BM * C::MW; x += C::THREADS) {
-      const int r = x / C::MW, w = x % C::MW;
-      const int nv = nk - 32 * w;
-      const unsigned valid = nv >= 32 ? 0xffffffffu : (nv <= 0 ? 0u : ((1u << nv) - 1u));
-      unsigned bits = 0u;
-      if (r < nrows) {
-        if (mi < 0) {
-          bits = valid;
-        } else {
-          const int wi = c * (C::BN / 32) + w;
-          const int brow = sub * C::BM + r;
-          if (wi < mwords) bits = mbits[((long long)mi * bq + brow) * mwords + wi] & valid;
-        }
-      }
-      sm.mask[r * C::MW + w] = bits;
-    }
+    block_tile_mask<C::BM, C::BN, C::THREADS>(sm.mask, mbits, mi, c, nk, sub * C::BM, nrows, bq,
+                                              mwords);
     cp_async_wait<1>();  // K (and Q)
     __syncthreads();
     A s[TM][TN];

@@ -132,12 +132,14 @@ MMA_DEFAULT_MT = 2
 
 
 #: backward tile shapes ``(TM, TN)`` (``16*TM`` rows per CTA, windows of ``16*TN`` columns) that
-#: ``csr_backward.cu`` is instantiated with; per dtype the first that fits shared memory is used
+#: the SIMT backward kernels (``csr_backward.cu``, ``bsr_backward_simt.cu``) are instantiated with;
+#: per dtype the first that fits shared memory is used
 BWD_TILES = {"float64": ((2, 2), (1, 2)), "other": ((4, 4), (2, 2))}
 
 
 def _bwd_smem(dtype: str, dmax: int, tm: int, tn: int) -> int:
-    """Dynamic shared memory of the backward kernels (``Bwd::SMEM_BYTES`` in csr_backward.cu)."""
+    """Dynamic shared memory of the SIMT backward kernels (``Bwd::SMEM_BYTES`` in
+    backward_core.cuh)."""
     size = 8 if dtype == "float64" else 4
     vw = 16 // size
     bm, bn = 16 * tm, 16 * tn
@@ -161,11 +163,14 @@ def _bwd_tiles(dtype: str, dmax: int, tiles: tuple[int, int] | None) -> tuple[in
 
 
 def bwd_kernel_names(
-    dtype: str, dmax: int, tiles: tuple[int, int] | None = None
+    dtype: str, dmax: int, tiles: tuple[int, int] | None = None, *, form: str = "csr"
 ) -> tuple[str, str]:
-    """Name expressions of the dq kernel and the dk/dv kernel for ``dtype`` and head dims
-    ``<= dmax``."""
+    """Name expressions of the SIMT dq kernel and dk/dv kernel for ``dtype`` and head dims
+    ``<= dmax``: over token CSR (``form="csr"``, ``csr_backward.cu``) or the block form
+    (``form="bsr"``, ``bsr_backward_simt.cu``)."""
+    if form not in ("csr", "bsr"):
+        raise ValueError(f"form must be 'csr' or 'bsr', got {form!r}")
     tm, tn = _bwd_tiles(dtype, dmax, tiles)
     t, a = _CTYPES[dtype]
     targs = f"<{t}, {a}, {tm}, {tn}, {dmax}>"
-    return f"sparse_ref::csr_backward_dq{targs}", f"sparse_ref::csr_backward_dkdv{targs}"
+    return f"sparse_ref::{form}_backward_dq{targs}", f"sparse_ref::{form}_backward_dkdv{targs}"
