@@ -23,23 +23,20 @@ table holds each used partial mask once, sorted by content. So two ``BlockSparse
 structure and block size have equal arrays, and ``==`` compares arrays.
 
 Builders make the block form directly, without token CSR: :func:`from_layout` (block layouts),
-:func:`from_csr` (any token CSR, vectorised), and the structured families :func:`causal`,
-:func:`sliding_window`, :func:`causal_sliding_window`, :func:`sinks`, :func:`global_local`,
-:func:`prefix_lm`, :func:`dense`, with the catalog's parameter names and rules (DESIGN §4) plus
-``block``. The structured families are unions of *terms*, each an intersection of a diagonal band
-``lo_d <= j - i <= hi_d``, a key range and a query range; a term meets a block emptily, fully or
-partially by O(1) arithmetic on the block's corners, and its mask in a partial block depends only
-on the bounds relative to the block's corner, so masks are computed once per distinct relative
-position.
+:func:`from_csr` (any token CSR, vectorised), :func:`from_terms` (a union of :class:`Term`, each an
+intersection of a diagonal band ``lo_d <= j - i <= hi_d``, a key range and a query range: how the
+catalog describes its local families, ``sparse_ref.patterns.causal(..., block=b)`` and the like),
+:func:`stack` (heads) and :func:`combine` (union, intersection, difference blockwise).
 
 Example:
-    >>> bs = causal_sliding_window(10, 4, block=4)
+    >>> bs = from_terms([Term(lo_d=-3, hi_d=0)], (10, 10), block=4)  # i - 4 < j <= i
     >>> bs.grid, bs.nblocks, bs.full.tolist(), bs.nnz
     ((3, 3), 5, [False, False, False, False, False], 34)
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -58,8 +55,15 @@ __all__ = [
     "block_param",
     "from_layout",
     "from_csr",
+    "from_terms",
     "stack",
     "combine",
+    "Term",
+]
+
+# The local families' block builders that lived here until the catalog described each family once
+# (as a list of terms, in sparse_ref/patterns): kept as deprecated aliases for one release.
+_MOVED_FAMILIES = (
     "causal",
     "causal_sliding_window",
     "dense",
@@ -67,7 +71,7 @@ __all__ = [
     "prefix_lm",
     "sinks",
     "sliding_window",
-]
+)
 
 #: Builders refuse to hold more partial-block mask bools than this before deduplication (a random
 #: pattern has almost every block partial: use the CSR form for it).
@@ -878,8 +882,19 @@ def combine(a: BlockSparse, b: BlockSparse, op: str) -> BlockSparse:
 
 
 # ---------------------------------------------------------------------------------------- terms
-class _Term(NamedTuple):
-    """``lo_d <= j - i <= hi_d`` and ``lo_j <= j <= hi_j`` and ``lo_i <= i <= hi_i`` (inclusive)."""
+class Term(NamedTuple):
+    """``lo_d <= j - i <= hi_d`` and ``lo_j <= j <= hi_j`` and ``lo_i <= i <= hi_i`` (inclusive).
+
+    The description of a structured family: a union of terms, each a diagonal band cut by a key
+    range and a query range (omitted bounds are unbounded). ``sparse_ref.patterns`` states each
+    local family as a short list of terms and derives both forms from it: the block form with
+    :func:`from_terms`, token CSR with ``patterns._ranges.terms_csr``.
+
+    Example:
+        >>> window = Term(lo_d=-2, hi_d=0)  # i - 2 <= j <= i: a causal window of 3
+        >>> from_terms([window], (4, 4), 2).nnz
+        9
+    """
 
     lo_d: int = -_BIG
     hi_d: int = _BIG
@@ -889,10 +904,18 @@ class _Term(NamedTuple):
     hi_i: int = _BIG
 
 
-def _from_terms(
-    terms: Sequence[_Term], shape: tuple[int, int], block: tuple[int, int]
-) -> BlockSparse:
-    """Block form of the union of ``terms`` without touching individual tokens."""
+def from_terms(terms: Sequence[Term], shape: tuple[int, int], block: Any) -> BlockSparse:
+    """Block form of the union of ``terms`` over ``shape``, without touching individual tokens.
+
+    A term meets a block emptily, fully or partially by O(1) arithmetic on the block's corners;
+    its mask in a partial block depends only on its bounds relative to the block's corner, so
+    masks are computed once per distinct relative position.
+
+    Example:
+        >>> from_terms([Term(hi_d=0)], (10, 10), 4).full.tolist()  # causal
+        [False, True, False, True, True, False]
+    """
+    block = check_block(block)
     bq, bk = block
     n_q, n_k = shape
     nbq, nbk = _cdiv(n_q, bq), _cdiv(n_k, bk)
@@ -970,78 +993,22 @@ def _from_terms(
     return _finish(block, shape, [(bi, bj, cid)], cand)
 
 
-def _nonneg(value: Any, name: str) -> int:
-    return check_nonneg_int(value, name)
-
-
-def dense(n_q: int, n_k: int | None = None, *, block: Any) -> BlockSparse:
-    """All keys for every query (block form)."""
-    n_q = _nonneg(n_q, "n_q")
-    n_k = n_q if n_k is None else _nonneg(n_k, "n_k")
-    return _from_terms([_Term()], (n_q, n_k), check_block(block))
-
-
-def causal(n_q: int, n_k: int | None = None, align: str = "top_left", *, block: Any) -> BlockSparse:
-    """``j <= i`` (``"top_left"``) or ``j <= i + n_k - n_q`` (``"bottom_right"``), block form."""
-    n_q = _nonneg(n_q, "n_q")
-    n_k = n_q if n_k is None else _nonneg(n_k, "n_k")
-    if align not in ("top_left", "bottom_right"):
-        raise ValueError(f"align must be one of 'top_left', 'bottom_right', got {align!r}")
-    offset = 0 if align == "top_left" else n_k - n_q
-    return _from_terms([_Term(hi_d=offset)], (n_q, n_k), check_block(block))
-
-
-def sliding_window(n: int, left: int, right: int, *, block: Any) -> BlockSparse:
-    """``i - left <= j <= i + right`` (FlashAttention ``window_size=(left, right)``), block form."""
-    n, left, right = _nonneg(n, "n"), _nonneg(left, "left"), _nonneg(right, "right")
-    return _from_terms([_Term(lo_d=-left, hi_d=right)], (n, n), check_block(block))
-
-
-def causal_sliding_window(n: int, window: int, *, block: Any) -> BlockSparse:
-    """``i - window < j <= i`` (Mistral; ``window`` counts the token itself), block form."""
-    n, window = _nonneg(n, "n"), _nonneg(window, "window")
-    terms = [_Term(lo_d=1 - window, hi_d=0)] if window else []
-    return _from_terms(terms, (n, n), check_block(block))
-
-
-def sinks(n: int, num_sinks: int, window: int, *, block: Any) -> BlockSparse:
-    """``j <= i`` and (``j < num_sinks`` or ``i - window < j``) (StreamingLLM), block form."""
-    n, num_sinks, window = (
-        _nonneg(n, "n"),
-        _nonneg(num_sinks, "num_sinks"),
-        _nonneg(window, "window"),
+def __getattr__(name: str) -> Any:
+    """``blocks.<family>(..., block=b)``, deprecated: ``patterns.<family>(..., block=b).block_form``."""
+    if name not in _MOVED_FAMILIES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    warnings.warn(
+        f"sparse_ref.blocks.{name}(..., block=b) is deprecated; use "
+        f"sparse_ref.patterns.{name}(..., block=b).block_form",
+        DeprecationWarning,
+        stacklevel=2,
     )
-    terms = [_Term(hi_d=0, hi_j=num_sinks - 1)]
-    if window:
-        terms.append(_Term(lo_d=1 - window, hi_d=0))
-    return _from_terms(terms, (n, n), check_block(block))
+    from . import patterns  # the catalog sits above this module; only this deprecated path climbs
 
+    family = getattr(patterns, name)
 
-def prefix_lm(n: int, prefix: int, *, block: Any) -> BlockSparse:
-    """``j < prefix`` or ``j <= i`` (prefix LM), block form."""
-    n, prefix = _nonneg(n, "n"), _nonneg(prefix, "prefix")
-    return _from_terms([_Term(hi_j=prefix - 1), _Term(hi_d=0)], (n, n), check_block(block))
+    def build(*args: Any, block: Any, **kwargs: Any) -> BlockSparse:
+        return family(*args, block=check_block(block), **kwargs).block_form  # type: ignore[no-any-return]
 
-
-def global_local(n: int, left: int, right: int, global_tokens: Any, *, block: Any) -> BlockSparse:
-    """``i - left <= j <= i + right`` or ``i in G`` or ``j in G`` (Longformer), block form.
-
-    ``global_tokens``: indices in ``[-n, n)`` (negatives count from the end; duplicates merge).
-    """
-    n, left, right = _nonneg(n, "n"), _nonneg(left, "left"), _nonneg(right, "right")
-    if isinstance(global_tokens, str | bytes) or np.ndim(global_tokens) != 1:
-        raise TypeError(f"global_tokens must be a 1-D sequence of ints, got {global_tokens!r}")
-    g = np.asarray(global_tokens)
-    if g.size and (g.dtype == bool or not np.issubdtype(g.dtype, np.integer)):
-        raise TypeError(f"global_tokens must hold ints, got dtype {g.dtype}")
-    g = g.astype(np.int64)
-    if ((g < -n) | (g >= n)).any():
-        raise ValueError(f"global_tokens out of range: every index must be in [-{n}, {n})")
-    g = np.unique(np.where(g < 0, g + n, g))
-    terms = [_Term(lo_d=-left, hi_d=right)]
-    if len(g):
-        breaks = np.flatnonzero(np.diff(g) != 1) + 1
-        for run in np.split(g, breaks):  # one pair of terms per run of consecutive tokens
-            lo, hi = int(run[0]), int(run[-1])
-            terms += [_Term(lo_i=lo, hi_i=hi), _Term(lo_j=lo, hi_j=hi)]
-    return _from_terms(terms, (n, n), check_block(block))
+    build.__name__ = name
+    return build

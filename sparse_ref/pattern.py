@@ -641,7 +641,7 @@ class Pattern:
         offset = _causal_offset(n_q, n_k, align)
         params = {"of": self._spec(), "align": align}
         if self._bsr is not None:  # blockwise, stays a block form
-            tri = _blocks.causal(n_q, n_k, align, block=self._bsr.block)
+            tri = _blocks.from_terms([_blocks.Term(hi_d=offset)], self._shape, self._bsr.block)
             blocks = _blocks.combine(self._bsr, tri, "intersection")
             return Pattern._new(None, family="causal_of", params=params, blocks=blocks)
         heads = []

@@ -1,5 +1,9 @@
 """Vectorised CSR construction for patterns whose rows are unions of arithmetic progressions.
 
+The local families are described once, as unions of :class:`~sparse_ref.blocks.Term`;
+:func:`terms_pattern` derives their token CSR here (:func:`terms_csr`) or their block form
+(``blocks.from_terms``).
+
 Most catalog families have rows made of a few runs of keys: a window is one run ``[lo, hi)``, a
 strided row is one progression ``lo, lo + s, lo + 2s, ...``, a sink row is two runs. The
 builders describe every row by a ``(n_q, S)`` table of progressions (``start``, ``count``, common
@@ -19,14 +23,16 @@ about three passes, so it is kept for the rows where rectangles do not pay.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from .. import blocks as _blocks
+from ..blocks import Term, from_terms
+from ..checks import block_param
 from ..pattern import Pattern, csr_from_arrays, index_dtype
 
-__all__ = ["BlockArg", "block_pattern", "csr_pattern", "progressions_csr"]
+__all__ = ["BlockArg", "csr_pattern", "progressions_csr", "terms_csr", "terms_pattern"]
 
 #: The ``block`` argument of the structured families: ``None`` (token CSR), an int or ``(bq, bk)``.
 BlockArg = int | tuple[int, int] | None
@@ -108,13 +114,89 @@ def csr_pattern(
     )
 
 
-def block_pattern(family: str, params: dict[str, Any], block: BlockArg, **args: Any) -> Pattern:
-    """The block-form pattern of ``family``, built by ``sparse_ref.blocks.<family>(**args,
-    block=block)`` without token CSR; ``params`` gains ``block`` so that ``build`` rebuilds it."""
-    blocks = getattr(_blocks, family)(**args, block=block)
-    bq, bk = blocks.block
-    params = {**params, "block": bq if bq == bk else [bq, bk]}
+def terms_pattern(
+    family: str,
+    params: dict[str, Any],
+    terms: Sequence[Term],
+    shape: tuple[int, int],
+    block: BlockArg,
+) -> Pattern:
+    """The pattern of a family described by the union of ``terms`` over ``shape``: token CSR
+    (:func:`terms_csr`) when ``block`` is ``None``, else the block form built directly
+    (``blocks.from_terms``), with ``params`` gaining ``block`` so that ``build`` rebuilds it."""
+    if block is None:
+        indptr, indices = terms_csr(terms, shape)
+        heads = [csr_from_arrays(indptr, indices, shape)]
+        return Pattern._new(heads, family=family, params=params)
+    blocks = from_terms(terms, shape, block)
+    params = {**params, "block": block_param(blocks.block)}
     return Pattern._new(None, blocks=blocks, family=family, params=params)
+
+
+def terms_csr(terms: Sequence[Term], shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Canonical CSR ``(indptr, indices)`` of the union of ``terms`` over ``shape``.
+
+    In a row ``i`` a term is one run of keys ``max(lo_j, i + lo_d, 0) .. min(hi_j, i + hi_d,
+    n_k - 1)`` (none outside ``lo_i <= i <= hi_i``). Rows are cut into segments where the same
+    terms are active (a global query row is its own segment), and per segment the runs are sorted
+    and merged into disjoint runs, vectorised over the rows, for :func:`progressions_csr`.
+    """
+    n_q, n_k = shape
+    terms = [t for t in terms if t.lo_d <= t.hi_d]
+    cuts = {0, n_q}
+    for t in terms:
+        cuts.update(min(max(v, 0), n_q) for v in (t.lo_i, t.hi_i + 1))
+    edges = sorted(cuts)
+    parts = []
+    for r0, r1 in zip(edges[:-1], edges[1:], strict=True):
+        active = [t for t in terms if t.lo_i <= r0 and r1 - 1 <= t.hi_i]
+        parts.append(_merged_runs(np.arange(r0, r1, dtype=np.int64), active, n_k))
+    width = max([1] + [lo.shape[1] for lo, _ in parts])
+    start = np.zeros((n_q, width), dtype=np.int64)
+    count = np.zeros((n_q, width), dtype=np.int64)
+    for (lo, cnt), r0 in zip(parts, edges[:-1], strict=True):
+        start[r0 : r0 + len(lo), : lo.shape[1]] = lo
+        count[r0 : r0 + len(lo), : lo.shape[1]] = cnt
+    return progressions_csr(start, count, n_k)
+
+
+def _merged_runs(
+    rows: np.ndarray, terms: Sequence[Term], n_k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(start, count)`` ``(len(rows), S)``: the runs of ``terms`` in ``rows``, disjoint and
+    ascending within each row (``count`` 0 for unused columns)."""
+    if not terms:
+        return np.zeros((len(rows), 0), dtype=np.int64), np.zeros((len(rows), 0), dtype=np.int64)
+    i = rows[:, None]
+    lo = np.maximum(np.array([[max(t.lo_j, 0) for t in terms]]), i + [[t.lo_d for t in terms]])
+    hi = np.minimum(
+        np.array([[min(t.hi_j, n_k - 1) for t in terms]]), i + [[t.hi_d for t in terms]]
+    )
+    if len(terms) == 1:  # one run per row (dense, causal, windows): nothing to merge
+        return lo, np.maximum(hi - lo + 1, 0)
+    order = np.argsort(lo, axis=1, kind="stable")
+    lo, hi = np.take_along_axis(lo, order, axis=1), np.take_along_axis(hi, order, axis=1)
+    out_lo = np.zeros_like(lo)
+    out_hi = np.full_like(hi, -1)
+    col = np.zeros(len(rows), dtype=np.int64)  # runs emitted so far per row
+    cur_lo, cur_hi = lo[:, 0].copy(), hi[:, 0].copy()  # the run being grown (empty if lo > hi)
+    every = np.arange(len(rows))
+    for s in range(1, lo.shape[1]):
+        nonempty = lo[:, s] <= hi[:, s]
+        cur = cur_lo <= cur_hi
+        new = nonempty & cur & (lo[:, s] > cur_hi + 1)  # disjoint from the run being grown
+        out_lo[every[new], col[new]] = cur_lo[new]
+        out_hi[every[new], col[new]] = cur_hi[new]
+        col += new
+        take = nonempty & (new | ~cur)  # start a new run from this one
+        cur_lo[take], cur_hi[take] = lo[take, s], hi[take, s]
+        grow = nonempty & cur & ~new
+        cur_hi[grow] = np.maximum(cur_hi[grow], hi[grow, s])
+    cur = cur_lo <= cur_hi
+    out_lo[every[cur], col[cur]] = cur_lo[cur]
+    out_hi[every[cur], col[cur]] = cur_hi[cur]
+    used = int(col.max(initial=0)) + 1
+    return out_lo[:, :used], np.maximum(out_hi - out_lo + 1, 0)[:, :used]
 
 
 def _fill_ragged(

@@ -32,6 +32,7 @@ import numpy as np
 from .. import blocks as _blocks
 from ..checks import check_bool, check_nonneg_int, check_pos_int
 from ..pattern import Pattern, csr_from_arrays, index_dtype
+from . import local
 from ._rowkeys import same_group_csr, union_csr
 
 __all__ = ["block_topk", "lsh", "routing", "topk"]
@@ -487,7 +488,7 @@ def block_topk(
         layout |= bj == bi
     blocks = _blocks.from_layout(layout, block, n_q, n_k)
     if causal:
-        tri = _blocks.causal(n_q, n_k, "top_left", block=block)
+        tri = local.causal(n_q, n_k, "top_left", block=block).to_bsr()
         blocks = _blocks.combine(blocks, tri, "intersection")
     return Pattern._new(
         None,

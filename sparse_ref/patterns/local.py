@@ -1,18 +1,18 @@
-"""Local patterns: every row is one or two contiguous runs of keys (i query, j key)."""
+"""Local patterns: every row is one or two contiguous runs of keys (i query, j key).
+
+Each family is described once, as a union of :class:`~sparse_ref.blocks.Term` (a diagonal band
+``lo_d <= j - i <= hi_d`` cut by key and query ranges); its token CSR and, with ``block=``, its
+block form are both derived from that list (``_ranges.terms_pattern``).
+"""
 
 from __future__ import annotations
 
-import numpy as np
-
+from ..blocks import Term
 from ..checks import check_choice, check_nonneg_int, resolve_n_k
 from ..pattern import Pattern, _causal_offset
-from ._ranges import BlockArg, block_pattern, csr_pattern
+from ._ranges import BlockArg, terms_pattern
 
 __all__ = ["causal", "causal_sliding_window", "dense", "prefix_lm", "sinks", "sliding_window"]
-
-
-def _rows(n: int) -> np.ndarray:
-    return np.arange(n, dtype=np.int64)
 
 
 def dense(n_q: int, n_k: int | None = None, *, block: BlockArg = None) -> Pattern:
@@ -29,9 +29,7 @@ def dense(n_q: int, n_k: int | None = None, *, block: BlockArg = None) -> Patter
     """
     n_q, n_k = resolve_n_k(n_q, n_k)
     params = {"n_q": n_q, "n_k": n_k}
-    if block is not None:
-        return block_pattern("dense", params, block, **params)
-    return csr_pattern("dense", params, np.zeros(n_q), np.full(n_q, n_k), n_k)
+    return terms_pattern("dense", params, [Term()], (n_q, n_k), block)
 
 
 def causal(
@@ -55,10 +53,8 @@ def causal(
     n_q, n_k = resolve_n_k(n_q, n_k)
     align = check_choice(align, "align", ("top_left", "bottom_right"))
     params = {"n_q": n_q, "n_k": n_k, "align": align}
-    if block is not None:
-        return block_pattern("causal", params, block, **params)
-    hi = np.clip(_rows(n_q) + _causal_offset(n_q, n_k, align) + 1, 0, n_k)
-    return csr_pattern("causal", params, np.zeros(n_q), hi, n_k)
+    terms = [Term(hi_d=_causal_offset(n_q, n_k, align))]  # j - i <= offset
+    return terms_pattern("causal", params, terms, (n_q, n_k), block)
 
 
 def sliding_window(n: int, left: int, right: int, *, block: BlockArg = None) -> Pattern:
@@ -78,11 +74,8 @@ def sliding_window(n: int, left: int, right: int, *, block: BlockArg = None) -> 
     left = check_nonneg_int(left, "left")
     right = check_nonneg_int(right, "right")
     params = {"n": n, "left": left, "right": right}
-    if block is not None:
-        return block_pattern("sliding_window", params, block, **params)
-    i = _rows(n)
-    lo = np.maximum(i - left, 0)
-    return csr_pattern("sliding_window", params, lo, np.minimum(i + right + 1, n) - lo, n)
+    terms = [Term(lo_d=-left, hi_d=right)]
+    return terms_pattern("sliding_window", params, terms, (n, n), block)
 
 
 def causal_sliding_window(n: int, window: int, *, block: BlockArg = None) -> Pattern:
@@ -102,11 +95,8 @@ def causal_sliding_window(n: int, window: int, *, block: BlockArg = None) -> Pat
     n = check_nonneg_int(n, "n")
     window = check_nonneg_int(window, "window")
     params = {"n": n, "window": window}
-    if block is not None:
-        return block_pattern("causal_sliding_window", params, block, **params)
-    i = _rows(n)
-    count = np.minimum(i + 1, window)
-    return csr_pattern("causal_sliding_window", params, i + 1 - count, count, n)
+    terms = [Term(lo_d=1 - window, hi_d=0)] if window else []
+    return terms_pattern("causal_sliding_window", params, terms, (n, n), block)
 
 
 def sinks(n: int, num_sinks: int, window: int, *, block: BlockArg = None) -> Pattern:
@@ -128,14 +118,10 @@ def sinks(n: int, num_sinks: int, window: int, *, block: BlockArg = None) -> Pat
     num_sinks = check_nonneg_int(num_sinks, "num_sinks")
     window = check_nonneg_int(window, "window")
     params = {"n": n, "num_sinks": num_sinks, "window": window}
-    if block is not None:
-        return block_pattern("sinks", params, block, **params)
-    i = _rows(n)
-    sink_hi = np.minimum(i + 1, num_sinks)  # run 1: [0, sink_hi)
-    win_lo = np.maximum(i + 1 - window, sink_hi)  # run 2: [win_lo, i], after the sinks
-    start = np.stack([np.zeros(n, dtype=np.int64), win_lo], axis=1)
-    count = np.stack([sink_hi, i + 1 - win_lo], axis=1)
-    return csr_pattern("sinks", params, start, count, n)
+    terms = [Term(hi_d=0, hi_j=num_sinks - 1)]  # the sinks, causally
+    if window:
+        terms.append(Term(lo_d=1 - window, hi_d=0))  # the recent keys
+    return terms_pattern("sinks", params, terms, (n, n), block)
 
 
 def prefix_lm(n: int, prefix: int, *, block: BlockArg = None) -> Pattern:
@@ -155,7 +141,5 @@ def prefix_lm(n: int, prefix: int, *, block: BlockArg = None) -> Pattern:
     n = check_nonneg_int(n, "n")
     prefix = check_nonneg_int(prefix, "prefix")
     params = {"n": n, "prefix": prefix}
-    if block is not None:
-        return block_pattern("prefix_lm", params, block, **params)
-    hi = np.minimum(np.maximum(_rows(n) + 1, prefix), n)
-    return csr_pattern("prefix_lm", params, np.zeros(n), hi, n)
+    terms = [Term(hi_j=prefix - 1), Term(hi_d=0)]  # the prefix, and causal attention
+    return terms_pattern("prefix_lm", params, terms, (n, n), block)
