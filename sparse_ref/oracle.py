@@ -27,11 +27,13 @@ for GQA, dk/dv of a kv head sum over the query heads of its group.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from .pattern import Pattern
+from .per_batch import as_pattern_list, run_per_batch
 from .validation import prepare
 
 __all__ = [
@@ -125,7 +127,7 @@ def attention(
     q: Any,
     k: Any,
     v: Any,
-    pattern: Pattern,
+    pattern: Pattern | Sequence[Pattern],
     *,
     scale: float | None = None,
     softcap: float | None = None,
@@ -139,6 +141,7 @@ def attention(
     Shapes as :func:`sparse_ref.attention`: q ``(..., n_q, d)``, k ``(..., n_k, d)``, v ``(..., n_k,
     d_v)`` with the same rank (2, 3 or 4). Returns ``out (..., n_q, d_v)`` and, if ``return_lse``,
     ``lse (..., n_q)``, both in ``compute_dtype`` (the oracle does not round its result back).
+    ``pattern`` may be a sequence of ``B`` patterns, one per batch element (4-D inputs).
 
     Example:
         >>> import numpy as np
@@ -147,6 +150,15 @@ def attention(
         >>> attention(q, k, v, patterns.causal(3))[0]
         array([1., 0., 0.])
     """
+    per_batch = as_pattern_list(pattern)
+    if per_batch is not None:
+        return run_per_batch(
+            lambda p, **qkv: attention(
+                **qkv, pattern=p, scale=scale, softcap=softcap, return_lse=return_lse,
+                compute_dtype=compute_dtype, chunk=chunk, check_finite=check_finite,
+            ),
+            per_batch, {"q": q, "k": k, "v": v},
+        )  # fmt: skip
     prep = prepare(q, k, v, pattern, scale=scale, softcap=softcap, check_finite=check_finite)
     out, lse = forward(
         prep.q,
@@ -165,7 +177,7 @@ def attention_rows(
     q: Any,
     k: Any,
     v: Any,
-    pattern: Pattern,
+    pattern: Pattern | Sequence[Pattern],
     rows: Any,
     *,
     scale: float | None = None,
@@ -174,7 +186,19 @@ def attention_rows(
     compute_dtype: Any = np.float64,
     check_finite: bool = True,
 ) -> Any:
-    """The oracle for selected query rows only (for huge ``n``): ``out (..., len(rows), d_v)``."""
+    """The oracle for selected query rows only (for huge ``n``): ``out (..., len(rows), d_v)``.
+
+    ``pattern`` may be a sequence of ``B`` patterns, one per batch element (4-D inputs).
+    """
+    per_batch = as_pattern_list(pattern)
+    if per_batch is not None:
+        return run_per_batch(
+            lambda p, **qkv: attention_rows(
+                **qkv, pattern=p, rows=rows, scale=scale, softcap=softcap,
+                return_lse=return_lse, compute_dtype=compute_dtype, check_finite=check_finite,
+            ),
+            per_batch, {"q": q, "k": k, "v": v},
+        )  # fmt: skip
     prep = prepare(q, k, v, pattern, scale=scale, softcap=softcap, check_finite=check_finite)
     n_q = prep.q.shape[2]
     rows_arr = np.asarray(rows)
@@ -326,7 +350,7 @@ def attention_backward(
     q: Any,
     k: Any,
     v: Any,
-    pattern: Pattern,
+    pattern: Pattern | Sequence[Pattern],
     dout: Any,
     *,
     scale: float | None = None,
@@ -341,7 +365,8 @@ def attention_backward(
     d_v)``. Shapes, dtypes and checks as :func:`attention`. Returns ``(dq, dk, dv)`` shaped like
     ``(q, k, v)``, in ``compute_dtype`` (not rounded back). Rows with no allowed keys get ``dq = 0``
     and contribute nothing to ``dk``/``dv``; for GQA, ``dk``/``dv`` sum over the query heads that
-    share a kv head. See the module doc for the formulas.
+    share a kv head. ``pattern`` may be a sequence of ``B`` patterns, one per batch element (4-D
+    inputs). See the module doc for the formulas.
 
     Example:
         >>> import numpy as np
@@ -352,6 +377,15 @@ def attention_backward(
         array([[1., 0.],
                [0., 1.]])
     """
+    per_batch = as_pattern_list(pattern)
+    if per_batch is not None:
+        return run_per_batch(
+            lambda p, **arrays: attention_backward(
+                **arrays, pattern=p, scale=scale, softcap=softcap,
+                compute_dtype=compute_dtype, chunk=chunk, check_finite=check_finite,
+            ),
+            per_batch, {"q": q, "k": k, "v": v, "dout": dout},
+        )  # fmt: skip
     prep = prepare(
         q,
         k,
