@@ -45,7 +45,14 @@ from typing import Any, NamedTuple
 import numpy as np
 import scipy.sparse as sp
 
-from .checks import block_param, check_block, check_nonneg_int, check_shape
+from .checks import (
+    BLOCK_WORDS,
+    block_param,
+    check_block,
+    check_compressed,
+    check_nonneg_int,
+    check_shape,
+)
 
 __all__ = [
     "BlockSparse",
@@ -152,10 +159,21 @@ class BlockSparse:
     def __post_init__(self) -> None:
         for name in ("indptr", "indices", "mask_index", "mask_table"):
             getattr(self, name).flags.writeable = False
-        self._validate()
+        self.check_format(full_check=False)
 
     # -------------------------------------------------------------------------- validation
-    def _validate(self) -> None:
+    def check_format(self, full_check: bool = True) -> None:
+        """Check the structure, as scipy's ``check_format``; ``ValueError`` names the broken rule.
+
+        Always (O(P), run at construction): dtypes and shapes of the four arrays, and ``indptr``
+        from 0 to ``nblocks`` (:func:`sparse_ref.checks.check_compressed`). With ``full_check``
+        (O(nblocks + mask bools)): ``indptr`` non-decreasing, block columns in range and strictly
+        increasing per block row (errors name the head and block row), and the canonical form:
+        every ``mask_index`` in range, the mask table sorted by content with each mask used once,
+        and every partial mask neither empty nor full nor reaching outside the shape. The
+        builders produce canonical arrays by construction; user structure goes through
+        :meth:`from_arrays`, which checks fully.
+        """
         bq, bk = check_block(self.block)
         n_q, n_k = self.shape
         nbq, nbk = self.grid
@@ -170,32 +188,10 @@ class BlockSparse:
             raise ValueError(
                 f"mask_table must be bool of shape (n_masks, {bq}, {bk}), got {mt.dtype} {mt.shape}"
             )
-        flat = ip.ravel()
-        if flat[0] != 0 or flat[-1] != len(ix) or (ip[1:, 0] != ip[:-1, -1]).any():
-            raise ValueError(
-                "indptr must run from 0 to nblocks, each head starting where the last ended"
-            )
-        steps = np.diff(ip, axis=1)
-        if (steps < 0).any():
-            p, bi = np.argwhere(steps < 0)[0]
-            raise ValueError(f"indptr must be non-decreasing: head {p}, block row {bi}")
-        rows = np.repeat(np.tile(np.arange(nbq), ip.shape[0]), steps.ravel())
-        bad = (ix < 0) | (ix >= nbk)
-        if bad.any():
-            pos = int(np.argmax(bad))
-            raise ValueError(
-                f"block column out of range: block row {rows[pos]} has {ix[pos]}, expected 0 <= "
-                f"block column < nbk = {nbk}"
-            )
-        if len(ix) > 1:
-            same = np.repeat(np.arange(ip.shape[0]), steps.sum(axis=1))
-            same = (same[1:] == same[:-1]) & (rows[1:] == rows[:-1])
-            bad = same & (ix[1:] <= ix[:-1])
-            if bad.any():
-                raise ValueError(
-                    f"block columns must be strictly increasing within each block row; block row "
-                    f"{rows[1:][np.argmax(bad)]} is not"
-                )
+        check_compressed(ip, ix, nbk, words=BLOCK_WORDS, full_check=full_check)
+        if not full_check:
+            return
+        rows = np.repeat(np.tile(np.arange(nbq), ip.shape[0]), np.diff(ip, axis=1).ravel())
         if ((mi < -1) | (mi >= len(mt))).any():
             raise ValueError(f"mask_index must be -1 (full) or in [0, {len(mt)})")
         if len(mt):
@@ -562,22 +558,10 @@ class BlockSparse:
         ix = ix.astype(np.int64)
         if ip.shape[0] > 1 and ip[0, 0] == 0 and (ip[1:, 0] == 0).all():  # per-head offsets
             ip = ip + np.concatenate([[0], np.cumsum(ip[:-1, -1])])[:, None]
+        in_order = check_compressed(ip, ix, nbk, words=BLOCK_WORDS, require_sorted=not sort)
         steps = np.diff(ip, axis=1)
-        if (ip[:, 0] != np.concatenate([[0], ip[:-1, -1]])).any() or (steps < 0).any():
-            bad = np.argwhere(steps < 0)
-            where = f" (head {bad[0][0]}, block row {bad[0][1]})" if len(bad) else ""
-            raise ValueError(f"indptr must start at 0 and be non-decreasing{where}")
-        if ip[-1, -1] != len(ix):
-            raise ValueError(f"indptr[-1] = {ip[-1, -1]} must equal len(indices) = {len(ix)}")
         rows = np.repeat(np.tile(np.arange(nbq), ip.shape[0]), steps.ravel())
         heads_of = np.repeat(np.arange(ip.shape[0]), steps.sum(axis=1))
-        out_of_range = (ix < 0) | (ix >= nbk)
-        if out_of_range.any():
-            pos = int(np.argmax(out_of_range))
-            raise ValueError(
-                f"block column out of range: block row {rows[pos]} has {ix[pos]}, expected 0 <= "
-                f"block column < nbk = {nbk}"
-            )
         full_arr = np.ones(len(ix), dtype=bool) if full is None else np.asarray(full)
         if full_arr.dtype != bool or full_arr.shape != ix.shape:
             raise ValueError(
@@ -603,14 +587,8 @@ class BlockSparse:
             )
         cid = np.full(len(ix), -1, dtype=np.int64)
         cid[part] = np.arange(n_part)
-        key = (heads_of * nbq + rows) * nbk + ix
-        if len(ix) > 1 and not (key[1:] > key[:-1]).all():
-            if not sort:
-                pos = int(np.argmax(key[1:] <= key[:-1])) + 1
-                raise ValueError(
-                    f"block columns must be strictly increasing within each block row; block row "
-                    f"{rows[pos]} is not. Pass sort=True to sort and merge duplicates."
-                )
+        if not in_order:
+            key = (heads_of * nbq + rows) * nbk + ix
             return _from_keys_merged(key, cid, m, (bq, bk), (n_q, n_k), ip.shape[0])
         heads = []
         for p in range(ip.shape[0]):

@@ -504,6 +504,20 @@ class Pattern:
         )
 
     # ------------------------------------------------------------------ conversions
+    def check_format(self, full_check: bool = True) -> None:
+        """Check the stored structure, as scipy's ``check_format``: every token-CSR head
+        (:func:`~sparse_ref.checks.check_compressed`) and the block form
+        (:meth:`BlockSparse.check_format`). Constructors check user structure fully; catalog
+        builders make canonical arrays by construction, which this re-checks on request."""
+        for h, csr in enumerate(self._heads or ()):
+            indptr = np.asarray(csr.indptr, dtype=np.int64)[None]
+            where = f"head {h}: " if self.num_heads > 1 else ""
+            check_compressed(
+                indptr, csr.indices, self._shape[1], full_check=full_check, where=where
+            )
+        if self._bsr is not None:
+            self._bsr.check_format(full_check)
+
     def to_csr(self, head: int = 0) -> sp.csr_array:
         """The canonical bool ``csr_array`` of one head (read-only arrays, shared, not copied).
 

@@ -278,22 +278,56 @@ def test_from_arrays_validation_names_rule_and_block_row(args, match):
         blocks.BlockSparse.from_arrays(block=4, shape=(7, 6), **args)
 
 
-def test_direct_construction_requires_canonical_masks():
-    good = blocks.causal(10, block=4)
+def test_check_format_finds_non_canonical_masks():
+    good = patterns.causal(10, block=4).block_form
+    good.check_format(full_check=True)
     table = np.concatenate([good.mask_table, good.mask_table[:1]])
+    dup = blocks.BlockSparse(
+        good.block, good.shape, good.indptr, good.indices, good.mask_index, table
+    )
     with pytest.raises(ValueError, match="canonical"):
-        blocks.BlockSparse(
-            good.block, good.shape, good.indptr, good.indices, good.mask_index, table
-        )
+        dup.check_format(full_check=True)
+    fill = blocks.BlockSparse(
+        good.block,
+        good.shape,
+        good.indptr,
+        good.indices,
+        np.zeros_like(good.mask_index),
+        np.ones((1, 4, 4), dtype=bool),
+    )
     with pytest.raises(ValueError, match="empty, full, or allows entries outside"):
+        fill.check_format()
+
+
+def test_construction_checks_dtypes_and_endpoints_cheaply():
+    good = patterns.causal(10, block=4).block_form
+    with pytest.raises(ValueError, match="int32"):
         blocks.BlockSparse(
             good.block,
             good.shape,
             good.indptr,
-            good.indices,
-            np.zeros_like(good.mask_index),
-            np.ones((1, 4, 4), dtype=bool),
+            good.indices.astype(np.int64),
+            good.mask_index,
+            good.mask_table,
         )
+    with pytest.raises(ValueError, match=r"indptr\[-1\] = 6 must equal len\(indices\) = 5"):
+        blocks.BlockSparse(
+            good.block,
+            good.shape,
+            good.indptr,
+            good.indices[:-1],
+            good.mask_index[:-1],
+            good.mask_table,
+        )
+    bad = good.indices.copy()
+    bad[1] = 7  # out of range: found by the full check only
+    unchecked = blocks.BlockSparse(
+        good.block, good.shape, good.indptr, bad, good.mask_index, good.mask_table
+    )
+    with pytest.raises(ValueError, match="block column out of range: block row 1 has 7"):
+        unchecked.check_format()
+    with pytest.raises(ValueError, match="block column out of range"):
+        Pattern.from_bsr(unchecked).check_format()
 
 
 def test_dedup_and_kernel_form():
