@@ -5,6 +5,7 @@ Mounted by :mod:`sparse_ref.cli` with ``app.add_typer(golden_app, name="golden")
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -34,6 +35,9 @@ class _LazyConsole:
 console = _LazyConsole()
 
 
+_ONLY_HELP = "only case ids matching this glob (repeatable: a case matching any is kept)"
+
+
 def _fail(message: str) -> typer.Exit:
     console.print(f"[red]error:[/] {message}", highlight=False)
     return typer.Exit(2)
@@ -53,7 +57,7 @@ def generate(
     dtype: Annotated[
         list[str] | None, typer.Option(help="only cases of this dtype (repeatable)")
     ] = None,
-    only: Annotated[str | None, typer.Option(help="only case ids matching this glob")] = None,
+    only: Annotated[list[str] | None, typer.Option(help=_ONLY_HELP)] = None,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
 ) -> None:
     """Compute a suite with the oracle and write DIR/manifest.json and DIR/cases/*.safetensors."""
@@ -72,7 +76,7 @@ def generate(
             scheduler=scheduler,
             progress=progress,
             dtypes=dtype or None,
-            only=only,
+            only=only or None,
         )
     except (FileExistsError, ValueError, ImportError) as err:
         raise _fail(str(err)) from None
@@ -92,13 +96,13 @@ def verify(
     recompute: Annotated[
         bool, typer.Option(help="also regenerate every case with the oracle and compare")
     ] = False,
-    only: Annotated[str | None, typer.Option(help="only case ids matching this glob")] = None,
+    only: Annotated[list[str] | None, typer.Option(help=_ONLY_HELP)] = None,
 ) -> None:
     """Check hashes, schema, tensor headers, shapes and patterns; exit 1 on any problem."""
     from ..golden.check import verify as run
 
     try:
-        results = run(directory, recompute=recompute, only=only)
+        results = run(directory, recompute=recompute, only=only or None)
     except ValueError as err:
         raise _fail(str(err)) from None
     table = Table(title=f"golden verify {directory}" + (" --recompute" if recompute else ""))
@@ -128,39 +132,126 @@ def verify(
 def check(
     directory: Annotated[Path, typer.Argument(help="suite directory")],
     impl: Annotated[
-        str, typer.Option(help="package.module:function, fn(q, k, v, pattern, *, scale, softcap)")
-    ],
+        str | None,
+        typer.Option(help="package.module:function, fn(q, k, v, pattern, *, scale, softcap)"),
+    ] = None,
     backward: Annotated[
         str | None,
         typer.Option(help="package.module:function, bw(q, k, v, pattern, dout, *, scale, softcap)"),
     ] = None,
+    forward_backward: Annotated[
+        str | None,
+        typer.Option(
+            help="package.module:function, fb(q, k, v, pattern, dout, *, scale, softcap) -> "
+            "(out, lse, dq, dk, dv), instead of --impl/--backward"
+        ),
+    ] = None,
     dtype: Annotated[
         str | None,
-        typer.Option(help="cast inputs to this dtype (e.g. float16) and use its tolerances"),
+        typer.Option(
+            help="run in this dtype (float32, float16, bfloat16) with its stored tolerances"
+        ),
     ] = None,
-    only: Annotated[str | None, typer.Option(help="only case ids matching this glob")] = None,
+    only: Annotated[list[str] | None, typer.Option(help=_ONLY_HELP)] = None,
+    require_all: Annotated[
+        bool, typer.Option(help="count unsupported cases (NotImplementedError) as failures")
+    ] = False,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="also write the report as JSON to this file")
+    ] = None,
 ) -> None:
-    """Run an implementation on every case; print max errors and tolerances; exit 1 on a failure."""
+    """Run an implementation on every case; print max errors and tolerances; exit 1 on a failure.
+
+    An implementation that raises NotImplementedError marks the case unsupported (counted, not
+    failed, unless --require-all).
+    """
     from ..golden.check import check as run
     from ..golden.check import load_impl
 
+    if (impl is None) == (forward_backward is None):
+        raise _fail("pass --impl (with an optional --backward) or --forward-backward")
     if str(Path.cwd()) not in sys.path:  # like `python -m`: modules in the working directory
         sys.path.insert(0, str(Path.cwd()))
     try:
-        fn = load_impl(impl)
+        fn = load_impl(impl) if impl else None
         bw = load_impl(backward) if backward else None
+        fb = load_impl(forward_backward) if forward_backward else None
     except (ImportError, AttributeError, ValueError, TypeError) as err:
         raise _fail(f"cannot load implementation: {err}") from None
     try:
-        report = run(fn, directory, dtype=dtype, backward=bw, only=only, progress=True)
+        report = run(
+            fn,
+            directory,
+            dtype=dtype,
+            backward=bw,
+            forward_backward=fb,
+            only=only or None,
+            require_all=require_all,
+            progress=True,
+        )
     except ValueError as err:
         raise _fail(str(err)) from None
-    report.impl = impl
+    report.impl = impl or forward_backward or ""
     console.print(report.table())
     for line in report.details():
         console.print(line, highlight=False, markup=False)
     console.print(report.summary(), highlight=False)
+    if json_out is not None:
+        json_out.write_text(json.dumps(report.to_json(), indent=1, allow_nan=True) + "\n")
     if not report.passed:
+        raise typer.Exit(1)
+
+
+@golden_app.command()
+def conformance(
+    directory: Annotated[Path, typer.Argument(help="suite directory")],
+    peer: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="sdpa, sdpa-math, flex, flex-compiled, cupy (repeatable; default: every "
+            "importable peer for the device)"
+        ),
+    ] = None,
+    dtype: Annotated[
+        list[str] | None,
+        typer.Option(help="float64, float32, float16, bfloat16 (repeatable; default: all four)"),
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    only: Annotated[list[str] | None, typer.Option(help=_ONLY_HELP)] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="also write the matrix as JSON to this file")
+    ] = None,
+) -> None:
+    """Check the peers you have (torch SDPA, FlexAttention, the CuPy kernels) in every dtype and
+    print the matrix: peer x dtype -> passed / unsupported / failed (with the worst case)."""
+    from ..golden import conformance as conf
+
+    if device not in ("cpu", "cuda"):
+        raise _fail(f"--device must be cpu or cuda, got {device!r}")
+
+    def show(name: str, dt: str, report: object) -> None:
+        console.print(f"{name} {dt}: {conf.Matrix.cell(report)}", highlight=False)  # type: ignore[arg-type]
+
+    try:
+        matrix = conf.run(
+            directory,
+            peers=peer or None,
+            dtypes=dtype or None,
+            device=device,
+            only=only or None,
+            on_report=show,
+        )
+    except (ValueError, ImportError) as err:
+        raise _fail(str(err)) from None
+    if not matrix.reports:
+        raise _fail(f"no peer is available on {device} (install torch, or cupy for a GPU)")
+    console.print(matrix.table())
+    for (name, dt), report in matrix.reports.items():
+        for r in report.failures:
+            console.print(f"{name} {dt} {r.id}: {r.message.strip()}", highlight=False, markup=False)
+    if json_out is not None:
+        json_out.write_text(json.dumps(matrix.to_json(), indent=1) + "\n")
+    if not matrix.passed:
         raise typer.Exit(1)
 
 

@@ -342,7 +342,7 @@ def _existing_entry(
         return None
 
 
-def _resolve_suite(suite: str | Suite, dtypes: Any, only: str | None) -> Suite:
+def _resolve_suite(suite: str | Suite, dtypes: Any, only: str | list[str] | None) -> Suite:
     s = build_suite(suite) if isinstance(suite, str) else suite
     if not isinstance(s, Suite):
         raise TypeError(f"suite must be a suite name or a golden.Suite, got {type(suite).__name__}")
@@ -409,7 +409,7 @@ def generate(
     scheduler: str | None = None,
     progress: bool = True,
     dtypes: str | list[str] | None = None,
-    only: str | None = None,
+    only: str | list[str] | None = None,
     on_case: Callable[[str], None] | None = None,
 ) -> GenerateResult:
     """Generate golden suite ``suite`` (``smoke``, ``default``, ``papers``, ``stress`` or a
@@ -422,7 +422,7 @@ def generate(
         scheduler: run cases on the running dask cluster at this address (``tcp://host:8786``).
         progress: show a rich progress bar (on stderr).
         dtypes: only cases of these dtypes (``"float32"``, ``"float64"``).
-        only: only cases whose id matches this glob.
+        only: only cases whose id matches this glob (or any of a list of globs).
         on_case: called with each case id after its file and the manifest are written.
 
     Returns:

@@ -122,9 +122,14 @@ class Suite:
         if dupes:
             raise ValueError(f"suite {self.name!r} has duplicate case ids {dupes}")
 
-    def select(self, *, dtypes: Iterable[str] | None = None, only: str | None = None) -> Suite:
-        """The sub-suite of cases with a dtype in ``dtypes`` and an id matching glob ``only``."""
+    def select(
+        self, *, dtypes: Iterable[str] | None = None, only: str | Iterable[str] | None = None
+    ) -> Suite:
+        """The sub-suite of cases with a dtype in ``dtypes`` and an id matching glob ``only`` (or
+        any of several globs)."""
         import fnmatch
+
+        globs = [only] if isinstance(only, str) else None if only is None else list(only)
 
         for dtype in dtypes or ():
             if dtype not in _CASE_DTYPES:
@@ -133,7 +138,7 @@ class Suite:
             c
             for c in self.cases
             if (dtypes is None or c.dtype in set(dtypes))
-            and (only is None or fnmatch.fnmatchcase(c.id, only))
+            and (globs is None or any(fnmatch.fnmatchcase(c.id, g) for g in globs))
         ]
         return Suite(self.name, tuple(keep), self.skipped)
 
