@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
+from . import metadata
 from .backends import get_backend
 from .pattern import Pattern
-from .per_batch import as_pattern_list, run_per_batch
 from .validation import check_lse, prepare
 
 __all__ = ["attention", "attention_backward"]
@@ -24,17 +23,30 @@ def _resolve(backend: Any, q: Any) -> tuple[ModuleType, ModuleType]:
     return module, (module.array_module() if backend == "cupy" else np)
 
 
+def _kernel_pattern(pattern: Pattern, form: Any, backend: ModuleType) -> Pattern:
+    """The pattern in the form the backend runs (:func:`metadata.kernel_pattern`). ``"auto"``
+    derives a block form for the Numba kernels only (the rule was measured on them; the CuPy
+    backend keeps the pattern's own form); the oracle's result does not depend on the form."""
+    if not isinstance(form, str) or form not in metadata.FORMS:
+        raise ValueError(f"form must be one of {metadata.FORMS}, got {form!r}")
+    name = backend.__name__.rsplit(".", 1)[-1]
+    if name == "oracle" or (form == "auto" and name != "numba"):
+        return pattern
+    return metadata.kernel_pattern(pattern, form)
+
+
 def attention(
     q: Any,
     k: Any,
     v: Any,
-    pattern: Pattern | Sequence[Pattern],
+    pattern: Pattern,
     *,
     scale: float | None = None,
     softcap: float | None = None,
     backend: str = "numba",
     return_lse: bool = False,
     check_finite: bool = True,
+    form: str = "auto",
 ) -> Any:
     """Sparse attention: each query attends only to the keys its pattern row allows.
 
@@ -44,8 +56,7 @@ def attention(
         k: ``(B, H_kv, n_k, d)`` of the same rank and dtype; ``H % H_kv == 0`` (GQA/MQA: query head
             ``h`` uses kv head ``h // (H // H_kv)``).
         v: ``(B, H_kv, n_k, d_v)``.
-        pattern: a :class:`Pattern` of shape ``(n_q, n_k)`` with 1 or ``H`` heads, or a sequence
-            of ``B`` such patterns, one per batch element (4-D inputs; see :mod:`.per_batch`).
+        pattern: a :class:`Pattern` of shape ``(n_q, n_k)`` with 1 or ``H`` heads.
         scale: score scale, default ``1/sqrt(d)``, applied in the compute dtype.
         softcap: if set, scores become ``softcap * tanh(s / softcap)``.
         backend: ``"numba"`` (CPU kernels), ``"oracle"`` (exact float64, rounded), ``"cupy"``
@@ -54,6 +65,12 @@ def attention(
             (float64 for float64 inputs, float32 otherwise; ``-inf`` for rows with no keys).
         check_finite: raise ``ValueError`` on NaN/Inf inputs (default, like SciPy); ``False`` lets
             IEEE semantics run.
+        form: which kernels run: ``"auto"`` (a pattern that holds a block form runs the block
+            kernels; a token-CSR pattern whose 128-blocks are at least 75% full, or else whose
+            64-blocks are at least 12.5% full, runs them on that block form, derived once and
+            cached on the pattern; else the token-CSR kernels: :mod:`sparse_ref.metadata`),
+            ``"csr"`` or ``"block"``. Each choice is bitwise deterministic; the forms agree to
+            rounding.
 
     Returns:
         ``out (..., n_q, d_v)`` in the input dtype (NumPy on CPU, CuPy on GPU), and ``lse`` if asked.
@@ -69,16 +86,8 @@ def attention(
     if not isinstance(return_lse, bool | np.bool_):
         raise TypeError(f"return_lse must be a bool, got {type(return_lse).__name__}")
     module, xp = _resolve(backend, q)
-    per_batch = as_pattern_list(pattern)
-    if per_batch is not None:
-        return run_per_batch(
-            lambda p, **qkv: attention(
-                **qkv, pattern=p, scale=scale, softcap=softcap, backend=backend,
-                return_lse=return_lse, check_finite=check_finite,
-            ),
-            per_batch, {"q": q, "k": k, "v": v}, xp,
-        )  # fmt: skip
     prep = prepare(q, k, v, pattern, scale=scale, softcap=softcap, check_finite=check_finite, xp=xp)
+    pattern = _kernel_pattern(pattern, form, module)
     out, lse = module.forward(prep.q, prep.k, prep.v, pattern, prep.scale, prep.softcap)
     out = prep.restore(out)
     return (out, prep.restore(lse)) if return_lse else out
@@ -88,7 +97,7 @@ def attention_backward(
     q: Any,
     k: Any,
     v: Any,
-    pattern: Pattern | Sequence[Pattern],
+    pattern: Pattern,
     dout: Any,
     *,
     out: Any = None,
@@ -97,6 +106,7 @@ def attention_backward(
     softcap: float | None = None,
     backend: str = "numba",
     check_finite: bool = True,
+    form: str = "auto",
 ) -> tuple[Any, Any, Any]:
     """Gradients of :func:`attention` with respect to ``q``, ``k`` and ``v``.
 
@@ -108,8 +118,7 @@ def attention_backward(
     not inherit the forward's rounding (see :mod:`sparse_ref.kernels.csr_backward`).
 
     Args:
-        q, k, v, pattern, scale, softcap: as in :func:`attention` (same shapes, dtypes, checks;
-            ``pattern`` may be a sequence of patterns, one per batch element).
+        q, k, v, pattern, scale, softcap: as in :func:`attention` (same shapes, dtypes, checks).
         dout: gradient of the loss with respect to ``out``, shaped like ``out`` ``(..., n_q, d_v)``,
             same dtype as q.
         out, lse: the forward's results (``attention(..., return_lse=True)``), accepted so that
@@ -121,6 +130,8 @@ def attention_backward(
             (GPU kernels, deterministic too: CuPy arrays in, CuPy arrays out), or ``"auto"``
             (CuPy for GPU arrays, Numba otherwise).
         check_finite: raise ``ValueError`` on NaN/Inf in the inputs (``lse`` may hold ``-inf``).
+        form: ``"auto"``, ``"csr"`` or ``"block"``, as in :func:`attention` (same rule, so a
+            forward and a backward with the same ``form`` run the same form).
 
     Returns:
         ``(dq, dk, dv)`` shaped like ``(q, k, v)`` in the input dtype and rank. With GQA, dk/dv of
@@ -140,15 +151,6 @@ def attention_backward(
     if (out is None) != (lse is None):
         raise ValueError("pass both out and lse (from attention(..., return_lse=True)), or neither")
     module, xp = _resolve(backend, q)
-    per_batch = as_pattern_list(pattern)
-    if per_batch is not None:
-        return run_per_batch(
-            lambda p, **arrays: attention_backward(
-                **arrays, pattern=p, scale=scale, softcap=softcap, backend=backend,
-                check_finite=check_finite,
-            ),
-            per_batch, {"q": q, "k": k, "v": v, "dout": dout, "out": out, "lse": lse}, xp,
-        )  # fmt: skip
     extra = {"dout": dout} if out is None else {"dout": dout, "out": out}
     prep = prepare(
         q,
@@ -162,6 +164,7 @@ def attention_backward(
         extra=extra,
     )
     lse4 = None if lse is None else check_lse(lse, prep, check_finite=check_finite, xp=xp)
+    pattern = _kernel_pattern(pattern, form, module)
     dq, dk, dv = module.backward(
         prep.q,
         prep.k,

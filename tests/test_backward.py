@@ -170,7 +170,7 @@ def test_run_path_with_a_shared_prefix(rng, family, dtype):
     rows = csr.indptr[0], csr.indices
     t = p.transpose().stacked_csr()
     cols = t.indptr[0], t.indices
-    for ptr, idx in ([rows] if family != "global_rows" else [cols]):
+    for ptr, idx in [rows] if family != "global_rows" else [cols]:
         prefix = csr_backward._common_prefix(ptr, idx, 100, csr_backward.GROUP)
         assert prefix > 0 and csr_backward._runs(ptr, idx, 100, csr_backward.GROUP, prefix)[0]
     q, k, v, dout = random_inputs(rng, (2, 2, n, 8), (2, 1, n, 8), 8, dtype)
@@ -387,23 +387,6 @@ def test_workspace_keeps_the_largest_buffer_under_its_cap(monkeypatch):
         and b.ctypes.data % 64 == 0
     )
     assert b.ctypes.data >= a.ctypes.data + a.nbytes  # no overlap
-
-
-@pytest.mark.parametrize("heads", [1, 3])
-def test_transpose_matches_pattern_transpose(rng, heads):
-    from sparse_ref.backends.numba import transposed
-
-    p = Pattern.from_dense(random_mask(rng, 17, 23, heads=heads))
-    t = transposed(p)
-    want = p.transpose().stacked_csr()
-    assert np.array_equal(t.indptr, want.indptr) and np.array_equal(t.indices, want.indices)
-    csr = p.stacked_csr()  # perm: transposed position -> CSR position of the same entry
-    rows = np.concatenate([np.repeat(np.arange(17), np.diff(ptr)) for ptr in csr.indptr])
-    keys = np.concatenate([np.repeat(np.arange(23), np.diff(ptr)) for ptr in t.indptr])
-    assert np.array_equal(rows[t.perm], t.indices)
-    assert np.array_equal(csr.indices[t.perm], keys)
-    assert np.array_equal(np.sort(t.perm), np.arange(len(t.perm)))
-    assert transposed(p) is t  # cached
 
 
 # Bad inputs of attention_backward: rows "bw-*" of the matrix in tests/test_bad_inputs.py.

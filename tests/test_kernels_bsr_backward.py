@@ -245,21 +245,6 @@ def test_bands_and_head_chunks_keep_the_order_of_the_sums(monkeypatch, per_head)
         assert a.tobytes() == b.tobytes()
 
 
-def test_block_transpose_lists_each_column_in_block_row_order():
-    parts = [blocks.global_local(200, 9, 9, [0, 120], block=32), blocks.causal(200, block=32)]
-    pattern = Pattern.from_bsr(blocks.stack(parts))
-    bsr = pattern.stacked_bsr()
-    t_indptr, t_rows, t_pos = kernel_module.block_transpose(bsr.indptr, bsr.indices, 7)
-    assert np.array_equal(np.sort(t_pos), np.arange(len(bsr.indices)))
-    assert np.array_equal(pattern.to_bsr().block_rows()[t_pos], t_rows)
-    for p in range(2):
-        for bj in range(7):
-            sel = slice(t_indptr[p, bj], t_indptr[p, bj + 1])
-            assert (bsr.indices[t_pos[sel]] == bj).all()
-            assert (np.diff(t_rows[sel]) > 0).all()
-            assert ((t_pos[sel] >= bsr.indptr[p, 0]) & (t_pos[sel] < bsr.indptr[p, -1])).all()
-
-
 # ---------------------------------------------------------------------------------- dispatch
 def test_backend_picks_bsr_for_block_forms_and_never_builds_token_csr(monkeypatch):
     calls = []

@@ -77,7 +77,6 @@ from .bsr_forward import BLAS_MIN_TILE, _finite, _group_end, _pv_add_masked, _sc
 
 __all__ = [
     "bsr_backward",
-    "block_transpose",
     "bands",
     "BLAS_MIN_TILE",
     "SCRATCH_BYTES",
@@ -534,27 +533,6 @@ def _step(
 
 
 # ------------------------------------------------------------------------------------ planning
-def block_transpose(
-    indptr: np.ndarray, indices: np.ndarray, nbk: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(t_indptr (P, nbk + 1), t_rows, t_pos)``: for head ``p`` and key block column ``bj``,
-    entries ``t_indptr[p, bj]:t_indptr[p, bj + 1]`` list its stored blocks, block row ascending
-    (``t_rows``) with their storage position (``t_pos``). Absolute offsets, like ``indptr``."""
-    P, nbq = indptr.shape[0], indptr.shape[1] - 1
-    steps = np.diff(indptr, axis=1)
-    rows = np.repeat(np.tile(np.arange(nbq, dtype=np.int64), P), steps.ravel())
-    t_indptr = np.empty((P, nbk + 1), dtype=np.int64)
-    t_pos = np.empty(len(indices), dtype=np.int64)
-    for p in range(P):
-        a, z = int(indptr[p, 0]), int(indptr[p, -1])
-        order = np.argsort(indices[a:z], kind="stable")  # storage order is block row ascending
-        t_pos[a:z] = a + order
-        t_indptr[p, 0] = a
-        np.cumsum(np.bincount(indices[a:z], minlength=nbk), out=t_indptr[p, 1:])
-        t_indptr[p, 1:] += a
-    return t_indptr, rows[t_pos], t_pos
-
-
 def bands(cost: np.ndarray, H: int, B: int, cap: int) -> list[tuple[int, int, int, int]]:
     """The schedule: ``(f0, f1, bi0, bi1)`` per (chunk of query heads, band of block rows), in
     order. ``cost (P, nbq)`` is the scratch each block row needs (per stored head, ``P`` 1 or
@@ -591,7 +569,24 @@ class _Band(NamedTuple):
 
 
 def bsr_backward(  # type: ignore[no-untyped-def]
-    q, k, v, dout, indptr, indices, mask_index, masks, bq, bk, scale, softcap, dq, dk, dv
+    q,
+    k,
+    v,
+    dout,
+    indptr,
+    indices,
+    mask_index,
+    masks,
+    bq,
+    bk,
+    t_indptr,
+    t_rows,
+    t_pos,
+    scale,
+    softcap,
+    dq,
+    dk,
+    dv,
 ):
     """Fill ``dq``, ``dk``, ``dv`` in place (formulas and schedule in the module doc).
 
@@ -600,6 +595,9 @@ def bsr_backward(  # type: ignore[no-untyped-def]
             ``(B, H, n_q, d_v)``, C-contiguous, float32 or float64 (the compute dtype).
         indptr, indices, mask_index, masks, bq, bk: the block form (:class:`StackedBSR`, ``masks``
             the deduplicated mask table); ragged last block row/column allowed.
+        t_indptr, t_rows, t_pos: the stored blocks of each key block column
+            (``sparse_ref.metadata.block_transpose``: ``t_indptr (P, nbk + 1)`` absolute offsets,
+            block rows ascending, storage positions).
         scale, softcap: scalars of the compute dtype; ``softcap = 0`` disables it.
         dq, dk, dv: outputs shaped like q, k, v, same dtype.
 
@@ -610,7 +608,7 @@ def bsr_backward(  # type: ignore[no-untyped-def]
     B, H, n_q, d = q.shape
     n_k, d_v = v.shape[2], v.shape[3]
     dt = q.dtype.type
-    P, nbk = indptr.shape[0], -(-n_k // bk)
+    P = indptr.shape[0]
     dk[...] = 0
     dv[...] = 0
     masks_t = np.ascontiguousarray(np.asarray(masks, dtype=np.bool_).transpose(0, 2, 1))
@@ -638,7 +636,6 @@ def bsr_backward(  # type: ignore[no-untyped-def]
     size = max(int(slot_keys(*band).sum()) for band in plan)
     part_k = np.empty((2, max(1, size * d)), dtype=q.dtype)
     part_v = np.empty((2, max(1, size * d_v)), dtype=q.dtype)
-    t_indptr, t_rows, t_pos = block_transpose(indptr, indices, nbk)
     # per thread: scores, dp (and the softcap derivative) of one block row; pages are touched
     # only by threads that run
     row_len = max(

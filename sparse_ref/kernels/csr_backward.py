@@ -14,7 +14,8 @@ its keys, the row's exact softmax (``m``, ``l``) and ``delta = sum_j p_ij dp_ij`
 ``ds`` and ``dq``; it copies ``p`` and ``ds`` of the row into scratch arrays in the pattern's own
 CSR order (one contiguous copy per row). The **column pass** walks the transposed rows (the
 queries of each key) and accumulates ``dv_j += p_ij dout_i`` and ``dk_j += ds_ij q_i``, finding
-each weight through ``perm`` (transposed position -> CSR position, from :func:`transpose_csr`).
+each weight through ``perm`` (transposed position -> CSR position, from
+:func:`sparse_ref.metadata.csr_transpose`).
 The keys of a band (of a group) are consecutive, so for each query they sit in adjacent CSR
 positions: one ``perm`` read serves all their weights. That is five products of size ``nnz x d``, as in
 FlashAttention-2 (which instead recomputes ``p`` in its key-major pass and adds ``dq`` with
@@ -115,7 +116,6 @@ __all__ = [
     "csr_backward",
     "csr_backward_rows",
     "csr_backward_columns",
-    "transpose_csr",
 ]
 
 #: IEEE-preserving fast-math: reassociation (vectorised sums), FMA contraction and reciprocal
@@ -137,32 +137,6 @@ SCRATCH_BYTES = 256 << 20
 
 
 # ------------------------------------------------------------------------------------- layout
-@numba.njit(parallel=True, cache=True)
-def _transpose_csr(indptr, indices, n_k, t_indptr, t_indices, perm):  # type: ignore[no-untyped-def]
-    """Counting-sort transpose of a stacked CSR, per head: fills ``t_indptr (P, n_k + 1)`` and
-    ``t_indices`` (the key-major pattern, queries ascending in each row, as
-    ``Pattern.transpose().stacked_csr()``) and ``perm`` (transposed position -> CSR position)."""
-    P, n_q = indptr.shape[0], indptr.shape[1] - 1
-    for p in prange(P):
-        start, end = indptr[p, 0], indptr[p, n_q]
-        tp = t_indptr[p]
-        for j in range(n_k + 1):
-            tp[j] = 0
-        for pos in range(start, end):
-            tp[indices[pos] + 1] += 1
-        tp[0] = start
-        for j in range(n_k):
-            tp[j + 1] += tp[j]
-        cursor = tp[:n_k].copy()
-        for i in range(n_q):
-            for pos in range(indptr[p, i], indptr[p, i + 1]):
-                j = indices[pos]
-                t = cursor[j]
-                cursor[j] = t + 1
-                t_indices[t] = i
-                perm[t] = pos
-
-
 @numba.njit(parallel=True, cache=True)
 def tile_transpose(x, out):  # type: ignore[no-untyped-def]
     """``out[b, h, t, c, u] = x[b, h, t * TILE + u, c]``, zero past the end (``out`` is
@@ -781,23 +755,6 @@ def _without_poisoned_rows(
     return _readonly(q), _readonly(dout)
 
 
-def transpose_csr(
-    indptr: np.ndarray, indices: np.ndarray, n_k: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(t_indptr (P, n_k + 1), t_indices, perm)`` of a stacked CSR (``indptr (P, n_q + 1)``
-    absolute offsets): the key-major pattern, equal to ``Pattern.transpose().stacked_csr()``, and
-    ``perm``, the CSR position of each transposed position (``indices[perm] ==`` the key of each
-    transposed entry). A counting sort, O(nnz), one head per thread; the arrays come back
-    read-only."""
-    t = (
-        np.empty((indptr.shape[0], n_k + 1), dtype=np.int64),
-        np.empty(len(indices), dtype=indices.dtype),
-        np.empty(len(indices), dtype=np.int64),
-    )
-    _transpose_csr(_readonly(indptr), _readonly(indices), n_k, *t)
-    return tuple(_readonly(a) for a in t)  # type: ignore[return-value]
-
-
 def csr_backward(
     q: np.ndarray,
     k: np.ndarray,
@@ -816,7 +773,7 @@ def csr_backward(
 ) -> None:
     """Fill ``dq``, ``dk``, ``dv`` in place (shapes and rules in the module doc).
 
-    ``t_indptr``, ``t_indices``, ``perm`` come from :func:`transpose_csr`. The row pass and the
+    ``t_indptr``, ``t_indices``, ``perm`` come from :func:`sparse_ref.metadata.transpose_csr`. The row pass and the
     column pass run over chunks of query heads whose scratch (``p`` and ``ds`` per entry, in the
     data dtype) fits :data:`SCRATCH_BYTES` (at least one head per chunk). Working memory besides
     the scratch: tiled transposes of k and v; all of it is borrowed from :mod:`._workspace` and

@@ -1,0 +1,111 @@
+"""Helpers shared by several test modules (test modules never import each other).
+
+Each helper is owned by the tests that use it; add new ones under a heading naming their users.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+from hypothesis import settings
+from hypothesis import strategies as st
+
+from sparse_ref import patterns
+from sparse_ref.pattern import Pattern, index_dtype
+
+# ------------------------------------------------------------------ kernel inputs (kernel tests)
+
+
+def random_inputs(
+    rng: np.random.Generator,
+    q_shape: tuple[int, ...],
+    kv_shape: tuple[int, ...],
+    d_v: int | None = None,
+    dtype: Any = np.float64,
+    *,
+    dout: bool = True,
+) -> tuple[np.ndarray, ...]:
+    """Standard-normal ``q (*q_shape)``, ``k (*kv_shape)``, ``v (*kv_shape[:-1], d_v)`` and, with
+    ``dout``, ``dout (*q_shape[:-1], d_v)``, drawn from ``rng`` in that order (``d_v`` defaults to
+    ``d = q_shape[-1]``). Any rank: ``(n, d)``, ``(H, n, d)`` or ``(B, H, n, d)``."""
+    d_v = q_shape[-1] if d_v is None else d_v
+    q = rng.standard_normal(q_shape).astype(dtype)
+    k = rng.standard_normal(kv_shape).astype(dtype)
+    v = rng.standard_normal((*kv_shape[:-1], d_v)).astype(dtype)
+    if not dout:
+        return q, k, v
+    return q, k, v, rng.standard_normal((*q_shape[:-1], d_v)).astype(dtype)
+
+
+def pattern_inputs(
+    pattern: Any,
+    dtype: Any,
+    *,
+    d: int = 64,
+    d_v: int | None = None,
+    heads: int = 1,
+    kv_heads: int = 1,
+    batch: int = 1,
+    seed: int = 0,
+    with_dout: bool = False,
+) -> tuple[np.ndarray, ...]:
+    """:func:`random_inputs` shaped for ``pattern`` (``(batch, heads, n_q, d)`` queries,
+    ``(batch, kv_heads, n_k, d)`` keys) from ``default_rng(seed)``."""
+    n_q, n_k = pattern.shape
+    return random_inputs(
+        np.random.default_rng(seed),
+        (batch, heads, n_q, d),
+        (batch, kv_heads, n_k, d),
+        d_v,
+        dtype,
+        dout=with_dout,
+    )
+
+
+# ------------------------------------------------------------- patterns (tests/test_patterns_*.py)
+# At least 60 examples per cheap property (more under HYPOTHESIS_PROFILE=slow, see conftest.py);
+# 40 for the properties whose brute force is a Python loop (catalog families of part 2).
+FAST = settings(max_examples=max(60, settings.default.max_examples), deadline=None)
+FEW = settings(max_examples=40, deadline=None)
+
+sizes = st.integers(0, 40)
+small = st.integers(0, 50)  # windows, strides, ... sometimes larger than n
+
+
+def grid(n_q: int, n_k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Broadcast index grids: queries ``i`` ``(n_q, 1)`` and keys ``j`` ``(1, n_k)``."""
+    n_k = n_q if n_k is None else n_k
+    return np.arange(n_q)[:, None], np.arange(n_k)[None, :]
+
+
+def row_keys(p: Pattern, i: int, h: int = 0) -> list[int]:
+    """The keys of query row ``i`` of head ``h``, ascending."""
+    csr = p.to_csr(h)
+    return csr.indices[csr.indptr[i] : csr.indptr[i + 1]].tolist()
+
+
+def assert_canonical_csr(p: Pattern) -> None:
+    """Every head of ``p`` is canonical token CSR: bool data all ``True``, the canonical index
+    dtype for both arrays, the full structure check (indptr from 0 and monotone, keys in range,
+    sorted, no duplicates), and JSON-able ``params``."""
+    for h in range(p.num_heads):
+        csr = p.to_csr(h)
+        assert csr.data.dtype == bool and csr.data.all() and len(csr.data) == len(csr.indices)
+        dtype = index_dtype(len(csr.indices), csr.shape[1])
+        assert csr.indices.dtype == dtype and csr.indptr.dtype == dtype
+        Pattern.from_csr(csr).check_format(full_check=True)
+    p.check_format(full_check=True)
+    json.dumps(p.params)
+
+
+def expect_pattern(p: Pattern, mask: Any, **inputs: Any) -> None:
+    """``p`` equals the brute-force ``mask`` (broadcast to its heads and shape), equals the pattern
+    built from that mask, is canonical, and rebuilds from its params (plus ``inputs``, the arrays
+    of data-dependent families)."""
+    mask = np.broadcast_to(mask, (p.num_heads, *p.shape) if p.num_heads > 1 else p.shape)
+    np.testing.assert_array_equal(p.to_dense(), mask)
+    assert p == Pattern.from_dense(np.ascontiguousarray(mask))
+    assert_canonical_csr(p)
+    assert patterns.build(p.family, **inputs, **p.params) == p
