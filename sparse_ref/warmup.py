@@ -1,44 +1,88 @@
 """Compile the Numba kernels into their on-disk cache ahead of time.
 
-:func:`warmup` runs every kernel once on tiny inputs (CSR and BSR forward with int32 and int64
-indices, CSR and BSR backward), so later processes load machine code from Numba's cache
-(``cache=True``) instead of compiling. ``sparse-ref warmup [--dtype float32 --dtype float64]``
-runs it from the shell; ``make test`` runs it once per dtype, in parallel, before pytest:
+:func:`steps` lists one call per kernel on tiny inputs (CSR and BSR forward and backward, and the
+CSR forward with int64 indices, which patterns above 2**31 nonzeros use), made as the Numba
+backend makes them (read-only inputs: the one specialization per dtype that
+:mod:`sparse_ref.kernels._views` describes). :func:`warmup` runs them for one dtype. Later
+processes then load machine code from Numba's cache (``cache=True``) instead of compiling for
+15-30 s per kernel. ``sparse-ref warmup [--dtype float32 --dtype float64]`` runs it from the
+shell with a progress bar; ``make test`` runs it once per dtype, in parallel, before pytest:
 compiling under coverage tracing takes about twice as long.
 """
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Callable
 
 import numpy as np
 
 from . import patterns
-from .api import attention, attention_backward
+from .backends import numba as backend
+from .kernels._views import readonly
 from .kernels.csr_forward import csr_forward
+from .pattern import Pattern
 
-__all__ = ["DTYPES", "warmup"]
+__all__ = ["DTYPES", "steps", "warmup"]
 
 #: the dtypes the CPU kernels are compiled for
 DTYPES = ("float32", "float64")
 
+#: tiny inputs: the shapes do not change the compiled code, only the argument types do
+_N, _D = 40, 8
+
+
+def _check(dtype: str) -> None:
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+
+
+def steps(dtype: str) -> list[tuple[str, Callable[[], object]]]:
+    """``(label, call)`` per kernel for ``dtype`` (``"float32"`` or ``"float64"``): each call
+    compiles its kernel on first use (or loads it from the cache) and runs it on tiny inputs.
+
+    Example:
+        >>> [label for label, _ in steps("float64")][:2]
+        ['CSR forward', 'CSR backward']
+    """
+    _check(dtype)
+    rng = np.random.default_rng(0)
+    q, k, v, dout = (rng.standard_normal((1, 2, _N, _D)).astype(dtype) for _ in range(4))
+    scale = 1 / math.sqrt(_D)
+    token_csr = patterns.causal_sliding_window(_N, 7)  # no block form: the CSR kernels
+    block_form = patterns.causal(_N, block=16)  # the BSR kernels (one signature per dtype)
+
+    def forward(pattern: Pattern) -> Callable[[], object]:
+        return lambda: [backend.forward(q, k, v, pattern, scale, cap) for cap in (None, 2.0)]
+
+    def backward(pattern: Pattern) -> Callable[[], object]:
+        return lambda: [
+            backend.backward(q, k, v, pattern, dout, None, None, scale, cap) for cap in (None, 2.0)
+        ]
+
+    def forward_int64() -> object:
+        csr = patterns.random(_N, per_row=5).stacked_csr()
+        ct = np.dtype(dtype).type
+        out = np.empty_like(q)
+        lse = np.empty(q.shape[:3], dtype=dtype)
+        qc, kc, vc, indptr, indices = (
+            readonly(a) for a in (q, k, v, csr.indptr, csr.indices.astype(np.int64))
+        )
+        return csr_forward(qc, kc, vc, indptr, indices, ct(scale), ct(0), out, lse)
+
+    return [
+        ("CSR forward", forward(token_csr)),
+        ("CSR backward", backward(token_csr)),
+        ("BSR forward", forward(block_form)),
+        ("BSR backward", backward(block_form)),
+        ("CSR forward, int64 indices", forward_int64),
+    ]
+
 
 def warmup(dtype: str) -> float:
     """Compile every kernel for ``dtype`` (``"float32"`` or ``"float64"``); returns seconds."""
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
     start = time.perf_counter()
-    rng = np.random.default_rng(0)
-    q, k, v, dout = (rng.standard_normal((1, 2, 40, 8)).astype(dtype) for _ in range(4))
-    # token CSR (CSR kernels) and a block form (BSR kernels; the BSR backward takes the same
-    # argument types for every pattern and shape, so this one call compiles it for the dtype)
-    for pattern in (patterns.causal_sliding_window(40, 7), patterns.causal(40, block=16)):
-        for softcap in (None, 2.0):
-            attention(q, k, v, pattern, softcap=softcap)
-            attention_backward(q, k, v, pattern, dout, softcap=softcap)
-    csr = patterns.random(40, per_row=5).stacked_csr()
-    out = np.empty_like(q)
-    lse = np.empty(q.shape[:3], dtype=dtype)
-    ct = np.dtype(dtype).type
-    csr_forward(q, k, v, csr.indptr, csr.indices.astype(np.int64), ct(0.3), ct(0), out, lse)
+    for _, call in steps(dtype):
+        call()
     return time.perf_counter() - start
