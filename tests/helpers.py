@@ -15,6 +15,54 @@ from hypothesis import strategies as st
 from sparse_ref import patterns
 from sparse_ref.pattern import Pattern, index_dtype
 
+# ------------------------------------------------------------------ kernel inputs (kernel tests)
+
+
+def random_inputs(
+    rng: np.random.Generator,
+    q_shape: tuple[int, ...],
+    kv_shape: tuple[int, ...],
+    d_v: int | None = None,
+    dtype: Any = np.float64,
+    *,
+    dout: bool = True,
+) -> tuple[np.ndarray, ...]:
+    """Standard-normal ``q (*q_shape)``, ``k (*kv_shape)``, ``v (*kv_shape[:-1], d_v)`` and, with
+    ``dout``, ``dout (*q_shape[:-1], d_v)``, drawn from ``rng`` in that order (``d_v`` defaults to
+    ``d = q_shape[-1]``). Any rank: ``(n, d)``, ``(H, n, d)`` or ``(B, H, n, d)``."""
+    d_v = q_shape[-1] if d_v is None else d_v
+    q = rng.standard_normal(q_shape).astype(dtype)
+    k = rng.standard_normal(kv_shape).astype(dtype)
+    v = rng.standard_normal((*kv_shape[:-1], d_v)).astype(dtype)
+    if not dout:
+        return q, k, v
+    return q, k, v, rng.standard_normal((*q_shape[:-1], d_v)).astype(dtype)
+
+
+def pattern_inputs(
+    pattern: Any,
+    dtype: Any,
+    *,
+    d: int = 64,
+    d_v: int | None = None,
+    heads: int = 1,
+    kv_heads: int = 1,
+    batch: int = 1,
+    seed: int = 0,
+    with_dout: bool = False,
+) -> tuple[np.ndarray, ...]:
+    """:func:`random_inputs` shaped for ``pattern`` (``(batch, heads, n_q, d)`` queries,
+    ``(batch, kv_heads, n_k, d)`` keys) from ``default_rng(seed)``."""
+    n_q, n_k = pattern.shape
+    return random_inputs(
+        np.random.default_rng(seed),
+        (batch, heads, n_q, d),
+        (batch, kv_heads, n_k, d),
+        d_v,
+        dtype,
+        dout=with_dout,
+    )
+
 
 # ------------------------------------------------------------- patterns (tests/test_patterns_*.py)
 # At least 60 examples per cheap property (more under HYPOTHESIS_PROFILE=slow, see conftest.py);
