@@ -1,0 +1,301 @@
+"""Tolerance rule v2: legitimate implementations pass in every dtype; the rule's parts behave.
+
+The legitimate implementations are written here independently of ``sparse_ref.formulations``:
+a FlashAttention-2 style NumPy kernel (key blocks, online softmax in base 2 with the scale folded
+into ``log2(e)``, the natural-log lse stored, the backward recomputing P from it and
+``delta = rowsum(dout * out)``), FlashAttention's ``attention_ref(reorder_ops=True)`` (q scaled
+before q.k), torch SDPA (default CPU backend and MATH) and FlexAttention eager. Each is checked
+on the default suite's hardest cases (one key per row, one query, scores near 200, softcap, GQA,
+empty rows, bottom-right causal) in float64, float32, float16 and bfloat16.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import stat
+import sys
+from pathlib import Path
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from sparse_ref import golden, patterns, tolerance
+from sparse_ref.golden import store
+from sparse_ref.golden.suites import build_suite
+from sparse_ref.validation import prepare
+
+HARD = [
+    "sliding_window-l0r0-n64-*",
+    "n1-dense-*",
+    "bigscores-causal-n64-*",
+    "softcap5-causal-n128-*",
+    "gqa-h8kv2-causal_sliding_window-w24-n160-*",
+    "causal-br-q190k70-emptyrows-*",
+    "causal-br-q70k190-*",
+    "emptyrows-custom-*",
+    "dv-d64dv16-causal-n100-*",
+]
+DTYPES = ["float64", "float32", "float16", "bfloat16"]
+
+
+@pytest.fixture(scope="module")
+def hard_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("rule") / "hard"
+    golden.generate(build_suite("default").select(only=HARD), d, progress=False)
+    return d
+
+
+# ----------------------------------------------------------------------------- implementations
+def _precision(dtype: Any) -> tuple[Any, Any]:
+    """(compute dtype, rounding to the implementation dtype)."""
+    dt = np.dtype(dtype)
+    if dt.itemsize == 2:
+        return np.float32, lambda x: x.astype(dt).astype(np.float32)
+    return dt.type, lambda x: x.astype(dt)
+
+
+def flash2(q, k, v, pattern, dout, *, scale, softcap, block=8):  # type: ignore[no-untyped-def]
+    """FlashAttention-2 in NumPy: key blocks, exp2 with the scale folded, lse stored, P
+    recomputed from lse in the backward, delta = rowsum(dout * out)."""
+    ct, rnd = _precision(q.dtype)
+    log2e = ct(math.log2(math.e))
+    group = q.shape[1] // k.shape[1]
+    qc, kc, vc = (x.astype(ct) for x in (q, np.repeat(k, group, 1), np.repeat(v, group, 1)))
+    mask = np.broadcast_to(pattern.to_dense(), (q.shape[0], q.shape[1], *pattern.shape))
+    n_k = k.shape[2]
+
+    def scores(j0: int, j1: int) -> np.ndarray:
+        s = np.einsum("bhqd,bhkd->bhqk", qc, kc[:, :, j0:j1])
+        if softcap is not None:
+            s = ct(softcap) * np.tanh(s * ct(scale) / ct(softcap)) * log2e
+        else:
+            s = s * ct(scale * math.log2(math.e))
+        return np.where(mask[..., j0:j1], s, -np.inf)
+
+    m = np.full(q.shape[:3], -np.inf, dtype=ct)
+    l_sum = np.zeros(q.shape[:3], dtype=ct)
+    acc = np.zeros((*q.shape[:3], v.shape[3]), dtype=ct)
+    for j0 in range(0, n_k, block):
+        s = scores(j0, j0 + block)
+        m_new = np.maximum(m, s.max(axis=-1))
+        safe = np.where(m_new == -np.inf, 0, m_new)
+        p = np.exp2(s - safe[..., None])
+        alpha = np.exp2(np.where(m == -np.inf, -np.inf, m - safe))
+        l_sum = l_sum * alpha + p.sum(axis=-1)
+        acc = acc * alpha[..., None] + np.einsum(
+            "bhqk,bhkd->bhqd", rnd(p), vc[:, :, j0 : j0 + block]
+        )
+        m = m_new
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.where(l_sum[..., None] > 0, acc / l_sum[..., None], 0).astype(ct)
+        lse = np.where(l_sum > 0, (m + np.log2(l_sum)) / log2e, -np.inf).astype(ct)
+    out = rnd(out)
+    if dout is None:
+        return out.astype(q.dtype), lse, None, None, None
+    do = dout.astype(ct)
+    delta = (do * out.astype(ct)).sum(axis=-1)
+    lse2 = np.where(np.isfinite(lse), lse * log2e, 0)
+    dq = np.zeros(qc.shape, dtype=ct)
+    dk = np.zeros(kc.shape, dtype=ct)
+    dv = np.zeros(vc.shape, dtype=ct)
+    for j0 in range(0, n_k, block):
+        sl = slice(j0, j0 + block)
+        p = np.where(mask[..., sl], np.exp2(scores(j0, j0 + block) - lse2[..., None]), 0)
+        dp = np.einsum("bhqd,bhkd->bhqk", do, vc[:, :, sl])
+        ds = p * (dp - delta[..., None])
+        if softcap is not None:
+            t = np.tanh(np.einsum("bhqd,bhkd->bhqk", qc, kc[:, :, sl]) * ct(scale) / ct(softcap))
+            ds = ds * (1 - t * t)
+        ds = rnd(np.where(mask[..., sl], ds, 0))
+        dq += np.einsum("bhqk,bhkd->bhqd", ds, kc[:, :, sl]) * ct(scale)
+        dk[:, :, sl] = np.einsum("bhqk,bhqd->bhkd", ds, qc) * ct(scale)
+        dv[:, :, sl] = np.einsum("bhqk,bhqd->bhkd", rnd(p), do)
+    b, hkv = k.shape[0], k.shape[1]
+    dk = dk.reshape(b, hkv, group, *dk.shape[2:]).sum(axis=2)
+    dv = dv.reshape(b, hkv, group, *dv.shape[2:]).sum(axis=2)
+    return out.astype(q.dtype), lse, *(x.astype(q.dtype) for x in (dq, dk, dv))
+
+
+def reorder_ops(q, k, v, pattern, dout, *, scale, softcap):  # type: ignore[no-untyped-def]
+    """FlashAttention's attention_ref(reorder_ops=True) forward: q * scale in the input dtype,
+    then a plain masked softmax (float32 for 16-bit inputs); out only."""
+    ct, rnd = _precision(q.dtype)
+    group = q.shape[1] // k.shape[1]
+    kc, vc = (np.repeat(x, group, 1).astype(ct) for x in (k, v))
+    qs = rnd(q.astype(ct) * ct(scale)).astype(ct)
+    s = np.einsum("bhqd,bhkd->bhqk", qs, kc)
+    if softcap is not None:
+        s = ct(softcap) * np.tanh(s / ct(softcap))
+    s = np.where(pattern.to_dense(), s, -np.inf)
+    m = s.max(axis=-1, keepdims=True)
+    p = np.exp(s - np.where(m == -np.inf, 0, m))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.where(p.sum(-1, keepdims=True) > 0, rnd(p / p.sum(-1, keepdims=True)), 0)
+    return (
+        rnd(np.einsum("bhqk,bhkd->bhqd", out.astype(ct), vc)).astype(q.dtype),
+        None,
+        None,
+        None,
+        None,
+    )
+
+
+IMPLS: dict[str, Any] = {"flash2-numpy": flash2, "reorder-ops-numpy": reorder_ops}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", sorted(IMPLS))
+def test_numpy_formulations_pass(name: str, dtype: str, hard_dir: Path) -> None:
+    report = golden.check(None, hard_dir, forward_backward=IMPLS[name], dtype=dtype)
+    assert report.passed, report.details()
+    assert report.counts()["pass"] == len(report.results) - report.counts()["skipped"] > 0
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("peer", ["sdpa", "sdpa-math", "flex"])
+def test_torch_peers_pass(peer: str, dtype: str, hard_dir: Path) -> None:
+    pytest.importorskip("torch")
+    from sparse_ref.golden import conformance
+
+    matrix = conformance.run(hard_dir, peers=[peer], dtypes=[dtype])
+    report = matrix.reports[(peer, dtype)]
+    assert report.passed, report.details()
+    counts = report.counts()
+    assert counts["pass"] > 0
+    if peer.startswith("sdpa"):  # SDPA has no softcap: the softcap cases only are unsupported
+        assert {r.id for r in report.unsupported} == {
+            r.id for r in report.results if r.id.startswith("softcap") and r.outcome != "skipped"
+        }
+
+
+# ----------------------------------------------------------------------------- the rule's parts
+def _one_key_case(dtype: str) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    rng = np.random.default_rng(0)
+    p = patterns.sliding_window(16, 0, 0)
+    q, k, v, g = (rng.standard_normal((1, 2, 16, 8)) for _ in range(4))
+    prep = prepare(q, k, v, p, check_finite=False)
+    ref, tols = tolerance.backward_reference(q, k, v, p, g, prep.scale, None, [dtype])
+    return ref, tols[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gradient_floor_does_not_collapse_on_zero_gradients(dtype: str) -> None:
+    ref, tol = _one_key_case(dtype)
+    assert np.all(ref["dq"] == 0) and np.all(ref["dk"] == 0)  # one key per row: exactly zero
+    unit = np.finfo(np.float64 if dtype == "float64" else np.float32).eps / 2
+    assert tol["dq"] > 10 * unit and tol["dk"] > 10 * unit
+    if dtype in ("float16", "bfloat16"):  # the float32 magnitude floor is far below their ulp
+        assert tol["dq"] == pytest.approx(tolerance.rounding_floor(ref["dq"], dtype), rel=0.01)
+    else:
+        assert tol["dq"] < 1e-3  # still a rounding-level number, not a blanket pass
+
+
+def test_worse_formulation_family_only_widens_the_baseline() -> None:
+    rng = np.random.default_rng(1)
+    ref = rng.standard_normal(100)
+    a, b = ref + 1e-6, ref + 3e-6
+    assert tolerance.baseline_error(ref, [a, b]) == pytest.approx(3e-6)
+    assert tolerance.rule_tolerance(ref, [a, b], np.float32, 2.0) == pytest.approx(
+        6e-6 + tolerance.rounding_floor(ref, np.float32)
+    )
+
+
+def test_bfloat16_rounding_floor_uses_bfloat16_spacing() -> None:
+    ref = np.array([1.0, -0.5])
+    floor = tolerance.rounding_floor(ref, "bfloat16")
+    assert floor >= float(np.spacing(np.asarray(1.3, dtype=ml_dtypes.bfloat16)))
+    assert (
+        floor
+        > tolerance.rounding_floor(ref, np.float16)
+        > tolerance.rounding_floor(ref, np.float32)
+    )
+
+
+def test_manifest_names_rule_version_2(hard_dir: Path) -> None:
+    manifest = store.read_manifest(hard_dir)
+    assert manifest["tolerance_rule"]["version"] == tolerance.RULE_VERSION == 2
+    assert store.rule_version(manifest) == 2
+    for entry in manifest["cases"]:
+        want = {"float16", "bfloat16", entry["dtype"]} | (
+            {"float32"} if entry["dtype"] == "float64" else set()
+        )
+        assert set(entry["tolerances"]) == want
+
+
+def test_version_1_suites_are_still_read_and_checked(hard_dir: Path, tmp_path: Path) -> None:
+    """A suite written under rule v1 (tolerance_rule a string, no bfloat16 tolerances)."""
+    import shutil
+
+    old = tmp_path / "v1"
+    shutil.copytree(hard_dir, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest["tolerance_rule"] = "An implementation in dtype T passes a case if ..."
+    for entry in manifest["cases"]:
+        entry["tolerances"].pop("bfloat16")
+    # the case files embed their entry: keep them in agreement, as a v1 writer did
+    for entry in manifest["cases"]:
+        path = old / entry["file"]
+        tensors, meta = store.decode_case(path.read_bytes(), entry["id"])
+        inner = json.loads(meta[store.METADATA_KEY])
+        inner["tolerances"] = entry["tolerances"]
+        data = store.encode_case({n: np.array(a) for n, a in tensors.items()}, inner)
+        path.write_bytes(data)
+        entry["sha256"], entry["bytes"] = store.sha256_hex(data), len(data)
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    assert store.rule_version(store.read_manifest(old)) == 1
+    report = golden.check(None, old, forward_backward=flash2, dtype="float16")
+    assert report.passed and not report.skipped
+    assert all(
+        r.outcome == "skipped"
+        for r in golden.check(None, old, forward_backward=flash2, dtype="bfloat16").results
+    )
+    results = golden.verify(old, recompute=True, only="n1-dense-f32")
+    assert all(r.ok for r in results), [r.message for r in results]
+
+
+def test_files_are_written_as_the_umask_allows(tmp_path: Path) -> None:
+    previous = os.umask(0o022)
+    try:
+        golden.generate(
+            build_suite("smoke").select(only="dense-n16-f32"), tmp_path / "s", progress=False
+        )
+    finally:
+        os.umask(previous)
+    for path in (
+        tmp_path / "s" / "manifest.json",
+        tmp_path / "s" / "cases" / "dense-n16-f32.safetensors",
+    ):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+
+
+def test_a_refused_dask_run_leaves_nothing_that_blocks_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed -> ImportError
+    suite = build_suite("smoke").select(only="dense-n16-f32")
+    with pytest.raises(ImportError, match="dask"):
+        golden.generate(suite, tmp_path / "s", workers=2, progress=False)
+    assert not (tmp_path / "s" / "manifest.json").exists()
+    monkeypatch.delitem(sys.modules, "distributed")
+    assert golden.generate(suite, tmp_path / "s", progress=False).cases == 1
+
+
+def test_a_failed_first_run_removes_its_manifest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib
+
+    gen = importlib.import_module("sparse_ref.golden.generate")
+
+    def boom(spec: Any) -> Any:
+        raise RuntimeError("worker died")
+
+    monkeypatch.setattr(gen, "compute_case", boom)
+    suite = build_suite("smoke").select(only="dense-n16-f32")
+    with pytest.raises(RuntimeError):
+        gen.generate(suite, tmp_path / "s", progress=False)
+    assert not (tmp_path / "s" / "manifest.json").exists()
