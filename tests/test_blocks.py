@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from sparse_ref import Pattern, blocks, patterns
 from sparse_ref import pattern as pattern_module
 
-# (catalog builder, block builder, kwargs): the block builders take the catalog's parameters
+# (family, kwargs) of the families described by terms: token CSR and block form from one list
 FAMILIES = [
     ("causal", dict(n_q=37, n_k=37)),
     ("causal", dict(n_q=20, n_k=53, align="bottom_right")),
@@ -37,12 +37,13 @@ def _catalog(name: str, kwargs: dict) -> Pattern:
 
 
 def _blocked(name: str, kwargs: dict, block) -> Pattern:
-    return Pattern.from_bsr(getattr(blocks, name)(**kwargs, block=block))
+    """The family's block form (``blocks.from_terms``) alone, without its params."""
+    return Pattern.from_bsr(getattr(patterns, name)(**kwargs, block=block).block_form)
 
 
 @pytest.mark.parametrize("block", BLOCKS, ids=str)
 @pytest.mark.parametrize(("name", "kwargs"), FAMILIES, ids=[f[0] for f in FAMILIES])
-def test_block_builders_equal_the_catalog(name, kwargs, block):
+def test_block_form_of_terms_equals_their_token_csr(name, kwargs, block):
     ref = _catalog(name, kwargs)
     p = _blocked(name, kwargs, block)
     assert p.block == blocks.check_block(block)
@@ -83,7 +84,7 @@ def test_block_algebra_matches_csr_algebra(name, kwargs):
 
 def test_block_form_stays_in_blocks_at_a_million_tokens():
     n, window = 1 << 20, 4096
-    bs = blocks.causal_sliding_window(n, window, block=128)
+    bs = patterns.causal_sliding_window(n, window, block=128).block_form
     p = Pattern.from_bsr(bs)
     assert p.nnz == n * window - window * (window - 1) // 2
     assert bs.nblocks < 300_000 and len(bs.mask_table) == 2  # deduplicated partial masks
@@ -99,7 +100,7 @@ def test_block_form_stays_in_blocks_at_a_million_tokens():
 
 
 def test_to_csr_refuses_above_the_limit(monkeypatch):
-    p = Pattern.from_bsr(blocks.causal_sliding_window(100, 10, block=16))
+    p = Pattern.from_bsr(patterns.causal_sliding_window(100, 10, block=16).block_form)
     monkeypatch.setattr(pattern_module, "CSR_LIMIT", 100)
     with pytest.raises(ValueError, match=r"CSR_LIMIT = 100"):
         p.to_csr()
@@ -187,8 +188,8 @@ def test_scipy_bsr_input_with_zeros_and_unsorted_blocks():
 
 
 def test_multihead_stack_and_head():
-    a = Pattern.from_bsr(blocks.causal_sliding_window(40, 5, block=8))
-    b = Pattern.from_bsr(blocks.sinks(40, 2, 3, block=8))
+    a = Pattern.from_bsr(patterns.causal_sliding_window(40, 5, block=8).block_form)
+    b = Pattern.from_bsr(patterns.sinks(40, 2, 3, block=8).block_form)
     s = Pattern.stack([a, b])
     assert s.block == (8, 8) and s.num_heads == 2
     assert s.to_bsr().num_heads == 2
@@ -244,11 +245,13 @@ def test_from_block_layout_rejects_shapes_that_miss_the_last_block(kwargs, match
 def test_bad_block_sizes(block, error):
     with pytest.raises(error, match="block"):
         blocks.check_block(block)
-    if block is not None:  # to_bsr(None) means "the pattern's own block form"
+    if block is not None:  # to_bsr(None): the pattern's own block form; block=None: token CSR
         with pytest.raises(error, match="block"):
             patterns.causal(8).to_bsr(block)
-    with pytest.raises(error, match="block"):
-        blocks.causal_sliding_window(8, 2, block=block)
+        with pytest.raises(error, match="block"):
+            patterns.causal_sliding_window(8, 2, block=block)
+    with pytest.warns(DeprecationWarning), pytest.raises(error, match="block"):
+        blocks.causal_sliding_window(8, 2, block=block)  # the deprecated alias requires a block
     with pytest.raises(error, match="block"):
         Pattern.from_block_layout(np.ones((2, 2), dtype=bool), block)
 
@@ -276,6 +279,20 @@ def test_bad_block_sizes(block, error):
 def test_from_arrays_validation_names_rule_and_block_row(args, match):
     with pytest.raises((ValueError, TypeError), match=match):
         blocks.BlockSparse.from_arrays(block=4, shape=(7, 6), **args)
+
+
+@pytest.mark.parametrize(
+    ("family", "args"),
+    [
+        ("causal", (30, 20, "bottom_right")),
+        ("sliding_window", (30, 2, 5)),
+        ("global_local", (30, 1, 1, [0, 7])),
+    ],
+)
+def test_deprecated_block_builders_give_the_catalog_block_form(family, args):
+    with pytest.warns(DeprecationWarning, match=f"patterns.{family}"):
+        old = getattr(blocks, family)(*args, block=(8, 4))
+    assert old == getattr(patterns, family)(*args, block=(8, 4)).block_form
 
 
 def test_check_format_finds_non_canonical_masks():
@@ -331,7 +348,7 @@ def test_construction_checks_dtypes_and_endpoints_cheaply():
 
 
 def test_dedup_and_kernel_form():
-    bs = blocks.causal_sliding_window(4096, 300, block=(64, 32))
+    bs = patterns.causal_sliding_window(4096, 300, block=(64, 32)).block_form
     kb = Pattern.from_bsr(bs).stacked_bsr()
     assert kb.block == (64, 32) and kb.indptr.shape == (1, 65) and kb.indptr.dtype == np.int64
     assert kb.indices.dtype == np.int32 and kb.mask_index.dtype == np.int32
@@ -353,7 +370,7 @@ def test_with_block_form_keeps_csr_and_adds_blocks():
 
 @pytest.mark.parametrize("max_cells", [1, 100, 5000, 1 << 22])
 def test_streamed_rows_split_heavy_block_rows(max_cells):
-    bs = blocks.global_local(300, 3, 3, [0, 1, 150, 299], block=(32, 16))
+    bs = patterns.global_local(300, 3, 3, [0, 1, 150, 299], block=(32, 16)).block_form
     ref = patterns.global_local(300, 3, 3, [0, 1, 150, 299]).to_csr()
     chunks = list(bs.iter_csr(0, max_cells))
     starts = [c[0] for c in chunks]
