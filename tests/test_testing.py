@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from sparse_ref import Pattern, testing
+from sparse_ref import Pattern, oracle, patterns, testing
 
 
 def test_rounding_floor_is_twice_the_rounding_of_plus_minus_point_three():
@@ -75,3 +75,38 @@ def test_float64_tolerance_is_tight(rng):
     p = Pattern.from_dense(rng.random((16, 16)) < 0.5)
     ref = testing.oracle_reference(q, k, v, p, dtype=np.float64)
     assert 0 < ref.out_tol < 1e-14
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_results_pass_the_rule_for_their_dtype(dtype: str) -> None:
+    import ml_dtypes
+
+    import sparse_ref
+
+    np_dtype = np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else np.dtype(dtype)
+    rng = np.random.default_rng(3)
+    p = patterns.sliding_window(20, 2, 1)
+    q, k, v, g = (rng.standard_normal((2, 20, 8)).astype(np_dtype) for _ in range(4))
+    out, lse = sparse_ref.attention(q, k, v, p, return_lse=True)
+    assert out.dtype == np_dtype
+    testing.assert_close_to_oracle(out, q, k, v, p, lse=lse)
+    grads = sparse_ref.attention_backward(q, k, v, p, g)
+    testing.assert_grads_close_to_oracle(grads, q, k, v, p, g)
+    with pytest.raises(testing.MismatchError) as err:  # the float32 answer is not a bf16/fp16 one
+        testing.assert_close_to_oracle(out.astype(np.float32) + 0.05, q, k, v, p, dtype=dtype)
+    assert err.value.kind == "tolerance"
+
+
+def test_torch_bfloat16_tensors_are_accepted() -> None:
+    torch = pytest.importorskip("torch")
+    import sparse_ref
+
+    p = patterns.causal(12)
+    x = torch.randn(2, 12, 8, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    out = sparse_ref.attention(x, x, x, p)
+    assert out.dtype.name == "bfloat16" and out.shape == (2, 12, 8)
+    ref = oracle.attention(x, x, x, p)
+    assert ref.dtype == np.float64
+    testing.assert_close_to_oracle(out, x, x, x, p)
+    as_f32 = x.float().numpy()
+    np.testing.assert_array_equal(oracle.attention(as_f32, as_f32, as_f32, p), ref)

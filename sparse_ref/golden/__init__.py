@@ -10,16 +10,32 @@ A suite is a directory holding ``manifest.json`` and ``cases/<case_id>.safetenso
     ...                                    scale=case.scale, softcap=case.softcap))
 
 ``suites`` holds the case lists, ``store`` the file format and its checks, ``generate`` and
-``check`` the two sides. The command line is ``sparse-ref golden generate|verify|check|list``.
+``check`` the two sides, ``conformance`` adapters for torch SDPA, FlexAttention and the CuPy
+kernels. The command line is ``sparse-ref golden generate|verify|check|conformance|list``.
 """
 
-from .check import Case, CaseResult, Report, VerifyResult, check, demo, load, load_impl, verify
+from . import conformance
+from .check import (
+    OUTCOMES,
+    Case,
+    CaseResult,
+    Report,
+    VerifyResult,
+    check,
+    demo,
+    load,
+    load_impl,
+    verify,
+)
 from .generate import GenerateResult, compute_case, generate
-from .store import SCHEMA_VERSION, manifest_schema, read_manifest
+from .store import SCHEMA_VERSION, GoldenFormatError, manifest_schema, read_manifest
 from .suites import SUITES, CaseSpec, Suite, build_suite
 
 __all__ = [
+    "OUTCOMES",
     "SCHEMA_VERSION",
+    "GoldenFormatError",
+    "conformance",
     "SUITES",
     "Case",
     "CaseResult",
