@@ -348,3 +348,131 @@ def test_tile_override_is_validated() -> None:
         tiles_mod._bwd_tiles("float64", 256, (4, 4))
     with pytest.raises(ValueError, match="TM in"):
         tiles_mod._bwd_tiles("float32", 128, (3, 4))
+
+
+# ------------------------------------------------------------------------------ block form
+#: (id, pattern builder, (B, H, H_kv, d, d_v)): patterns that carry a block form, run by
+#: bsr_backward_dq / bsr_backward_dkdv: native (bigbird), ragged last block row and column,
+#: blocks narrower and taller than a CTA's tile, per-head patterns with GQA, empty rows, n_q != n_k
+def _block_window(n: int, w: int, block: tuple[int, int]) -> Pattern:
+    return patterns.causal_sliding_window(n, w).with_block_form(block)
+
+
+def _block_random(seed: int, P: int, n_q: int, n_k: int, block: tuple[int, int]) -> Pattern:
+    rng = seeded("block-random", seed)
+    i, j = np.arange(n_q)[:, None], np.arange(n_k)[None, :]
+    mask = ((j <= i + 5) & (j > i - 40)) | random_mask(rng, P, n_q, n_k, 0.04)
+    mask = with_empty_rows(mask, [0, 63, n_q - 1])
+    return Pattern.from_dense(mask if P > 1 else mask[0]).with_block_form(block)
+
+
+BLOCK_CASES = [
+    ("bigbird-b16-n200", lambda: patterns.bigbird(200, block=16, seed=1), (1, 2, 2, 64, 64)),
+    ("window-w70-n200-b32", lambda: _block_window(200, 70, (32, 32)), (2, 4, 2, 32, 32)),
+    ("window-w150-n301-b64x128", lambda: _block_window(301, 150, (64, 128)), (1, 2, 1, 64, 64)),
+    ("random-perhead-q150k130-b16x48", lambda: _block_random(1, 4, 150, 130, (16, 48)),
+     (1, 4, 2, 48, 40)),
+    ("random-q200k170-b128x32", lambda: _block_random(2, 1, 200, 170, (128, 32)),
+     (2, 3, 1, 128, 128)),
+]  # fmt: skip
+
+
+@needs_gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("softcap", [None, 3.0], ids=["nocap", "softcap"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("case", BLOCK_CASES, ids=[c[0] for c in BLOCK_CASES])
+def test_block_form_matches_oracle(
+    case: tuple[Any, ...], dtype: str, softcap: float | None
+) -> None:
+    cid, build, (B, H, Hkv, d, dv) = case
+    pattern = build()
+    assert pattern.block is not None
+    n_q, n_k = pattern.shape
+    rng = seeded(cid, dtype, softcap)
+    q, k, v, g = make_inputs(rng, dtype, B, H, Hkv, n_q, n_k, d, dv)
+    grads = check(q, k, v, g, pattern, scale=1.2 / np.sqrt(d), softcap=softcap, kernel="bsr_simt")
+    # "auto" takes the block form for a pattern that carries one: the same bits
+    auto = run(q, k, v, g, pattern, scale=1.2 / np.sqrt(d), softcap=softcap)
+    for a, b in zip(grads, auto, strict=True):
+        assert np.array_equal(a, b, equal_nan=True)
+    mask = pattern.to_dense() if pattern.num_heads == 1 else None
+    if mask is not None:  # rows without keys: dq = 0; keys nobody attends: dk = dv = 0
+        assert np.all(grads[0][:, :, ~mask.any(axis=1)] == 0)
+        assert np.all(grads[1][:, :, ~mask.any(axis=0)] == 0)
+        assert np.all(grads[2][:, :, ~mask.any(axis=0)] == 0)
+
+
+@needs_gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    ("dtype", "tiles"), [("float32", (2, 2)), ("float32", (1, 2)), ("float64", (1, 2))]
+)
+def test_block_form_tile_shapes(dtype: str, tiles: tuple[int, int]) -> None:
+    pattern = _block_random(3, 2, 170, 150, (64, 64))
+    rng = seeded("block-tiles", dtype, tiles)
+    q, k, v, g = make_inputs(rng, dtype, 1, 4, 2, 170, 150, 64, 64)
+    check(q, k, v, g, pattern, scale=0.15, softcap=None, kernel="bsr_simt", tiles=tiles)
+
+
+@needs_gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_block_form_half_inputs(dtype: str) -> None:
+    rng = seeded("block-half", dtype)
+    pattern = _block_window(160, 50, (32, 32))
+    q, k, v, g = make_inputs(rng, dtype, 1, 4, 2, 160, 160, 64, 64)
+    check(q, k, v, g, pattern, scale=0.125, softcap=None, kernel="bsr_simt")
+
+
+@needs_gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_block_form_nonfinite_semantics(dtype: str) -> None:
+    """As test_nonfinite_semantics, over a block form: the NaN row reaches exactly its keys, and the
+    infinite key and value that no query attends (inside stored partial blocks) do not leak."""
+    rng = seeded("block-nonfinite", dtype)
+    n, d = 96, 32
+    i, j = np.arange(n)[:, None], np.arange(n)[None, :]
+    mask = (j <= i) & (j > i - 12)
+    mask[:, 50] = False
+    pattern = Pattern.from_dense(mask).with_block_form((16, 16))
+    q, k, v, g = make_inputs(rng, dtype, 1, 2, 1, n, n, d, d)
+    q[0, 0, 40, 3] = np.nan
+    k[0, 0, 50] = np.inf
+    v[0, 0, 50] = -np.inf
+    dq, dk, dv = run(q, k, v, g, pattern, scale=0.3, softcap=None, kernel="bsr_simt")
+    assert np.isnan(dq[0, 0, 40]).all() and not np.isnan(np.delete(dq, 40, axis=2)).any()
+    assert np.array_equal(np.isnan(dk[0, 0]).any(axis=1), mask[40])
+    assert np.all(dk[0, 0, 50] == 0) and np.all(dv[0, 0, 50] == 0)
+    assert_grads_close_to_oracle((dq, dk, dv), q, k, v, pattern, g, scale=0.3)
+
+
+@needs_gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_block_form_without_entries(dtype: str) -> None:
+    rng = seeded("block-empty", dtype)
+    pattern = Pattern.from_dense(np.zeros((50, 40), dtype=bool)).with_block_form((16, 16))
+    q, k, v, g = make_inputs(rng, dtype, 1, 2, 2, 50, 40, 32, 32)
+    for grad in run(q, k, v, g, pattern, scale=0.1, softcap=None, kernel="bsr_simt"):
+        assert np.all(grad == 0)
+
+
+@needs_gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_block_form_deterministic(dtype: str) -> None:
+    """Bitwise identical over repeated runs, GQA (4 query heads per kv head), global block rows."""
+    import cupy
+
+    rng = seeded("block-det", dtype)
+    pattern = patterns.bigbird(640, block=32, seed=3)
+    arrays = [to_device(x) for x in make_inputs(rng, dtype, 2, 8, 2, 640, 640, 64, 64)]
+    first = gpu.backward(*arrays[:3], pattern, arrays[3], None, None, 0.125, 5.0, kernel="bsr_simt")
+    for _ in range(3):
+        again = gpu.backward(
+            *arrays[:3], pattern, arrays[3], None, None, 0.125, 5.0, kernel="bsr_simt"
+        )
+        for a, b in zip(first, again, strict=True):
+            assert bool(cupy.array_equal(a, b))

@@ -10,6 +10,10 @@ Kernels (one ``.cu`` template each, instantiated per dtype by name; see ``gpu/RE
 * ``csr_backward_dq`` and ``csr_backward_dkdv`` (``csr_backward.cu``): the gradients, SIMT in the
   accumulation dtype above: dq (and each row's softmax statistics) over the pattern's rows, then
   dk/dv over its transpose (:func:`device_csr_transpose`), no atomics.
+* ``bsr_backward_dq`` and ``bsr_backward_dkdv`` (``bsr_backward_simt.cu``): the same math over a
+  block form: dq per query block row, dk/dv per key block column of the transposed block form
+  (:func:`device_bsr_transpose`); what :func:`backward` runs for a pattern that carries a block
+  form (float16/bfloat16 take the tensor-core backward of ``backward_mma`` where it applies).
 
 :func:`forward` picks: float16/bfloat16 -> ``bsr_forward_mma`` over ``pattern.stacked_bsr(block)``
 (built from the CSR when the pattern has no block form) where the head dims allow, else the SIMT
@@ -28,7 +32,8 @@ The package has one module per concern:
 * ``metadata``: the pattern's device forms (CSR, block form, transposes, launch orders), cached;
 * ``arrays``: CuPy/torch inputs to kernel arrays and back;
 * ``forward_launch`` and ``backward_launch``: the launches and the entry points
-  :func:`forward` / :func:`backward`;
+  :func:`forward` / :func:`backward`; ``backward_bsr_simt`` and ``backward_mma``: the block-form
+  backward launches (SIMT; tensor cores);
 * ``flops``: useful FLOP counts.
 
 Everything public is re-exported here: ``sparse_ref.backends.cupy.forward`` and the rest.
@@ -36,6 +41,7 @@ Everything public is re-exported here: ``sparse_ref.backends.cupy.forward`` and 
 
 from __future__ import annotations
 
+from .backward_bsr_simt import backward_bsr, device_bsr_transpose
 from .backward_launch import backward, backward_csr
 from .flops import useful_backward_flops, useful_flops
 from .forward_launch import DEFAULT_BLOCK, forward, forward_bsr, forward_csr
@@ -84,6 +90,8 @@ __all__ = [
     "clear_cache",
     "backward",
     "backward_csr",
+    "backward_bsr",
+    "device_bsr_transpose",
     "device_csr_transpose",
     "bwd_kernel_names",
     "useful_flops",

@@ -83,3 +83,21 @@ def _all_finite(x: Any, dtype: str) -> bool:
     if dtype == "bfloat16":  # uint16 bits: exponent all ones <=> inf/NaN
         return not bool(((x & 0x7F80) == 0x7F80).any())
     return bool(_require().isfinite(x).all())
+
+
+def _without_dead_non_finite_rows(q: Any, dout: Any, r: Any, dtype: str) -> tuple[Any, Any]:
+    """``q``, ``dout`` for the SIMT dk/dv kernels: rows that get no gradient (``r = 1/l == 0``: no
+    keys, or only ``-inf`` scores) still meet a weight of 0 there, so where such a row holds inf
+    or NaN it is zeroed in a copy (the oracle skips these rows: 0 * inf must not reach dk/dv)."""
+    cp = _require()
+
+    def non_finite_rows(x: Any) -> Any:
+        if dtype == "bfloat16":  # stored as uint16: exponent bits all ones
+            return ((x & 0x7F80) == 0x7F80).any(axis=-1)
+        return ~cp.isfinite(x).all(axis=-1)
+
+    bad = (r == 0) & (non_finite_rows(q) | non_finite_rows(dout))
+    if not bool(bad.any()):
+        return q, dout
+    zero = cp.zeros((), dtype=q.dtype)
+    return cp.where(bad[..., None], zero, q), cp.where(bad[..., None], zero, dout)

@@ -1,5 +1,6 @@
 """Backward launches: ``csr_backward_dq`` and ``csr_backward_dkdv`` on CuPy arrays, and
-:func:`backward`, the backend's entry point."""
+:func:`backward`, the backend's entry point, which picks the token-CSR, block-form SIMT
+(``backward_bsr_simt``) or tensor-core (``backward_mma``) kernels."""
 
 from __future__ import annotations
 
@@ -7,9 +8,25 @@ from typing import Any
 
 import numpy as np
 
-from .arrays import _all_finite, _geometry, _scalar, _to_kernel_arrays
-from .backward_mma import mma_applies, pattern_backward_mma
-from .metadata import DeviceCSR, _csr_order, _kv_order, _pattern_csr, _pattern_csr_t
+from .arrays import (
+    _all_finite,
+    _geometry,
+    _scalar,
+    _to_kernel_arrays,
+    _without_dead_non_finite_rows,
+)
+from .backward_bsr_simt import backward_bsr
+from .backward_mma import _pattern_bsr_t, mma_applies, pattern_backward_mma
+from .forward_launch import DEFAULT_BLOCK
+from .metadata import (
+    DeviceCSR,
+    _csr_order,
+    _kv_order,
+    _pattern_bsr,
+    _pattern_csr,
+    _pattern_csr_t,
+    native_block,
+)
 from .runtime import _require
 from .sources import compiled
 from .tiles import _bwd_smem, _bwd_tiles, _simt_dmax, bwd_kernel_names
@@ -75,24 +92,6 @@ def backward_csr(
     return dq, dk, dvo
 
 
-def _without_dead_non_finite_rows(q: Any, dout: Any, r: Any, dtype: str) -> tuple[Any, Any]:
-    """``q``, ``dout`` for ``csr_backward_dkdv``: rows that get no gradient (``r = 1/l == 0``: no
-    keys, or only ``-inf`` scores) still meet a weight of 0 there, so where such a row holds inf
-    or NaN it is zeroed in a copy (the oracle skips these rows: 0 * inf must not reach dk/dv)."""
-    cp = _require()
-
-    def non_finite_rows(x: Any) -> Any:
-        if dtype == "bfloat16":  # stored as uint16: exponent bits all ones
-            return ((x & 0x7F80) == 0x7F80).any(axis=-1)
-        return ~cp.isfinite(x).all(axis=-1)
-
-    bad = (r == 0) & (non_finite_rows(q) | non_finite_rows(dout))
-    if not bool(bad.any()):
-        return q, dout
-    zero = cp.zeros((), dtype=q.dtype)
-    return cp.where(bad[..., None], zero, q), cp.where(bad[..., None], zero, dout)
-
-
 def backward(
     q: Any,
     k: Any,
@@ -123,7 +122,10 @@ def backward(
         tiles: ``(TM, TN)`` tile override (see ``BWD_TILES``), for tests and benchmarks.
         kernel: ``"auto"`` (float16/bfloat16 with finite inputs and ``d, d_v <= 128``, multiples
             of 8, and no ``tiles``: the tensor-core kernels of ``bsr_backward_mma.cu`` over the
-            pattern's block form, else the SIMT CSR kernels), ``"csr"`` or ``"bsr_mma"``.
+            pattern's block form; else a pattern that carries a block form: the SIMT block-form
+            kernels of ``bsr_backward_simt.cu``; else the SIMT CSR kernels), ``"csr"``,
+            ``"bsr_simt"`` (over the pattern's block form, or its ``DEFAULT_BLOCK`` form when it
+            has none) or ``"bsr_mma"``.
 
     Returns:
         ``dq, dk, dv`` shaped and typed like ``q, k, v`` (CuPy, or torch for torch inputs);
@@ -134,8 +136,8 @@ def backward(
     (qa, ka, va, ga), name, back = _to_kernel_arrays((q, k, v, dout), dtype)
     if finite is None:
         finite = all(_all_finite(x, name) for x in (qa, ka, va, ga))
-    if kernel not in ("auto", "csr", "bsr_mma"):
-        raise ValueError(f"kernel must be 'auto', 'csr' or 'bsr_mma', got {kernel!r}")
+    if kernel not in ("auto", "csr", "bsr_simt", "bsr_mma"):
+        raise ValueError(f"kernel must be 'auto', 'csr', 'bsr_simt' or 'bsr_mma', got {kernel!r}")
     if kernel == "bsr_mma" or (
         kernel == "auto" and tiles is None and mma_applies(name, qa, va, finite)
     ):
@@ -144,6 +146,14 @@ def backward(
         dq, dk, dv = pattern_backward_mma(
             qa, ka, va, ga, pattern, out, lse, scale, softcap, dtype=name
         )
+        return back(dq), back(dk), back(dv)
+    nblock = native_block(pattern)
+    if kernel == "bsr_simt" or (kernel == "auto" and nblock is not None):
+        blk = nblock or DEFAULT_BLOCK
+        dq, dk, dv = backward_bsr(
+            qa, ka, va, ga, _pattern_bsr(pattern, blk), _pattern_bsr_t(pattern, blk), scale,
+            softcap, dtype=name, finite=finite, tiles=tiles,
+        )  # fmt: skip
         return back(dq), back(dk), back(dv)
     dq, dk, dv = backward_csr(
         qa, ka, va, ga, _pattern_csr(pattern), _pattern_csr_t(pattern), scale, softcap,
