@@ -3,19 +3,27 @@
 Cases (B=1, H=16, d=128, DESIGN §12): causal window 1024 at n=16384; causal window 4096 at n=65536;
 BigBird-like 128-blocks at n=65536 (3 window, 2 global, 3 random blocks per block row); each in
 float32 and bfloat16. Forward and backward: prints a table (median of CUDA-event timings, warm-up
-excluded; useful TFLOP/s = 4*nnz*d / time forward, 8*nnz*d / time backward; ratio = FlexAttention
-time / ours in the same pass; fraction of the H100 peak: fp32 SIMT 67 TFLOP/s, bf16 dense 990
-TFLOP/s) and writes JSON with ``--json``.
+excluded; useful TFLOP/s = 4*nnz*d / time forward, 8*nnz*d / time backward, from
+``sparse_ref.bench.flops.useful_flops``; ratio = FlexAttention time / ours in the same pass;
+fraction of the H100 peak: fp32 SIMT 67 TFLOP/s, bf16 dense 990 TFLOP/s) and writes JSON and a
+markdown table named after the card with ``--out DIR``.
 
-Backward: ours is ``csr_backward_dq`` + ``csr_backward_dkdv`` over the token CSR and its device
-transpose (float32 SIMT; bfloat16 inputs computed in float32, no tensor cores), built once per case
-outside the timing; FlexAttention's is ``torch.autograd.grad`` through the compiled
-``flex_attention`` (its forward run once, outside the timing).
+Backward, ours: bfloat16 ``backward_bsr_mma`` (tensor cores over the block form and its transpose,
+given the forward's out and lse, made once outside the timing); float32 ``backward_bsr``
+(``bsr_backward_dq`` + ``bsr_backward_dkdv``, SIMT over the block form and its transpose) and
+``backward_csr`` (the same math over the token CSR and its device transpose); with
+``--variants`` also the SIMT kernels on bfloat16 inputs and other tile shapes. Every pattern form
+is built once per case outside the timing. FlexAttention's is ``torch.autograd.grad`` through the compiled
+``flex_attention``: each timed call runs a fresh forward before the start event (not timed), so
+the graph is used once and freed (no ``retain_graph``, which FlexAttention's donated buffers
+refuse). FlexAttention is compiled afresh for every case (``torch._dynamo.reset()``), so the
+recompile limit is never reached and it never falls back to the unfused path.
 
 Run from the repository root on a GPU machine::
 
-    PYTHONPATH=. python gpu/bench.py --json bench.json
+    PYTHONPATH=. python gpu/bench.py --out /tmp/bench            # all cases, fp32 and bf16
     PYTHONPATH=. python gpu/bench.py --cases window1k --dtypes bfloat16 --no-sdpa
+    python gpu/bench.py --publish /tmp/bench/<card>.json         # no GPU: gpu/results/, docs/gpu.md
 
 Every implementation is also checked on 64 sampled rows against a float64 reference (``err64``:
 out forward, dq backward); backward rows also give ``dkdv_vs_flex``, the largest difference of dk
@@ -33,11 +41,13 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
+
+from sparse_ref.bench.flops import useful_flops  # noqa: E402
 
 PEAK = {"float32": 67e12, "bfloat16": 990e12}
 T0 = time.perf_counter()
@@ -180,20 +190,32 @@ CASES = {
 
 # ------------------------------------------------------------------------------ timing
 def timed(
-    fn: Callable[[], Any], torch: Any, budget_ms: float = 1500.0
+    fn: Callable[[], Any],
+    torch: Any,
+    budget_ms: float = 1500.0,
+    setup: Callable[[], Any] | None = None,
 ) -> tuple[float, list[float]]:
     """Median CUDA-event time (ms) of ``fn``; warm-up excluded; the GPU is kept busy while the host
-    enqueues (``torch.cuda._sleep``) so launch overhead does not count as idle GPU time."""
-    fn()
+    enqueues (``torch.cuda._sleep``) so launch overhead does not count as idle GPU time.
+    ``setup`` (untimed) runs before each call of ``fn``, its work enqueued before the start event."""
+
+    def once() -> None:
+        if setup is not None:
+            setup()
+        fn()
+
+    once()
     torch.cuda.synchronize()
     t0 = time.perf_counter()
-    fn()
+    once()
     torch.cuda.synchronize()
     first = (time.perf_counter() - t0) * 1e3
     reps = int(min(20, max(3, budget_ms / max(first, 1e-3))))
     times = []
     for _ in range(reps):
         torch.cuda._sleep(200_000)
+        if setup is not None:
+            setup()
         s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         s.record()
         fn()
@@ -238,12 +260,20 @@ def sampled_grad_reference(
     return torch.einsum("hrn,hnd->hrd", ds, kd) / math.sqrt(D)
 
 
+class Forms(NamedTuple):
+    """A case's pattern on the device: token CSR and its transpose (``None`` where not needed),
+    block form and its transpose (``None`` without backward)."""
+
+    csr: Any
+    tcsr: Any
+    bsr: Any
+    tbsr: Any
+
+
 def run_dtype(
     case: Case,
     dtype: str,
-    csr: Any,
-    bsr: Any,
-    tcsr: Any,
+    forms: Forms,
     block_mask: Any,
     rows: Any,
     flex: Any,
@@ -272,8 +302,8 @@ def run_dtype(
         def fn() -> Any:
             with stream:
                 if kind == "csr":
-                    return gpu.forward_csr(qa, ka, va, csr, scale, None, dtype=dtype, **kw)[0]
-                return gpu.forward_bsr(qa, ka, va, bsr, scale, None, dtype=dtype, **kw)[0]
+                    return gpu.forward_csr(qa, ka, va, forms.csr, scale, None, dtype=dtype, **kw)[0]
+                return gpu.forward_bsr(qa, ka, va, forms.bsr, scale, None, dtype=dtype, **kw)[0]
 
         return fn
 
@@ -284,7 +314,7 @@ def run_dtype(
         configs = sorted(gpu.SIMT_CONFIGS) if args.variants else [None]
         for cfg in configs:
             tag = f" {cfg}" if cfg else ""
-            if csr is not None:
+            if forms.csr is not None:
                 impls.append((f"sparse-ref csr simt{tag}", ours("csr", simt=cfg)))
             impls.append((f"sparse-ref bsr simt{tag}", ours("bsr", mma=False, simt=cfg)))
     else:
@@ -304,7 +334,7 @@ def run_dtype(
             )
         )
     nnz_head = case.nnz()
-    flops = 4.0 * nnz_head * H * D
+    flops = useful_flops(nnz_head * H, D)
     out_rows: list[dict[str, Any]] = []
     flex_ms = None
     for name, fn in impls:
@@ -340,7 +370,7 @@ def run_dtype(
         if "ms" in r and flex_ms:
             r["flex_over_this"] = flex_ms / r["ms"]
     if not args.no_backward:
-        out_rows += run_backward(case, dtype, q, k, v, (qa, ka, va), csr, tcsr, block_mask, rows,
+        out_rows += run_backward(case, dtype, q, k, v, (qa, ka, va), forms, block_mask, rows,
                                  flex, gen, stream, args)  # fmt: skip
     return out_rows
 
@@ -352,8 +382,7 @@ def run_backward(
     k: Any,
     v: Any,
     views: tuple[Any, Any, Any],
-    csr: Any,
-    tcsr: Any,
+    forms: Forms,
     block_mask: Any,
     rows: Any,
     flex: Any,
@@ -381,35 +410,53 @@ def run_backward(
             return torch.from_dlpack(x.view(cp.int16)).view(torch.bfloat16)
         return torch.from_dlpack(x)
 
-    impls: list[tuple[str, Callable[[], Any]]] = []
-    if csr is not None:
+    # (name, timed call, untimed setup before each call)
+    impls: list[tuple[str, Callable[[], Any], Callable[[], Any] | None]] = []
 
-        def ours(tiles: tuple[int, int] | None) -> Callable[[], Any]:
-            def fn() -> Any:
-                with stream:
-                    return gpu.backward_csr(
-                        *views, ga, csr, tcsr, scale, None, dtype=dtype, tiles=tiles
-                    )
+    def ours(form: str, tiles: tuple[int, int] | None) -> Callable[[], Any]:
+        def fn() -> Any:
+            with stream:
+                if form == "bsr":
+                    return gpu.backward_bsr(*views, ga, forms.bsr, forms.tbsr, scale, None,
+                                            dtype=dtype, tiles=tiles)  # fmt: skip
+                return gpu.backward_csr(*views, ga, forms.csr, forms.tcsr, scale, None,
+                                        dtype=dtype, tiles=tiles)  # fmt: skip
 
-            return fn
+        return fn
 
-        impls.append(("sparse-ref csr backward simt", ours(None)))
+    if dtype == "bfloat16":  # tensor cores; the forward's out and lse made once, untimed
+        with stream:
+            out_f, lse_f = gpu.forward_bsr(*views, forms.bsr, scale, None, dtype=dtype, mma=True)
+
+        def mma() -> Any:
+            with stream:
+                return gpu.backward_bsr_mma(*views, ga, forms.bsr, forms.tbsr, scale, None,
+                                            dtype=dtype, out=out_f, lse=lse_f)  # fmt: skip
+
+        impls.append(("sparse-ref bsr backward mma", mma, None))
+    # SIMT (float32 arithmetic): the float32 rows; for bfloat16 only with --variants
+    simt_forms = ("bsr", "csr") if forms.csr is not None else ("bsr",)
+    for form in simt_forms if (dtype == "float32" or args.variants) else ():
+        impls.append((f"sparse-ref {form} backward simt", ours(form, None), None))
         if args.variants:
             for tiles in BWD_VARIANTS:
-                impls.append((f"sparse-ref csr backward simt {tiles[0]}x{tiles[1]}", ours(tiles)))
+                tag = f"{tiles[0]}x{tiles[1]}"
+                impls.append((f"sparse-ref {form} backward simt {tag}", ours(form, tiles), None))
     if flex is not None:
         qg, kg, vg = (x.detach().requires_grad_() for x in (q, k, v))
-        out_flex = flex(qg, kg, vg, block_mask=block_mask, scale=scale)
-        impls.append(
-            (
-                "FlexAttention backward",
-                lambda: torch.autograd.grad(out_flex, (qg, kg, vg), dout, retain_graph=True),
-            )
-        )
-    flops = gpu.useful_backward_flops(case.nnz() * H, D)
+        graph: dict[str, Any] = {}
+
+        def flex_forward() -> None:  # a fresh graph per call: backward frees it
+            graph["out"] = flex(qg, kg, vg, block_mask=block_mask, scale=scale)
+
+        def flex_backward() -> Any:
+            return torch.autograd.grad(graph.pop("out"), (qg, kg, vg), dout)
+
+        impls.append(("FlexAttention backward", flex_backward, flex_forward))
+    flops = useful_flops(case.nnz() * H, D, backward=True)
     out_rows: list[dict[str, Any]] = []
     results: dict[str, Any] = {}
-    for name, fn in impls:
+    for name, fn, setup in impls:
         log(f"{dtype} backward: {name}")
         row: dict[str, Any] = {
             "case": case.name,
@@ -419,7 +466,9 @@ def run_backward(
             "nnz_per_head": case.nnz(),
         }
         try:
-            ms, times = timed(fn, torch)
+            ms, times = timed(fn, torch, setup=setup)
+            if setup is not None:
+                setup()
             grads = [g if isinstance(g, torch.Tensor) else as_torch(g) for g in fn()]
             torch.cuda.synchronize()
             results[name] = grads
@@ -447,18 +496,98 @@ def run_backward(
     return out_rows
 
 
+# ------------------------------------------------------------------------------ output
+ROOT = Path(__file__).resolve().parent.parent
+DOCS_BEGIN = "<!-- gpu-bench:begin (written by gpu/bench.py --publish) -->"
+DOCS_END = "<!-- gpu-bench:end -->"
+
+
+def card_slug(device: str) -> str:
+    """File name stem for a card: ``NVIDIA H100 80GB HBM3`` -> ``nvidia-h100-80gb-hbm3``."""
+    return "-".join("".join(c if c.isalnum() else " " for c in device.lower()).split())
+
+
+def markdown_table(meta: dict[str, Any], results: list[dict[str, Any]]) -> str:
+    """The results as a markdown table, the card and versions named above it."""
+    lines = [
+        f"GPU: **{meta['device']}**; torch {meta['torch']}, CuPy {meta['cupy']}; "
+        f"B={meta['B']}, H={meta['H']}, d={meta['d']}; {meta.get('date', '')}. One process, "
+        "FlexAttention timed in the same run as ours. Flex / this: FlexAttention's time over this "
+        "one in the same pass (higher is better). Useful FLOPs: 4·nnz·d forward, 8·nnz·d backward; "
+        "% peak of the H100 figures (fp32 SIMT 67 TFLOP/s, bf16 dense 990). err: largest error "
+        "against float64 on 64 sampled rows (out forward, dq backward).",
+        "",
+        "| case | dtype | pass | implementation | ms | useful TFLOP/s | Flex / this | % peak | err |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    last_case = None
+    for r in results:
+        case = r["case"] if r["case"] != last_case else ""
+        last_case = r["case"]
+        head = f"| {case} | {r['dtype']} | {r['pass']} | {r['impl']} "
+        if "ms" not in r:
+            lines.append(f"{head}| failed: {r['error'][:80]} | | | | |")
+            continue
+        ratio = f"{r['flex_over_this']:.2f}×" if "flex_over_this" in r else "-"
+        lines.append(
+            f"{head}| {r['ms']:.3f} | {r['tflops']:.1f} | {ratio} | {100 * r['frac_peak']:.1f}% "
+            f"| {r['err64']:.1e} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def publish(json_path: Path) -> None:
+    """Copy a run's JSON to ``gpu/results/<card>.json``, its table to ``gpu/results/<card>.md``,
+    and the table into docs/gpu.md between the bench markers (no GPU needed)."""
+    data = json.loads(json_path.read_text())
+    slug = card_slug(data["meta"]["device"])
+    results_dir = ROOT / "gpu" / "results"
+    results_dir.mkdir(exist_ok=True)
+    table = markdown_table(data["meta"], data["results"])
+    (results_dir / f"{slug}.json").write_text(json.dumps(data, indent=1) + "\n")
+    (results_dir / f"{slug}.md").write_text(
+        f"# gpu/bench.py on {data['meta']['device']}\n\n{table}"
+    )
+    docs = ROOT / "docs" / "gpu.md"
+    text = docs.read_text()
+    if DOCS_BEGIN not in text or DOCS_END not in text:
+        raise SystemExit(f"{docs} has no {DOCS_BEGIN!r} ... {DOCS_END!r} section to replace")
+    head, rest = text.split(DOCS_BEGIN, 1)
+    tail = rest.split(DOCS_END, 1)[1]
+    docs.write_text(f"{head}{DOCS_BEGIN}\n{table}{DOCS_END}{tail}")
+    print(f"wrote {results_dir / slug}.json, {results_dir / slug}.md and {docs}")
+
+
 # ------------------------------------------------------------------------------ main
+def fresh_flex(torch: Any) -> Any:
+    """FlexAttention compiled afresh (one compiled function per case: its guards then never exceed
+    the recompile limit, which would fall back to the unfused, dense path)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    torch._dynamo.reset()
+    for name in ("recompile_limit", "cache_size_limit"):  # the name changed across torch versions
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, max(64, getattr(torch._dynamo.config, name)))
+    return torch.compile(flex_attention, dynamic=False)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
     ap.add_argument("--dtypes", nargs="*", default=["float32", "bfloat16"])
-    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--out", type=Path, default=None, help="write <card>.json and <card>.md here")
+    ap.add_argument("--json", type=Path, default=None, help="also write the JSON to this file")
+    ap.add_argument("--publish", type=Path, default=None, metavar="JSON",
+                    help="no run: put a run's JSON and table in gpu/results/ and docs/gpu.md")  # fmt: skip
     ap.add_argument("--no-flex", action="store_true")
     ap.add_argument("--no-sdpa", action="store_true")
     ap.add_argument("--variants", action="store_true", help="also time alternative kernel configs")
     ap.add_argument("--no-forward", action="store_true", help="time the backward passes only")
     ap.add_argument("--no-backward", action="store_true", help="time the forward passes only")
     args = ap.parse_args()
+    if args.publish is not None:
+        publish(args.publish)
+        return
 
     import cupy as cp
     import torch
@@ -475,17 +604,18 @@ def main() -> None:
         "B": B,
         "H": H,
         "d": D,
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
+        "command": " ".join(sys.argv),
     }
 
     def dump() -> None:
+        blob = json.dumps({"meta": meta, "results": results}, indent=1)
         if args.json:
-            args.json.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
-
-    flex = create_block_mask = None
-    if not args.no_flex:
-        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-
-        flex = torch.compile(flex_attention, dynamic=False)
+            args.json.write_text(blob)
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / f"{card_slug(dev)}.json").write_text(blob)
+            (args.out / f"{card_slug(dev)}.md").write_text(markdown_table(meta, results))
 
     stream = cp.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream)
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -500,42 +630,39 @@ def main() -> None:
         ip, bc, mi, masks = case.block_form()
         bsr = gpu.device_bsr((case.block, case.block), ip, bc, mi, masks, n, n)
         csr = token_csr(case, stream) if (case.kind == "window" or not args.no_backward) else None
-        tcsr = None
+        tcsr = tbsr = None
         if not args.no_backward:
             with stream:
                 tcsr = gpu.device_csr_transpose(csr)
+                tbsr = gpu.device_bsr_transpose(bsr)
+        forms = Forms(csr, tcsr, bsr, tbsr)
         print(f"\n== {case.name}: nnz/head {nnz_head:.4g} (density {nnz_head / n / n:.4f}), "
               f"{len(bc)} blocks ({int((mi >= 0).sum())} partial); built in "
               f"{time.perf_counter() - t0:.1f}s", flush=True)  # fmt: skip
-        block_mask = None
-        if flex is not None:
+        flex = block_mask = None
+        if not args.no_flex:
+            from torch.nn.attention.flex_attention import create_block_mask
+
+            flex = fresh_flex(torch)
             block_mask = create_block_mask(
                 make_mask_mod(case), None, None, n, n, device="cuda", BLOCK_SIZE=128, _compile=True
             )
         log("block mask built")
         rows = torch.randint(0, n, (64,), device="cuda", generator=gen)
         for dtype in args.dtypes:
-            results += run_dtype(
-                case, dtype, csr, bsr, tcsr, block_mask, rows, flex, gen, stream, args
-            )
+            results += run_dtype(case, dtype, forms, block_mask, rows, flex, gen, stream, args)
             dump()
             torch.cuda.empty_cache()
-        dump()
+        del forms, csr, tcsr, bsr, tbsr, block_mask
+        torch.cuda.empty_cache()
+        cp.get_default_memory_pool().free_all_blocks()
 
-    print("\n| case | dtype | pass | implementation | ms | useful TFLOP/s | Flex time / this "
-          "| % of peak | max err vs fp64 |")  # fmt: skip
-    print("|---|---|---|---|---:|---:|---:|---:|---:|")
-    for r in results:
-        head = f"| {r['case']} | {r['dtype']} | {r['pass']} | {r['impl']} "
-        if "ms" not in r:
-            print(f"{head}| failed: {r['error'][:60]} | | | | |")
-            continue
-        ratio = f"{r['flex_over_this']:.2f}x" if "flex_over_this" in r else "-"
-        print(f"{head}| {r['ms']:.3f} | {r['tflops']:.1f} | {ratio} | {100 * r['frac_peak']:.1f}% "
-              f"| {r['err64']:.1e} |")  # fmt: skip
-    print(f"\n(GPU: {dev}; B={B}, H={H}, d={D}; useful FLOPs = 4*nnz*d forward, 8*nnz*d backward;"
-          " backward err = dq on sampled rows)")  # fmt: skip
+    print()
+    print(markdown_table(meta, results))
     dump()
+    failed = [r for r in results if "ms" not in r]
+    if failed:
+        raise SystemExit(f"{len(failed)} of {len(results)} measurements failed (see the table)")
 
 
 if __name__ == "__main__":

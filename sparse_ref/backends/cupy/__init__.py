@@ -43,6 +43,7 @@ from __future__ import annotations
 
 from .backward_bsr_simt import backward_bsr, device_bsr_transpose
 from .backward_launch import backward, backward_csr
+from .backward_mma import backward_bsr_mma
 from .flops import useful_backward_flops, useful_flops
 from .forward_launch import DEFAULT_BLOCK, forward, forward_bsr, forward_csr
 from .metadata import (
@@ -91,6 +92,7 @@ __all__ = [
     "backward",
     "backward_csr",
     "backward_bsr",
+    "backward_bsr_mma",
     "device_bsr_transpose",
     "device_csr_transpose",
     "bwd_kernel_names",
