@@ -47,7 +47,6 @@ from .backward_mma import backward_bsr_mma
 from .flops import useful_backward_flops, useful_flops
 from .forward_launch import DEFAULT_BLOCK, forward, forward_bsr, forward_csr
 from .metadata import (
-    _PATTERN_CACHE,
     DeviceBSR,
     DeviceCSR,
     bsr_from_csr,
@@ -111,6 +110,6 @@ __all__ = [
 
 
 def clear_cache() -> None:
-    """Forget compiled kernels and device copies of patterns."""
+    """Forget the compiled kernels of this process (device copies of a pattern live in the
+    pattern's own metadata cache and go with it)."""
     compiled.cache_clear()
-    _PATTERN_CACHE.clear()

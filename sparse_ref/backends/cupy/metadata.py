@@ -1,14 +1,21 @@
-"""Device metadata of a pattern: its stacked CSR, block form and transposes on the GPU, the
-heaviest-first launch orders, and a small cache of them per ``Pattern`` (patterns are immutable).
+"""Device metadata of a pattern: its stacked CSR, block form and transposes on the GPU, and the
+heaviest-first launch orders.
+
+The host arrays come from :mod:`sparse_ref.metadata` (the pattern's own kernel metadata); their
+device copies, and the transposes built on the device, are kept in the same per-pattern cache,
+per device. The token-CSR transpose is built on the device (one CuPy sort per head), not by the
+host counting sort of ``sparse_ref.metadata``, which needs Numba.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from ... import metadata as host_metadata
+from ...blocks import from_csr as blocks_from_csr
+from ...metadata import _cached as _on_pattern
 from .runtime import _require
 
 __all__ = [
@@ -135,61 +142,22 @@ def device_bsr(
 def bsr_from_csr(
     indptr: np.ndarray, indices: np.ndarray, shape: tuple[int, int], block: tuple[int, int]
 ) -> tuple[tuple[int, int], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Block form of a stacked CSR: ``(block, indptr (P, nbq+1) int64, bcols int32, mask_index
-    int32 (-1 = full), masks (n_partial, bq, bk) bool)``; a block is full when every in-range entry
-    is allowed. NumPy, O(nnz log nnz): meant for patterns without a native block form."""
+    """Block form of a stacked CSR (``indptr (P, n_q+1)`` absolute offsets, sorted rows):
+    ``(block, indptr (P, nbq+1) int64, bcols int32, mask_index int32 (-1 = full), masks
+    (n_masks, bq, bk) bool)``, by :func:`sparse_ref.blocks.from_csr` (a block is full when every
+    in-range entry is allowed; equal masks are stored once)."""
     indptr = np.asarray(indptr, dtype=np.int64)
     indices = np.asarray(indices)
-    n_q, n_k = shape
-    bq, bk = int(block[0]), int(block[1])
-    nbq, nbk = -(-n_q // bq), -(-n_k // bk)
-    ips, cols_all, mis, masks_all = [], [], [], []
-    nblocks = npartial = 0
-    for p in range(indptr.shape[0]):
-        lo, hi = indptr[p, 0], indptr[p, -1]
-        rows = np.repeat(np.arange(n_q, dtype=np.int64), np.diff(indptr[p]))
-        cols = indices[lo:hi].astype(np.int64)
-        bi, bj = rows // bq, cols // bk
-        uniq, inv, counts = np.unique(bi * nbk + bj, return_inverse=True, return_counts=True)
-        ubi, ubj = uniq // nbk, uniq % nbk
-        size = np.minimum(bq, n_q - ubi * bq) * np.minimum(bk, n_k - ubj * bk)
-        full = counts == size
-        pid = np.cumsum(~full) - 1
-        mi = np.where(full, -1, pid + npartial).astype(np.int32)
-        masks = np.zeros((int((~full).sum()), bq, bk), dtype=bool)
-        sel = ~full[inv]
-        masks[pid[inv[sel]], rows[sel] - bi[sel] * bq, cols[sel] - bj[sel] * bk] = True
-        ips.append(np.searchsorted(ubi, np.arange(nbq + 1)) + nblocks)
-        cols_all.append(ubj.astype(np.int32))
-        mis.append(mi)
-        masks_all.append(masks)
-        nblocks += len(uniq)
-        npartial += len(masks)
-    return (
-        (bq, bk),
-        np.stack(ips).astype(np.int64),
-        np.concatenate(cols_all),
-        np.concatenate(mis),
-        np.concatenate(masks_all) if masks_all else np.zeros((0, bq, bk), dtype=bool),
-    )
-
-
-_PATTERN_CACHE: OrderedDict[tuple[int, str, Any], tuple[Any, Any]] = OrderedDict()
-_PATTERN_CACHE_SIZE = 8
+    heads = [(ip - ip[0], indices[ip[0] : ip[-1]]) for ip in indptr]
+    form = blocks_from_csr(heads, (int(shape[0]), int(shape[1])), block).kernel_form()
+    return (tuple(form.block), *form[1:])  # type: ignore[return-value]
 
 
 def _cached(pattern: Any, kind: str, key: Any, build: Any) -> Any:
-    """Device form of ``pattern`` (LRU by identity; Patterns are immutable)."""
-    ck = (id(pattern), kind, key)
-    hit = _PATTERN_CACHE.get(ck)
-    if hit is not None and hit[0] is pattern:
-        _PATTERN_CACHE.move_to_end(ck)
-        return hit[1]
-    value = build()
-    _PATTERN_CACHE[ck] = (pattern, value)
-    while len(_PATTERN_CACHE) > _PATTERN_CACHE_SIZE:
-        _PATTERN_CACHE.popitem(last=False)
-    return value
+    """Device form ``kind`` (``key``: its parameters) of ``pattern``, built once per device and
+    kept in the pattern's own kernel-metadata cache (:mod:`sparse_ref.metadata`): it lives exactly
+    as long as the pattern, which is immutable, so it never goes stale."""
+    return _on_pattern(pattern, ("cupy", _require().cuda.Device().id, kind, key), build)
 
 
 def native_block(pattern: Any) -> tuple[int, int] | None:
@@ -200,22 +168,25 @@ def native_block(pattern: Any) -> tuple[int, int] | None:
 
 def _pattern_csr(pattern: Any) -> DeviceCSR:
     def build() -> DeviceCSR:
-        csr = pattern.stacked_csr()
+        csr = host_metadata.csr(pattern)
         n_q, n_k = pattern.shape
-        return device_csr(csr[0], csr[1], n_q, n_k)
+        return device_csr(csr.indptr, csr.indices, n_q, n_k)
 
     return _cached(pattern, "csr", None, build)
 
 
 def _pattern_bsr(pattern: Any, block: tuple[int, int]) -> DeviceBSR:
+    """The pattern's block form of ``block`` on the device: its own (``sparse_ref.metadata``) when
+    it holds one of that block, else derived from its token CSR (``Pattern.stacked_bsr``)."""
+
     def build() -> DeviceBSR:
         n_q, n_k = pattern.shape
-        if hasattr(pattern, "stacked_bsr"):
-            blk, ip, ix, mi, masks = pattern.stacked_bsr(block=block)
+        if native_block(pattern) == tuple(block):
+            form = host_metadata.blocks(pattern)
         else:
-            csr = pattern.stacked_csr()
-            blk, ip, ix, mi, masks = bsr_from_csr(csr[0], csr[1], (n_q, n_k), block)
-        return device_bsr(tuple(blk), ip, ix, mi, masks, n_q, n_k)
+            form = pattern.stacked_bsr(block=block)
+        (bq, bk), ip, ix, mi, masks = form
+        return device_bsr((bq, bk), ip, ix, mi, masks, n_q, n_k)
 
     return _cached(pattern, "bsr", tuple(block), build)
 
