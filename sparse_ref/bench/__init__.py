@@ -55,7 +55,7 @@ from __future__ import annotations
 
 from .cases import BSR_BLOCK, Case, build_pattern, expected_nnz, make_case, make_inputs, window_of
 from .flops import useful_flops
-from .peaks import gemm_gflops, triad_gbytes
+from .peaks import gemm_gflops, gemm_runner, triad_gbytes, triad_runner
 from .peers import (
     dense_mask,
     flex_block_mask,
@@ -73,7 +73,15 @@ from .process import (
     thread_limit,
 )
 from .runners import backward_runner, forward_runner, oracle_runner
-from .timing import best_time, first_call_s, interleaved_min, ratio, warm
+from .timing import (
+    Timing,
+    best_time,
+    first_call_s,
+    interleaved_min,
+    interleaved_times,
+    ratio,
+    warm,
+)
 
 __all__ = [
     "THREADS",
@@ -85,7 +93,9 @@ __all__ = [
     "import_torch",
     "warm",
     "first_call_s",
+    "interleaved_times",
     "interleaved_min",
+    "Timing",
     "best_time",
     "ratio",
     "useful_flops",
@@ -104,6 +114,8 @@ __all__ = [
     "dense_mask",
     "sdpa_runner",
     "sdpa_backward_runner",
+    "gemm_runner",
+    "triad_runner",
     "gemm_gflops",
     "triad_gbytes",
 ]

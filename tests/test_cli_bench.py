@@ -1,23 +1,22 @@
-"""``sparse-ref bench`` (the quick table) and the building blocks of :mod:`sparse_ref.benchmarking`.
+"""``sparse-ref bench`` (the quick table of :mod:`sparse_ref.bench.quick`) and ``bench scale``.
 
-The CLI runs at n = 512 with one timed call per kernel; the machine's peaks are replaced by fixed
-figures (they take seconds and are checked on their own, small), so the file runs in seconds.
+The CLI runs at n = 512 with one timed round; the machine's peaks are replaced by fixed figures
+(they take seconds and are checked on their own, small, in test_bench_peaks.py), so the file
+runs in seconds.
 """
 
 from __future__ import annotations
 
-import doctest
 import json
-import math
 
 import numba
 import pytest
 from typer.testing import CliRunner
 
 from sparse_ref import bench as bm
-from sparse_ref.bench import flops, peers, timing
+from sparse_ref.bench import peers, quick
+from sparse_ref.bench.timing import Timing
 from sparse_ref.cli import app
-from sparse_ref.cli import bench as bench_cli
 
 runner = CliRunner()
 GEMM, MEMORY = 123.0, 4.5  # the peaks the CLI tests see
@@ -25,8 +24,8 @@ GEMM, MEMORY = 123.0, 4.5  # the peaks the CLI tests see
 
 @pytest.fixture
 def fixed_peaks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(bm, "gemm_gflops", lambda *a, **k: GEMM)
-    monkeypatch.setattr(bm, "triad_gbytes", lambda *a, **k: MEMORY)
+    peaks = quick.Peaks(Timing((1.0, 1.0, 1.5)), int(GEMM * 1e9), Timing((2.0,)), int(MEMORY * 2e9))
+    monkeypatch.setattr(quick, "measure_peaks", lambda *a, **k: peaks)
 
 
 def _bench(*args: str) -> object:
@@ -43,18 +42,22 @@ def test_quick_table_writes_json(tmp_path, fixed_peaks):
     )
     assert [p.name for p in tmp_path.iterdir()] == ["bench.json"]  # no temporary file left
     data = json.loads(out.read_text())
-    assert data["schema"] == "sparse-ref-bench/1"
+    assert data["schema"] == "sparse-ref-bench/2"
     assert data["config"] | {"cases": None} == {
         "cases": None,
         "d": 32,
         "dtype": "float32",
         "repeat": 1,
+        "warmup_calls": quick.WARMUP_CALLS,
         "threads": 1,
         "peers": False,
         "flex_mask": "create_block_mask",
     }
-    assert [c["pattern"] for c in data["config"]["cases"]] == list(bench_cli.PATTERN_FORMS)
-    assert data["machine"]["gemm_gflops"] == GEMM and data["machine"]["memory_gbytes"] == MEMORY
+    assert [c["pattern"] for c in data["config"]["cases"]] == list(quick.PATTERN_FORMS)
+    machine = data["machine"]
+    assert machine["gemm_gflops"] == pytest.approx(GEMM) and machine["gemm_spread_pct"] > 0
+    assert machine["memory_gbytes"] == pytest.approx(MEMORY)
+    assert "float32 GEMM peak 123 GFLOP/s" in " ".join(result.output.split())
     rows = {(r["pattern"], r["kernel"]): r for r in data["rows"]}
     assert list(rows) == [
         ("causal_window_256", "ours CSR forward"),
@@ -69,6 +72,7 @@ def test_quick_table_writes_json(tmp_path, fixed_peaks):
     for r in data["rows"][:4]:
         flops = bm.useful_flops(r["nnz"], 32, backward=r["kernel"].endswith("backward"))
         assert r["ms"] > 0 and r["skipped"] is None
+        assert r["ms_best"] == r["ms"] and r["spread_pct"] == 0  # one round
         assert r["gflops"] == pytest.approx(flops / (r["ms"] * 1e-3) / 1e9)
         assert r["peak_pct"] == pytest.approx(100 * r["gflops"] / GEMM)
         assert r["x_flex"] is None and r["x_oracle"] is None  # --no-peers
@@ -79,23 +83,26 @@ def test_peers_without_torch_are_skipped_with_the_reason(tmp_path, fixed_peaks, 
     def no_torch() -> None:
         raise bm.PeerUnavailable("torch is not installed: pip install -e '.[torch]'")
 
-    for module in (bm, peers):  # the package's name (the CLI) and the one the runners call
+    for module in (quick, peers):  # the name the quick table calls and the one the runners call
         monkeypatch.setattr(module, "import_torch", no_torch)
     out = tmp_path / "bench.json"
     result = runner.invoke(
-        app, ["bench", "--n", "256", "--n", "512", "--repeat", "1", "--json", str(out)]
+        app, ["bench", "--n", "256", "--n", "512", "--repeat", "3", "--json", str(out)]
     )
     assert result.exit_code == 0, result.output
-    assert "skipped: torch is not" in result.output
+    text = " ".join(result.output.replace("│", " ").split())
+    assert "skipped: torch is not installed: pip install -e '.[torch]'" in text  # not markup
     rows = json.loads(out.read_text())["rows"]
     by = {(r["case"], r["kernel"]): r for r in rows}
     assert by["causal_window_256 n=256 CSR", "-"]["skipped"] == "window 256 covers n = 256"
     case = "causal_window_256 n=512 CSR"
-    for peer in (bench_cli.FLEX, bench_cli.SDPA):
+    for peer in (quick.FLEX, quick.SDPA):
         assert by[case, peer]["skipped"] == "torch is not installed: pip install -e '.[torch]'"
-    oracle, ours = by[case, bench_cli.ORACLE], by[case, "ours CSR forward"]
+    oracle, ours = by[case, quick.ORACLE], by[case, "ours CSR forward"]
     assert oracle["skipped"] is None and ours["x_flex"] is None
     assert ours["x_oracle"] == pytest.approx(oracle["ms"] / ours["ms"])
+    for row in (oracle, ours):  # three rounds: a median, its best and spread
+        assert row["ms_best"] <= row["ms"] and row["spread_pct"] >= 0
 
 
 @pytest.mark.parametrize(
@@ -121,62 +128,10 @@ def test_bad_options_exit_2_and_name_the_option(args, option):
 
 def test_help_and_scale_subcommand_still_mounted():
     result = runner.invoke(app, ["bench", "--help"])
-    assert result.exit_code == 0 and "about 1-2 minutes" in result.output
+    assert result.exit_code == 0 and "about 2 minutes" in result.output
+    assert "interleaved rounds" in " ".join(result.output.split())
     assert "scale" in result.output
     result = runner.invoke(app, ["bench", "scale", "--help"])
     assert result.exit_code == 0 and "million tokens" in result.output
     result = runner.invoke(app, ["bench", "scale", "--n", "0"])
     assert result.exit_code == 2
-
-
-def test_useful_flops():
-    assert bm.useful_flops(1000, 64) == 4 * 1000 * 64
-    assert bm.useful_flops(1000, 64, backward=True) == 8 * 1000 * 64
-    case = bm.make_case("causal_window_16", 64, 8, backward=True)
-    assert case.flops == 8 * case.pattern.nnz * 8 and case.pattern.nnz == 16 * 64 - 16 * 15 // 2
-
-
-def test_interleaved_min_calls_in_rounds_and_keeps_each_best(monkeypatch):
-    clock = [0.0]
-    calls: list[str] = []
-    durations = {"a": [3.0, 1.0, 2.0], "b": [5.0, 6.0, 4.0]}
-
-    def fn(name: str):
-        def call() -> None:
-            clock[0] += durations[name][sum(c == name for c in calls)]
-            calls.append(name)
-
-        return call
-
-    monkeypatch.setattr(timing.time, "perf_counter", lambda: clock[0])
-    assert bm.interleaved_min([fn("a"), fn("b")], repeat=3) == [1.0, 4.0]
-    assert calls == ["a", "b"] * 3
-    calls.clear()
-    assert bm.ratio(fn("b"), fn("a"), repeat=3) == 4.0
-    assert calls == ["b", "a"] * 3
-
-
-def test_write_json_is_atomic(tmp_path):
-    path = tmp_path / "out.json"
-    bench_cli.write_json(path, {"x": 1})
-    with pytest.raises(ValueError):  # NaN is not JSON: the old file stays, no temporary is left
-        bench_cli.write_json(path, {"x": math.nan})
-    assert json.loads(path.read_text()) == {"x": 1}
-    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
-
-
-def test_thread_limit_restores_threads():
-    before = numba.get_num_threads()
-    with bm.thread_limit(1):
-        assert numba.get_num_threads() == 1
-    assert numba.get_num_threads() == before
-
-
-def test_peaks_measure_something():
-    assert bm.gemm_gflops(n=128, repeat=1) > 0
-    assert bm.triad_gbytes(size=1 << 12, repeat=1) > 0
-
-
-@pytest.mark.parametrize("module", [bm, flops])
-def test_module_examples(module):
-    assert doctest.testmod(module).failed == 0
