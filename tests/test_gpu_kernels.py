@@ -348,7 +348,9 @@ def test_bsr_from_csr_round_trip(block: tuple[int, int]) -> None:
                 tile = np.ones((bq, bk), dtype=bool) if mi < 0 else masks[mi]
                 rebuilt[p, bi * bq : (bi + 1) * bq, bj * bk : (bj + 1) * bk] = tile
     np.testing.assert_array_equal(rebuilt[:, :n_q, :n_k], mask)
-    assert (mask_index >= 0).sum() == len(masks)
+    # every stored mask is used, and equal masks are stored once
+    assert set(mask_index[mask_index >= 0].tolist()) == set(range(len(masks)))
+    assert len({m.tobytes() for m in masks}) == len(masks)
 
 
 def test_heaviest_first_order() -> None:
@@ -357,6 +359,8 @@ def test_heaviest_first_order() -> None:
         metadata._heaviest_first(indptr, 1), [[1, 3, 0, 4, 2], [4, 0, 1, 2, 3]]
     )
     np.testing.assert_array_equal(metadata._heaviest_first(indptr, 2), [[0, 1, 2], [2, 0, 1]])
+    # a GQA group of two heads: entries summed, [1, 4, 0, 4, 4] -> heaviest first
+    np.testing.assert_array_equal(metadata._heaviest_first(indptr, 1, 2), [[1, 3, 4, 0, 2]])
 
 
 def test_pack_masks_bit_order() -> None:

@@ -70,12 +70,15 @@ def device_csr(indptr: Any, indices: Any, n_q: int, n_k: int) -> DeviceCSR:
     return DeviceCSR(ip, ix, int(n_q), int(n_k), {})
 
 
-def _heaviest_first(indptr: np.ndarray, rows: int) -> np.ndarray:
-    """``(P, ceil(n/rows))`` int32: per head, the groups of ``rows`` consecutive rows of ``indptr``
-    ordered by their number of entries, largest first (ties by position)."""
+def _heaviest_first(indptr: np.ndarray, rows: int, group: int = 1) -> np.ndarray:
+    """``(P / group, ceil(n/rows))`` int32: per head (per ``group`` consecutive heads, their
+    entries summed; one row when ``P == 1``), the groups of ``rows`` consecutive rows of
+    ``indptr`` ordered by their number of entries, largest first (ties by position)."""
     n = indptr.shape[1] - 1
     starts = np.arange(0, n, rows)
     counts = indptr[:, np.minimum(starts + rows, n)] - indptr[:, starts]
+    if counts.shape[0] > 1 and group > 1:
+        counts = counts.reshape(-1, group, len(starts)).sum(axis=1)
     return np.argsort(-counts, axis=1, kind="stable").astype(np.int32)
 
 
@@ -223,15 +226,8 @@ def _kv_order(tcsr: DeviceCSR, rows: int, group: int) -> Any:
     over the query heads of its group, largest first (ties by position)."""
     key = ("kv", rows, group)
     if key not in tcsr.orders:
-        cp = _require()
-        host = tcsr.indptr.get()
-        n = host.shape[1] - 1
-        starts = np.arange(0, n, rows)
-        counts = host[:, np.minimum(starts + rows, n)] - host[:, starts]
-        if host.shape[0] > 1:
-            counts = counts.reshape(-1, group, len(starts)).sum(axis=1)
-        order = np.argsort(-counts, axis=1, kind="stable").astype(np.int32)
-        tcsr.orders[key] = cp.asarray(np.ascontiguousarray(order))
+        order = _heaviest_first(tcsr.indptr.get(), rows, group)
+        tcsr.orders[key] = _require().asarray(np.ascontiguousarray(order))
     return tcsr.orders[key]
 
 
