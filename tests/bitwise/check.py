@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import inspect
 import json
 import os
 import shutil
@@ -363,6 +364,11 @@ def _run(case: Case) -> Iterator[tuple[str, np.ndarray]]:
         grads = sparse_ref.oracle.attention_backward(q, k, v, pattern, dout, **common)
     else:
         common["backend"] = case.backend
+        if "form" in inspect.signature(sparse_ref.attention).parameters:
+            # since 093f5d3 attention() takes form= and its default "auto" may run a token-CSR
+            # pattern on a derived block form; pin the rule of a81de5f (each pattern runs its own
+            # form) so that the kernels themselves are compared
+            common["form"] = "csr" if pattern.block is None else "block"
         out, lse = sparse_ref.attention(q, k, v, pattern, return_lse=True, **common)
         grads = sparse_ref.attention_backward(q, k, v, pattern, dout, **common)
     yield "out", out
@@ -418,6 +424,8 @@ def save(out_path: str, expect_root: str | None, select: str | None) -> int:
     print(f"sparse_ref imported from {origin}")
     print(f"NUMBA_NUM_THREADS={numba.config.NUMBA_NUM_THREADS} NUMBA_CACHE_DIR="
           f"{os.environ.get('NUMBA_CACHE_DIR', '(default)')}")  # fmt: skip
+    if "form" in inspect.signature(sparse_ref.attention).parameters:
+        print("attention(form=...): pinned to each pattern's own form (the rule of a81de5f)")
     if expect_root is not None and not origin.is_relative_to(Path(expect_root).resolve()):
         print(f"ERROR: expected sparse_ref under {expect_root}", file=sys.stderr)
         return 2
