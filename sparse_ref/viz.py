@@ -1,4 +1,4 @@
-"""Pictures of patterns and receptive fields (matplotlib, imported lazily: the ``docs`` extra).
+"""Pictures of patterns and receptive fields (matplotlib, imported lazily: the ``viz`` extra).
 
 :func:`plot` draws a *downsampled density picture*: the ``(n_q, n_k)`` plane is cut into at most
 ``max_pixels x max_pixels`` cells and each pixel shows the fraction of allowed (query, key) pairs in
@@ -27,6 +27,7 @@ from .pattern import Pattern
 
 __all__ = [
     "DEFAULT_N",
+    "INSTALL_HINT",
     "EXAMPLES",
     "DensityImage",
     "density_image",
@@ -34,6 +35,7 @@ __all__ = [
     "example_params",
     "plot",
     "plot_receptive_field",
+    "require_matplotlib",
     "text_picture",
 ]
 
@@ -41,16 +43,30 @@ __all__ = [
 DEFAULT_N = 256
 
 
-def _pyplot() -> Any:
+#: What to install for the pictures: the ``viz`` extra holds matplotlib only.
+INSTALL_HINT = "pip install 'sparse-ref[viz]' (or pip install matplotlib)"
+
+
+def require_matplotlib() -> Any:
+    """The ``matplotlib`` module.
+
+    Raises:
+        ImportError: matplotlib is not installed; the message says what to install
+            (:data:`INSTALL_HINT`).
+    """
     try:
         import matplotlib
-        import matplotlib.pyplot as plt
-    except ImportError as err:  # pragma: no cover - exercised only without matplotlib
+    except ImportError as err:
         raise ImportError(
-            "sparse_ref.viz draws with matplotlib, which is not installed; install the docs extra: "
-            "pip install 'sparse-ref[docs]' (or pip install matplotlib)"
+            f"sparse_ref.viz draws with matplotlib, which is not installed: {INSTALL_HINT}"
         ) from err
-    del matplotlib
+    return matplotlib
+
+
+def _pyplot() -> Any:
+    require_matplotlib()
+    import matplotlib.pyplot as plt
+
     return plt
 
 

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from typer.testing import CliRunner
 
 from sparse_ref import patterns, viz
 from sparse_ref.pattern import Pattern
@@ -155,77 +154,16 @@ def test_example_overrides_and_errors():
 def test_missing_matplotlib_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
-    with pytest.raises(ImportError, match=r"sparse-ref\[docs\]"):
+    with pytest.raises(ImportError, match=r"pip install 'sparse-ref\[viz\]'"):
         viz.plot(patterns.causal(8))
+    with pytest.raises(ImportError, match=r"sparse-ref\[viz\]"):
+        viz.require_matplotlib()
 
 
-# ----------------------------------------------------------------------------------------- CLI
-@pytest.fixture(scope="module")
-def runner():
-    return CliRunner()
+def test_the_viz_extra_is_matplotlib_only():
+    import tomllib
+    from pathlib import Path
 
-
-def _app():
-    from sparse_ref.cli import app
-
-    return app
-
-
-def test_cli_patterns_show_text(runner):
-    result = runner.invoke(
-        _app(), ["patterns", "show", "sliding_window", "--n", "64", "-p", "left=3"]
-    )
-    assert result.exit_code == 0, result.output
-    assert "sliding_window shape (64, 64)" in result.output
-    assert "'left': 3" in result.output
-    assert "@" in result.output
-
-
-def test_cli_patterns_show_png(runner, tmp_path):
-    out = tmp_path / "bb.png"
-    result = runner.invoke(_app(), ["patterns", "show", "bigbird", "--n", "512", "--png", str(out)])
-    assert result.exit_code == 0, result.output
-    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.mark.parametrize(
-    "args,message",
-    [
-        (["patterns", "show", "nope"], "unknown family"),
-        (["patterns", "show", "causal", "-p", "oops"], "key=value"),
-        (["patterns", "show", "sliding_window", "-p", "left=-1"], "left"),
-        (["patterns", "compare", "--n", "256", "--pattern", "nope"], "no example"),
-    ],
-)
-def test_cli_patterns_errors(runner, args, message):
-    result = runner.invoke(_app(), args)
-    assert result.exit_code == 2
-    assert message in result.output
-
-
-def test_cli_patterns_compare_and_list(runner):
-    result = runner.invoke(
-        _app(),
-        [
-            "patterns",
-            "compare",
-            "--n",
-            "512",
-            "--layers",
-            "2",
-            "--markdown",
-            "--no-memory",
-            "--pattern",
-            "causal_sliding_window window=64",
-            "--pattern",
-            "bigbird block=32",
-        ],
-    )
-    assert result.exit_code == 0, result.output
-    assert "| causal_sliding_window window=64 | O(n·w) |" in result.output
-    assert "127 (24.8%)" in result.output  # 2 * 63 + 1 tokens
-    result = runner.invoke(_app(), ["patterns", "compare", "--n", "512", "--no-dense"])
-    assert result.exit_code == 0, result.output
-    assert "BigBird" in result.output and "Score-matrix memory" in result.output
-    result = runner.invoke(_app(), ["patterns", "list"])
-    assert result.exit_code == 0 and "neighborhood_2d" in result.output
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    extras = tomllib.loads(pyproject.read_text())["project"]["optional-dependencies"]
+    assert [r.split(">")[0] for r in extras["viz"]] == ["matplotlib"]

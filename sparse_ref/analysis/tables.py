@@ -53,16 +53,20 @@ class Comparison:
         return "\n".join(lines).rstrip() + "\n"
 
     def to_rich(self) -> Any:
-        """A ``rich.table.Table`` (rich is a dependency of the CLI)."""
+        """A ``rich.table.Table`` (rich is a dependency of the CLI); the cells are plain text, not
+        rich markup (a label such as ``[0, 1]`` or ``[viz]`` prints as it is)."""
+        from rich.markup import escape
         from rich.table import Table
 
         table = Table(
-            title=self.title, caption="\n".join(self.notes) or None, caption_justify="left"
+            title=escape(self.title),
+            caption=escape("\n".join(self.notes)) or None,
+            caption_justify="left",
         )
         for i, c in enumerate(self.columns):
-            table.add_column(c, justify="left" if i == 0 else "right")
+            table.add_column(escape(c), justify="left" if i == 0 else "right")
         for row in self.rows:
-            table.add_row(*(row[c] for c in self.columns))
+            table.add_row(*(escape(row[c]) for c in self.columns))
         return table
 
     def __str__(self) -> str:

@@ -4,7 +4,7 @@ Mounted by :mod:`sparse_ref.cli` with ``app.add_typer(patterns_app, name="patter
 
 - ``sparse-ref patterns list``: the catalog families and their example parameters;
 - ``sparse-ref patterns show NAME [--n N] [--param key=value ...] [--png FILE]``: summary and a text
-  picture, or a PNG (matplotlib, ``pip install 'sparse-ref[docs]'``);
+  picture, or a PNG (matplotlib, ``pip install 'sparse-ref[viz]'``);
 - ``sparse-ref patterns compare [--n 8192] [--layers 4] [--pattern "family key=value ..."]``: the
   literature's comparison table (complexity, density, memory, receptive field, connectivity,
   diameter) and the score-memory table per sequence length.
@@ -20,6 +20,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from .. import analysis, patterns, viz
 
@@ -36,7 +37,9 @@ def _console() -> Console:
 
 
 def _fail(message: str) -> typer.Exit:
-    _console().print(f"[red]error:[/] {message}", highlight=False)
+    """Print ``message`` as an error (escaped: rich would read ``[viz]`` in an install hint as
+    markup and drop it) and return the exit to raise."""
+    _console().print(f"[red]error:[/] {escape(message)}", highlight=False)
     return typer.Exit(2)
 
 
@@ -88,7 +91,7 @@ def list_families() -> None:
             )
         except KeyError:
             text = "(no example parameters)"
-        table.add_row(family, text)
+        table.add_row(family, escape(text))
     _console().print(table)
 
 
@@ -134,26 +137,25 @@ def show(
         for k, v in pattern.params.items()
         if not isinstance(v, dict | list) or len(str(v)) < 80
     }
-    console.print(f"params: {shown}", highlight=False)
+    console.print(f"params: {shown}", highlight=False, markup=False)
     if png is None:
         console.print(
             viz.text_picture(pattern, head=head, width=width, height=max(1, width // 2)),
             highlight=False,
+            markup=False,
         )
         return
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        ax = viz.plot(pattern, head=head, max_pixels=max_pixels, colorbar=True)
+        viz.require_matplotlib().use("Agg")
     except ImportError as err:
         raise _fail(str(err)) from None
+    ax = viz.plot(pattern, head=head, max_pixels=max_pixels, colorbar=True)
     ax.figure.tight_layout()
     try:
         ax.figure.savefig(png, dpi=150)
     except (OSError, ValueError) as err:  # a missing directory, no permission, unknown format
         raise _fail(f"--png: cannot write {png}: {err}") from None
-    console.print(f"wrote {png}", highlight=False)
+    console.print(f"wrote {png}", highlight=False, markup=False)
 
 
 @patterns_app.command()
