@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
@@ -10,6 +11,7 @@ import numpy as np
 from . import metadata
 from .backends import get_backend
 from .pattern import Pattern
+from .per_batch import as_pattern_list, run_per_batch
 from .validation import check_lse, prepare
 
 __all__ = ["attention", "attention_backward"]
@@ -39,7 +41,7 @@ def attention(
     q: Any,
     k: Any,
     v: Any,
-    pattern: Pattern,
+    pattern: Pattern | Sequence[Pattern],
     *,
     scale: float | None = None,
     softcap: float | None = None,
@@ -56,7 +58,8 @@ def attention(
         k: ``(B, H_kv, n_k, d)`` of the same rank and dtype; ``H % H_kv == 0`` (GQA/MQA: query head
             ``h`` uses kv head ``h // (H // H_kv)``).
         v: ``(B, H_kv, n_k, d_v)``.
-        pattern: a :class:`Pattern` of shape ``(n_q, n_k)`` with 1 or ``H`` heads.
+        pattern: a :class:`Pattern` of shape ``(n_q, n_k)`` with 1 or ``H`` heads, or a sequence
+            of ``B`` such patterns, one per batch element (4-D inputs; see :mod:`.per_batch`).
         scale: score scale, default ``1/sqrt(d)``, applied in the compute dtype.
         softcap: if set, scores become ``softcap * tanh(s / softcap)``.
         backend: ``"numba"`` (CPU kernels), ``"oracle"`` (exact float64, rounded), ``"cupy"``
@@ -86,6 +89,15 @@ def attention(
     if not isinstance(return_lse, bool | np.bool_):
         raise TypeError(f"return_lse must be a bool, got {type(return_lse).__name__}")
     module, xp = _resolve(backend, q)
+    per_batch = as_pattern_list(pattern)
+    if per_batch is not None:
+        return run_per_batch(
+            lambda p, **qkv: attention(
+                **qkv, pattern=p, scale=scale, softcap=softcap, backend=backend,
+                return_lse=return_lse, check_finite=check_finite, form=form,
+            ),
+            per_batch, {"q": q, "k": k, "v": v}, xp,
+        )  # fmt: skip
     prep = prepare(q, k, v, pattern, scale=scale, softcap=softcap, check_finite=check_finite, xp=xp)
     pattern = _kernel_pattern(pattern, form, module)
     out, lse = module.forward(prep.q, prep.k, prep.v, pattern, prep.scale, prep.softcap)
@@ -97,7 +109,7 @@ def attention_backward(
     q: Any,
     k: Any,
     v: Any,
-    pattern: Pattern,
+    pattern: Pattern | Sequence[Pattern],
     dout: Any,
     *,
     out: Any = None,
@@ -118,7 +130,8 @@ def attention_backward(
     not inherit the forward's rounding (see :mod:`sparse_ref.kernels.csr_backward`).
 
     Args:
-        q, k, v, pattern, scale, softcap: as in :func:`attention` (same shapes, dtypes, checks).
+        q, k, v, pattern, scale, softcap: as in :func:`attention` (same shapes, dtypes, checks;
+            ``pattern`` may be a sequence of patterns, one per batch element).
         dout: gradient of the loss with respect to ``out``, shaped like ``out`` ``(..., n_q, d_v)``,
             same dtype as q.
         out, lse: the forward's results (``attention(..., return_lse=True)``), accepted so that
@@ -151,6 +164,15 @@ def attention_backward(
     if (out is None) != (lse is None):
         raise ValueError("pass both out and lse (from attention(..., return_lse=True)), or neither")
     module, xp = _resolve(backend, q)
+    per_batch = as_pattern_list(pattern)
+    if per_batch is not None:
+        return run_per_batch(
+            lambda p, **arrays: attention_backward(
+                **arrays, pattern=p, scale=scale, softcap=softcap, backend=backend,
+                check_finite=check_finite, form=form,
+            ),
+            per_batch, {"q": q, "k": k, "v": v, "dout": dout, "out": out, "lse": lse}, xp,
+        )  # fmt: skip
     extra = {"dout": dout} if out is None else {"dout": dout, "out": out}
     prep = prepare(
         q,
