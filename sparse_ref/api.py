@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -99,7 +99,7 @@ def attention(
             per_batch, {"q": q, "k": k, "v": v}, xp,
         )  # fmt: skip
     prep = prepare(q, k, v, pattern, scale=scale, softcap=softcap, check_finite=check_finite, xp=xp)
-    pattern = _kernel_pattern(pattern, form, module)
+    pattern = _kernel_pattern(cast(Pattern, pattern), form, module)  # one pattern (checked)
     out, lse = module.forward(prep.q, prep.k, prep.v, pattern, prep.scale, prep.softcap)
     out = prep.restore(out)
     return (out, prep.restore(lse)) if return_lse else out
@@ -186,7 +186,7 @@ def attention_backward(
         extra=extra,
     )
     lse4 = None if lse is None else check_lse(lse, prep, check_finite=check_finite, xp=xp)
-    pattern = _kernel_pattern(pattern, form, module)
+    pattern = _kernel_pattern(cast(Pattern, pattern), form, module)  # one pattern (checked)
     dq, dk, dv = module.backward(
         prep.q,
         prep.k,
