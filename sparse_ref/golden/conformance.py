@@ -16,7 +16,9 @@ for a case its peer cannot express, which the matrix counts as unsupported:
   ``mask_mod`` reading the pattern's dense mask, softcap as a ``score_mod``, ``enable_gqa``, and
   ``return_lse``. On CPU FlexAttention has no backward (torch says so), so only out and lse are
   checked there; compiling on CPU takes seconds per shape, so ``flex-compiled`` is opt-in.
-- ``cupy``: sparse-ref's own CuPy kernels (``backend="cupy"``) on a GPU; no numba involved.
+- ``numba``: sparse-ref's own CPU kernels (``sparse_ref.attention``/``attention_backward``).
+- ``cupy``: sparse-ref's own CuPy kernels (``sparse_ref.backends.cupy``) on a GPU, through the
+  backend's entry points so that no numba is needed.
 
 :func:`run` checks the chosen peers in the chosen dtypes and returns a :class:`Matrix`.
 """
@@ -38,7 +40,7 @@ from .check import Report, check
 __all__ = ["Peer", "Matrix", "PEERS", "available_peers", "make_peer", "run"]
 
 #: Every peer this module knows, in matrix order.
-PEERS = ("sdpa", "sdpa-math", "flex", "flex-compiled", "cupy")
+PEERS = ("sdpa", "sdpa-math", "flex", "flex-compiled", "numba", "cupy")
 _DEFAULT_DTYPES = ("float64", "float32", "float16", "bfloat16")
 
 
@@ -236,13 +238,38 @@ def _cupy() -> Callable[..., Any]:
     return forward_backward
 
 
+def _numba() -> Callable[..., Any]:
+    from .. import attention, attention_backward
+
+    def forward_backward(
+        q: np.ndarray,
+        k: np.ndarray,
+        v: np.ndarray,
+        pattern: Pattern,
+        dout: np.ndarray | None,
+        *,
+        scale: float,
+        softcap: float | None,
+    ) -> tuple[Any, ...]:
+        out, lse = attention(q, k, v, pattern, scale=scale, softcap=softcap, return_lse=True)
+        if dout is None:
+            return out, lse, None, None, None
+        grads = attention_backward(
+            q, k, v, pattern, dout, out=out, lse=lse, scale=scale, softcap=softcap
+        )
+        return (out, lse, *grads)
+
+    return forward_backward
+
+
 # ------------------------------------------------------------------------------------ peers
 _DESCRIPTIONS = {
     "sdpa": "torch SDPA, default backend choice (boolean mask, is_causal, causal_lower_right)",
     "sdpa-math": "torch SDPA, MATH backend only",
     "flex": "FlexAttention eager (mask_mod, softcap score_mod, return_lse)",
     "flex-compiled": "FlexAttention under torch.compile",
-    "cupy": "sparse-ref CuPy kernels (backend='cupy')",
+    "numba": "sparse-ref CPU kernels (sparse_ref.attention)",
+    "cupy": "sparse-ref CuPy kernels (sparse_ref.backends.cupy)",
 }
 
 
@@ -255,6 +282,10 @@ def make_peer(name: str, device: str = "cpu") -> Peer:
         if device != "cuda":
             raise ValueError("peer 'cupy' runs on a GPU: pass device='cuda'")
         fb = _cupy()
+    elif name == "numba":
+        if device != "cpu":
+            raise ValueError("peer 'numba' runs on the CPU: pass device='cpu'")
+        fb = _numba()
     elif name.startswith("sdpa"):
         fb = _sdpa(name == "sdpa-math", device)
     else:
@@ -265,7 +296,7 @@ def make_peer(name: str, device: str = "cpu") -> Peer:
 def available_peers(device: str = "cpu") -> list[str]:
     """The default peers on ``device``: those whose framework imports (``flex-compiled`` only
     on CUDA, where compiling is the normal way to run FlexAttention)."""
-    names = []
+    names = ["numba"] if device == "cpu" else []
     try:
         import torch  # noqa: F401
 
