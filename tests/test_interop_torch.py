@@ -22,6 +22,7 @@ import sparse_ref  # noqa: E402
 from sparse_ref import patterns, testing  # noqa: E402
 from sparse_ref.interop.torch import (  # noqa: E402
     from_flex_block_mask,
+    from_mask_mod,
     from_torch_sparse_csr,
     to_flex_block_mask,
     to_torch_sparse_csr,
@@ -153,6 +154,129 @@ def test_from_block_mask_validation():
     bm = to_flex_block_mask(patterns.causal(16), 8)
     with pytest.raises(ValueError, match="batch"):
         from_flex_block_mask(bm, batch=1)
+
+
+def _document_block_mask(lengths_per_batch, n, block=16):
+    docs = torch.stack(
+        [
+            torch.repeat_interleave(torch.arange(len(ls)), torch.tensor(ls))
+            for ls in lengths_per_batch
+        ]
+    )
+
+    def doc_causal(b, h, q_idx, kv_idx):
+        return (docs[b, q_idx] == docs[b, kv_idx]) & (kv_idx <= q_idx)
+
+    bm = flex.create_block_mask(
+        doc_causal, len(lengths_per_batch), 1, n, n, device="cpu", BLOCK_SIZE=block
+    )
+    expected = [patterns.document(lengths=ls) & patterns.causal(n) for ls in lengths_per_batch]
+    return bm, expected
+
+
+def test_from_block_mask_converts_every_batch_element():
+    n = 96
+    bm, expected = _document_block_mask([[30, 66], [50, 20, 26]], n)
+    got = from_flex_block_mask(bm, per_batch=True)
+    assert got == expected  # element 1 too, not batch 0 twice
+    assert from_flex_block_mask(bm, batch=1) == expected[1]
+    with pytest.raises(ValueError, match="batch 1 differs from batch 0"):
+        from_flex_block_mask(bm)
+    with pytest.raises(ValueError, match="not both"):
+        from_flex_block_mask(bm, batch=0, per_batch=True)
+    # a batch whose elements agree gives one pattern
+    same, expected = _document_block_mask([[40, 56], [40, 56]], n)
+    assert from_flex_block_mask(same) == expected[0]
+    # and the list runs as per-batch patterns, equal to FlexAttention on each element
+    torch.manual_seed(3)
+    q, k, v = (torch.randn(2, 2, n, 16, dtype=torch.float64) for _ in range(3))
+    ours = sparse_ref.attention(q.numpy(), k.numpy(), v.numpy(), got)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = flex.flex_attention(q, k, v, block_mask=bm)
+    np.testing.assert_allclose(ours, theirs.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def _gym_document_mask(doc):
+    def document_causal(b, h, q_idx, kv_idx):
+        return (doc[q_idx] == doc[kv_idx]) & (q_idx >= kv_idx)
+
+    return document_causal
+
+
+def test_from_mask_mod_equals_the_catalog_and_create_block_mask():
+    n = 150
+    doc = torch.tensor([0] * 60 + [1] * 50 + [2] * 40)
+    mm = _gym_document_mask(doc)
+    expected = patterns.document(lengths=[60, 50, 40]) & patterns.causal(n)
+    assert from_mask_mod(mm, n, tile=32) == expected  # several tiles, ragged edge
+    bm = flex.create_block_mask(mm, 1, 1, n, n, device="cpu", BLOCK_SIZE=32)
+    assert from_flex_block_mask(bm) == expected
+
+    def window(b, h, q_idx, kv_idx):  # rectangular, and non-causal
+        return (kv_idx - q_idx).abs() <= 3
+
+    assert from_mask_mod(window, 40, 50, tile=16) == Pattern.from_predicate(
+        lambda i, j: np.abs(j - i) <= 3, 40, 50
+    )
+
+
+def test_from_mask_mod_heads_batch_and_scalar_only_mask_mods():
+    n = 64
+
+    def per_head(b, h, q_idx, kv_idx):  # head h sees a window of h + 1 tokens, batch b shifts it
+        return (q_idx >= kv_idx) & (q_idx - kv_idx <= h + b)
+
+    got = from_mask_mod(per_head, n, heads=3, batch=2, tile=24)
+    assert isinstance(got, list) and len(got) == 2
+    for b, p in enumerate(got):
+        assert p.num_heads == 3
+        for h in range(3):
+            assert p.head(h) == patterns.causal_sliding_window(n, h + b + 1)
+    layout = np.random.default_rng(5).random((4, 4)) < 0.5
+    table = torch.from_numpy(layout)
+
+    def chained(b, h, q_idx, kv_idx):  # right on scalars only (FlexAttention calls it so)
+        return table[q_idx // 16][kv_idx // 16]
+
+    expected = Pattern.from_predicate(lambda i, j: layout[i // 16, j // 16], n)
+    assert from_mask_mod(chained, n, tile=24) == expected
+    with pytest.raises(TypeError, match="mask_mod must be callable"):
+        from_mask_mod(None, n)
+    with pytest.raises(ValueError, match="heads"):
+        from_mask_mod(per_head, n, heads=0)
+
+
+def test_from_mask_mod_never_evaluates_more_than_a_tile():
+    n, tile = 300, 64
+    sizes = []
+
+    def causal(b, h, q_idx, kv_idx):
+        sizes.append(int(torch.broadcast_shapes(q_idx.shape, kv_idx.shape).numel()))
+        return q_idx >= kv_idx
+
+    assert from_mask_mod(causal, n, tile=tile) == patterns.causal(n)
+    assert max(sizes) <= tile * tile and len(sizes) == (-(-n // tile)) ** 2
+
+
+def test_document_from_cu_seqlens_follows_flash_attention_varlen():
+    cu = torch.tensor([0, 5, 5, 12, 20], dtype=torch.int32)  # an empty document in the middle
+    p = patterns.document(cu_seqlens=cu)
+    assert p == patterns.document(lengths=[5, 0, 7, 8])
+    assert p.shape == (20, 20)
+    assert patterns.build(p.family, **p.params) == p
+    with pytest.raises(ValueError, match="start at 0"):
+        patterns.document(cu_seqlens=[1, 4])
+    with pytest.raises(
+        ValueError, match=r"non-decreasing.*cu_seqlens\[2\] = 3 < cu_seqlens\[1\] = 4"
+    ):
+        patterns.document(cu_seqlens=[0, 4, 3])
+    with pytest.raises(ValueError, match="num_docs \\+ 1"):
+        patterns.document(cu_seqlens=[])
+    with pytest.raises(TypeError, match="cu_seqlens must hold ints"):
+        patterns.document(cu_seqlens=[0.0, 2.0])
+    with pytest.raises(ValueError, match="exactly one"):
+        patterns.document(lengths=[2], cu_seqlens=[0, 2])
 
 
 @pytest.mark.slow

@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -36,7 +37,9 @@ from ..checks import check_nonneg_int, check_pos_int
 from ..pattern import Pattern
 
 __all__ = [
+    "attention",
     "from_flex_block_mask",
+    "from_mask_mod",
     "from_torch_sparse_csr",
     "require_torch",
     "to_flex_block_mask",
@@ -66,6 +69,57 @@ def _flex() -> Any:
             "'sparse-ref[torch]' installs a recent one"
         ) from err
     return flex_attention
+
+
+# ------------------------------------------------------------------- differentiable attention
+def attention(
+    q: Any,
+    k: Any,
+    v: Any,
+    pattern: Pattern | Sequence[Pattern],
+    *,
+    scale: float | None = None,
+    softcap: float | None = None,
+    return_lse: bool = False,
+) -> Any:
+    """Sparse attention on torch tensors, differentiable: a ``torch.autograd`` op.
+
+    Computes :func:`sparse_ref.attention` (same rule, shapes, GQA and empty-row conventions) and
+    its gradients with :func:`sparse_ref.attention_backward`: CPU tensors through the Numba
+    kernels, CUDA tensors through the CuPy kernels (zero-copy via DLPack, on torch's current
+    stream). Tensors that require grad are accepted; the gradient also flows through ``lse``
+    (not with a softcap). Under ``torch.compile`` (``fullgraph=True`` too) each call is one opaque
+    custom op, ``sparse_ref::attention``, with its backward ``sparse_ref::attention_backward``.
+
+    Args:
+        q: ``(B, H, n_q, d)``, or ``(H, n_q, d)`` / ``(n_q, d)``; float64, float32, float16 or
+            bfloat16 (16-bit inputs are computed in float32, except float16 on CUDA).
+        k, v: ``(B, H_kv, n_k, d)``, ``(B, H_kv, n_k, d_v)``, same rank, dtype and device;
+            ``H % H_kv == 0``.
+        pattern: a :class:`~sparse_ref.Pattern` of shape ``(n_q, n_k)``, or a sequence of ``B``
+            patterns, one per batch element. The ops find it by its fingerprint in a registry of
+            the last 256 patterns used.
+        scale: default ``1/sqrt(d)``. softcap: ``s = softcap * tanh(s / softcap)`` if set.
+        return_lse: also return ``lse (..., n_q)``: float64 for float64 inputs, else float32.
+
+    Returns:
+        ``out (..., n_q, d_v)`` in q's dtype and device (and ``lse``).
+
+    Example:
+        >>> import torch
+        >>> from sparse_ref import patterns
+        >>> q = torch.randn(1, 2, 64, 16, dtype=torch.float64, requires_grad=True)
+        >>> out = attention(q, q, q, patterns.causal_sliding_window(64, 8))
+        >>> out.sum().backward()
+        >>> q.grad.shape
+        torch.Size([1, 2, 64, 16])
+    """
+    require_torch()
+    from . import _torch_op
+
+    return _torch_op.attention(
+        q, k, v, pattern, scale=scale, softcap=softcap, return_lse=return_lse
+    )
 
 
 # ----------------------------------------------------------------------------- FlexAttention
@@ -175,13 +229,27 @@ def _eval_mask_mod(mask_mod: Any, b: int, h: int, q: Any, kv: Any) -> Any:
     return out.to(torch.bool)
 
 
-def from_flex_block_mask(bm: Any, *, batch: int = 0, max_entries: int = 1 << 24) -> Pattern:
-    """The pattern a FlexAttention ``BlockMask`` allows (for batch element ``batch``).
+def from_flex_block_mask(
+    bm: Any, *, batch: int | None = None, per_batch: bool = False, max_entries: int = 1 << 24
+) -> Pattern | list[Pattern]:
+    """The pattern a FlexAttention ``BlockMask`` allows, for every batch element.
 
     Full blocks (``full_kv_*``) are allowed entirely; partial blocks (``kv_*``) entry by entry as
     ``bm.mask_mod`` decides, evaluated on their entries only (about ``max_entries`` at a time);
     unlisted blocks are masked. Entries beyond ``bm.seq_lengths`` are dropped. The result holds
     the block form with blocks ``bm.BLOCK_SIZE``; its heads are the mask's heads (1 broadcasts).
+
+    Args:
+        bm: a ``BlockMask`` with batch dimension ``B`` (its tensors are ``(B, H, ...)``).
+        batch: convert only batch element ``batch`` (one Pattern).
+        per_batch: return a list of ``B`` patterns, one per batch element, as
+            :func:`sparse_ref.attention` takes them.
+        max_entries: mask_mod evaluations per call.
+
+    Returns:
+        With neither ``batch`` nor ``per_batch``: one Pattern when every batch element has the same
+        mask (always for ``B = 1``); a ``ValueError`` naming the first element that differs
+        otherwise (never batch 0 silently).
     """
     torch = require_torch()
     if not all(hasattr(bm, a) for a in ("BLOCK_SIZE", "kv_num_blocks", "kv_indices", "mask_mod")):
@@ -189,8 +257,35 @@ def from_flex_block_mask(bm: Any, *, batch: int = 0, max_entries: int = 1 << 24)
             f"bm must be a FlexAttention BlockMask (with BLOCK_SIZE, kv_num_blocks, kv_indices "
             f"and mask_mod), got {type(bm).__name__}"
         )
-    batch = check_nonneg_int(batch, "batch")
     max_entries = check_pos_int(max_entries, "max_entries")
+    if not isinstance(per_batch, bool):
+        raise TypeError(f"per_batch must be a bool, got {type(per_batch).__name__}")
+    kv_num = bm.kv_num_blocks
+    if kv_num.ndim != 3:
+        raise ValueError(f"expected kv_num_blocks of shape (B, H, nbq), got {tuple(kv_num.shape)}")
+    B = int(kv_num.shape[0])
+    if batch is not None:
+        batch = check_nonneg_int(batch, "batch")
+        if per_batch:
+            raise ValueError("pass batch (one element) or per_batch=True (all of them), not both")
+        if not batch < B:
+            raise ValueError(f"batch must be in [0, {B}), got {batch}")
+        return _flex_batch_pattern(torch, bm, batch, max_entries)
+    found = [_flex_batch_pattern(torch, bm, b, max_entries) for b in range(B)]
+    if per_batch:
+        return found
+    for b in range(1, B):
+        if found[b] != found[0]:
+            raise ValueError(
+                f"the BlockMask's batch elements have different masks (batch {b} differs from "
+                "batch 0): pass per_batch=True for one pattern per batch element (attention "
+                "accepts the list), or batch=b for one of them"
+            )
+    return found[0]
+
+
+def _flex_batch_pattern(torch: Any, bm: Any, batch: int, max_entries: int) -> Pattern:
+    """The pattern of batch element ``batch`` of ``bm`` (see :func:`from_flex_block_mask`)."""
     block = bm.BLOCK_SIZE
     bq, bk = (int(block), int(block)) if isinstance(block, int) else (int(x) for x in block)
     kv_num = bm.kv_num_blocks.detach().cpu()
@@ -198,10 +293,6 @@ def from_flex_block_mask(bm: Any, *, batch: int = 0, max_entries: int = 1 << 24)
     if lengths is None:
         lengths = (kv_num.shape[-1] * bq, bm.kv_indices.shape[-1] * bk)
     n_q, n_k = (int(x) for x in lengths)
-    if kv_num.ndim != 3:
-        raise ValueError(f"expected kv_num_blocks of shape (B, H, nbq), got {tuple(kv_num.shape)}")
-    if not 0 <= batch < kv_num.shape[0]:
-        raise ValueError(f"batch must be in [0, {kv_num.shape[0]}), got {batch}")
     heads = kv_num.shape[1]
     nbq, nbk = -(-n_q // bq), -(-n_k // bk)
 
@@ -257,6 +348,81 @@ def from_flex_block_mask(bm: Any, *, batch: int = 0, max_entries: int = 1 << 24)
         indptr, bj, (bq, bk), (n_q, n_k), full=is_full, masks=masks[part_order], sort=True
     )
     return Pattern.from_bsr(bsr)
+
+
+def from_mask_mod(
+    mask_mod: Any,
+    n_q: int,
+    n_k: int | None = None,
+    *,
+    heads: int = 1,
+    batch: int | None = None,
+    tile: int = 2048,
+) -> Pattern | list[Pattern]:
+    """The pattern of a FlexAttention / attention-gym ``mask_mod(b, h, q_idx, kv_idx) -> bool``.
+
+    ``mask_mod`` is evaluated on torch int64 index tensors a ``tile x tile`` tile at a time (never
+    ``n_q x n_k`` at once: memory O(tile**2 + nnz)), first with broadcast indices ``q_idx[:,
+    None]``, ``kv_idx[None, :]`` and 0-d ``b``, ``h`` (the attention-gym mask_mods are written
+    with tensor ops and accept them), and, if that raises, elementwise under ``torch.vmap`` as
+    FlexAttention itself calls it.
+
+    Args:
+        mask_mod: the function; True allows ``(q_idx, kv_idx)``.
+        n_q, n_k: query and key lengths (``n_k`` defaults to ``n_q``).
+        heads: evaluate ``h = 0 .. heads - 1`` and return a pattern with that many heads (1: the
+            pattern of ``h = 0``, shared by every head).
+        batch: ``None`` gives the pattern of ``b = 0``; an int ``B`` gives a list of ``B``
+            patterns (``b = 0 .. B - 1``), one per batch element, as :func:`sparse_ref.attention`
+            takes them.
+        tile: side of the evaluated tiles.
+
+    Example:
+        >>> def sliding_window(b, h, q_idx, kv_idx):
+        ...     return (q_idx >= kv_idx) & (q_idx - kv_idx < 4)
+        >>> from sparse_ref import patterns
+        >>> from_mask_mod(sliding_window, 64) == patterns.causal_sliding_window(64, 4)
+        True
+    """
+    torch = require_torch()
+    if not callable(mask_mod):
+        raise TypeError(
+            f"mask_mod must be callable mask_mod(b, h, q_idx, kv_idx), got {mask_mod!r}"
+        )
+    n_q = check_nonneg_int(n_q, "n_q")
+    n_k = n_q if n_k is None else check_nonneg_int(n_k, "n_k")
+    heads = check_pos_int(heads, "heads")
+    tile = check_pos_int(tile, "tile")
+    count = 1 if batch is None else check_pos_int(batch, "batch")
+
+    def one(b: int) -> Pattern:
+        per_head = [
+            Pattern.from_predicate(_torch_predicate(torch, mask_mod, b, h), n_q, n_k, tile=tile)
+            for h in range(heads)
+        ]
+        return per_head[0] if heads == 1 else Pattern.stack(per_head)
+
+    found = [one(b) for b in range(count)]
+    return found[0] if batch is None else found
+
+
+def _torch_predicate(torch: Any, mask_mod: Any, b: int, h: int) -> Any:
+    """``fn(q_idx, k_idx)`` for :meth:`Pattern.from_predicate`: ``mask_mod`` at fixed ``b, h`` on
+    torch tensors, broadcast first, elementwise under ``torch.vmap`` if that fails."""
+    bt, ht = torch.tensor(b), torch.tensor(h)
+
+    def fn(q_idx: np.ndarray, k_idx: np.ndarray) -> np.ndarray:
+        q, k = torch.from_numpy(q_idx), torch.from_numpy(k_idx)
+        shape = (q.shape[0], k.shape[1])
+        with torch.no_grad():
+            try:
+                got = torch.as_tensor(mask_mod(bt, ht, q, k))
+                return torch.broadcast_to(got, shape).to(torch.bool).numpy()
+            except Exception:  # noqa: BLE001 - scalar-only mask_mods: FlexAttention's own way
+                qq, kk = (torch.broadcast_to(x, shape).reshape(-1) for x in (q, k))
+                return _eval_mask_mod(mask_mod, b, h, qq, kk).reshape(shape).numpy()
+
+    return fn
 
 
 # ----------------------------------------------------------------------------- sparse CSR

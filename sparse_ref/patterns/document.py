@@ -14,7 +14,10 @@ __all__ = ["document"]
 
 
 def document(
-    seq_ids: Sequence[int] | None = None, *, lengths: Sequence[int] | None = None
+    seq_ids: Sequence[int] | None = None,
+    *,
+    lengths: Sequence[int] | None = None,
+    cu_seqlens: Sequence[int] | None = None,
 ) -> Pattern:
     """``seq_ids[i] == seq_ids[j]``: tokens attend within their own document only.
 
@@ -25,22 +28,39 @@ def document(
         seq_ids (sequence of int): document id per token, shape ``(n,)``. Ids are compared for
             equality only; a document need not be contiguous.
         lengths (sequence of int >= 0, keyword-only): consecutive document lengths; ``n =
-            sum(lengths)``. Pass exactly one of ``seq_ids`` and ``lengths``.
+            sum(lengths)``.
+        cu_seqlens (sequence of int, keyword-only): FlashAttention's varlen convention
+            (``flash_attn_varlen_func``): the cumulative lengths ``[0, l_0, l_0 + l_1, ...]``,
+            ``num_docs + 1`` ints starting at 0 and non-decreasing (a repeated value is an empty
+            document); ``n = cu_seqlens[-1]``. A NumPy array or a CPU torch tensor works.
+
+        Pass exactly one of ``seq_ids``, ``lengths`` and ``cu_seqlens``.
 
     Example:
         >>> document(lengths=[1, 2]).to_dense().astype(int).tolist()
         [[1, 0, 0], [0, 1, 1], [0, 1, 1]]
+        >>> document(cu_seqlens=[0, 1, 3]) == document(lengths=[1, 2])
+        True
     """
-    if (seq_ids is None) == (lengths is None):
-        raise ValueError("pass exactly one of seq_ids and lengths")
-    if lengths is not None:
+    given = [name for name, x in (("seq_ids", seq_ids), ("lengths", lengths),
+                                  ("cu_seqlens", cu_seqlens)) if x is not None]  # fmt: skip
+    if len(given) != 1:
+        raise ValueError(
+            f"pass exactly one of seq_ids and lengths (or cu_seqlens), got {given or 'none'}"
+        )
+    params: dict[str, Any]
+    if cu_seqlens is not None:
+        sizes = _lengths_from_cu_seqlens(cu_seqlens)
+        params = {"cu_seqlens": np.concatenate([[0], np.cumsum(sizes)]).tolist()}
+    elif lengths is not None:
         sizes = _int_array(lengths, "lengths")
         if (sizes < 0).any():
             d = int(np.argmax(sizes < 0))
             raise ValueError(f"lengths must be >= 0, got lengths[{d}] = {sizes[d]}")
+        params = {"lengths": sizes.tolist()}
+    if seq_ids is None:
         doc = np.repeat(np.arange(len(sizes)), sizes)
         start, count = (np.cumsum(sizes) - sizes)[doc], sizes[doc]
-        params: dict[str, Any] = {"lengths": sizes.tolist()}
         order = None
     else:
         ids = _int_array(seq_ids, "seq_ids")
@@ -61,6 +81,26 @@ def document(
     return Pattern._new(
         [csr_from_arrays(indptr, indices, (n, n))], family="document", params=params
     )
+
+
+def _lengths_from_cu_seqlens(cu_seqlens: Any) -> np.ndarray:
+    """Document lengths from FlashAttention-style ``cu_seqlens``, checked (``ValueError`` naming
+    the first entry that breaks the rule)."""
+    cu = _int_array(cu_seqlens, "cu_seqlens")
+    if len(cu) == 0:
+        raise ValueError("cu_seqlens must hold num_docs + 1 >= 1 ints starting at 0, got []")
+    if cu[0] != 0:
+        raise ValueError(
+            f"cu_seqlens must start at 0 (FlashAttention's varlen convention), got {cu[0]}"
+        )
+    sizes = np.diff(cu)
+    if (sizes < 0).any():
+        i = int(np.argmax(sizes < 0)) + 1
+        raise ValueError(
+            f"cu_seqlens must be non-decreasing (cumulative lengths): cu_seqlens[{i}] = {cu[i]} < "
+            f"cu_seqlens[{i - 1}] = {cu[i - 1]}"
+        )
+    return sizes
 
 
 def _int_array(values: Any, name: str) -> np.ndarray:
