@@ -50,6 +50,7 @@ __all__ = [
     "forward",
     "backward",
     "gradient_magnitudes",
+    "MaskCache",
 ]
 
 #: The 16-bit dtypes: computed in float32, rounded at the kernel's rounding points.
@@ -103,6 +104,26 @@ BACKWARD_FORMULATIONS = (
 
 _LOG2E = 1.4426950408889634
 _LN2 = 0.6931471805599453
+
+
+class MaskCache:
+    """Dense row masks of a pattern, built once per (head, rows) and shared by every formulation
+    and dtype of one case (building them dominated the generation of small suites)."""
+
+    def __init__(self, pattern: Pattern) -> None:
+        self.pattern = pattern
+        self._masks: dict[tuple[int, bytes], np.ndarray] = {}
+
+    def rows(self, rows: np.ndarray, head: int) -> np.ndarray:
+        key = (head if self.pattern.num_heads > 1 else 0, np.asarray(rows, np.int64).tobytes())
+        mask = self._masks.get(key)
+        if mask is None:
+            mask = self._masks[key] = self.pattern.mask_rows(rows, head=head)
+        return mask
+
+
+def _masks(pattern: Pattern, masks: MaskCache | None) -> MaskCache:
+    return masks if masks is not None and masks.pattern is pattern else MaskCache(pattern)
 
 
 class _Precision:
@@ -177,9 +198,12 @@ def forward(
     formulation: Formulation,
     *,
     rows: np.ndarray | None = None,
+    masks: MaskCache | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``out (B, H, R, d_v)`` and ``lse (B, H, R)`` of one formulation in ``dtype`` (``R`` rows)."""
+    """``out (B, H, R, d_v)`` and ``lse (B, H, R)`` of one formulation in ``dtype`` (``R`` rows);
+    ``masks`` shares the pattern's row masks between calls."""
     pr = _Precision(dtype)
+    masks = _masks(pattern, masks)
     B, H, n_q, _ = q.shape
     H_kv, n_k, d_v = v.shape[1:]
     rows = np.arange(n_q, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
@@ -194,7 +218,7 @@ def forward(
             for r0 in range(0, len(rows), chunk):
                 sel = rows[r0 : r0 + chunk]
                 s, _ = _scores(pr.store(q[b, h, sel]), k_bh, sc, cap, formulation, pr)
-                p, total, m = _softmax_parts(s, pattern.mask_rows(sel, head=h), formulation)
+                p, total, m = _softmax_parts(s, masks.rows(sel, h), formulation)
                 out[b, h, r0 : r0 + chunk], lse[b, h, r0 : r0 + chunk] = _out_lse(
                     p, total, m, v_bh, formulation, pr
                 )
@@ -211,9 +235,12 @@ def backward(
     softcap: float | None,
     dtype: Any,
     formulation: Formulation,
+    *,
+    masks: MaskCache | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(dq, dk, dv)`` of one formulation in ``dtype``; dk/dv sum over each GQA group."""
     pr, f = _Precision(dtype), formulation
+    masks = _masks(pattern, masks)
     B, H, n_q, _ = q.shape
     H_kv, n_k = k.shape[1], k.shape[2]
     chunk = max(1, auto_chunk(n_k, pr.c.itemsize) // 2)
@@ -229,7 +256,7 @@ def backward(
             for r0 in range(0, n_q, chunk):
                 sel = np.arange(r0, min(r0 + chunk, n_q))
                 q_r, do_r = pr.store(q[b, h, sel]), pr.store(dout[b, h, sel])
-                mask = pattern.mask_rows(sel, head=h)
+                mask = masks.rows(sel, h)
                 s, t = _scores(q_r, k_bh, sc, cap, f, pr)
                 p, total, m = _softmax_parts(s, mask, f)
                 live = mask & (total != 0)[:, None]
@@ -270,6 +297,8 @@ def gradient_magnitudes(
     dout: np.ndarray,
     scale: float,
     softcap: float | None,
+    *,
+    masks: MaskCache | None = None,
 ) -> dict[str, float]:
     """The largest magnitude entering each gradient's products, in float64 (rule v2's floor).
 
@@ -282,6 +311,7 @@ def gradient_magnitudes(
     group) and ``dv: max sum_i P_ij (1 + c_ij) |dout_i|``. Non-finite inputs count as 0.
     """
     pr = _Precision(np.float64)
+    masks = _masks(pattern, masks)
     x = {
         name: np.nan_to_num(np.asarray(arr, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
         for name, arr in (("q", q), ("k", k), ("v", v), ("dout", dout))
@@ -301,7 +331,7 @@ def gradient_magnitudes(
             for r0 in range(0, n_q, chunk):
                 sel = np.arange(r0, min(r0 + chunk, n_q))
                 s, _ = _scores(x["q"][b, h, sel], x["k"][b, g], scale, softcap, plain, pr)
-                p, total, _ = _softmax_parts(s, pattern.mask_rows(sel, head=h), plain)
+                p, total, _ = _softmax_parts(s, masks.rows(sel, h), plain)
                 live = total > 0
                 with np.errstate(divide="ignore", invalid="ignore"):
                     P = np.where(live[:, None], p / total[:, None], 0)

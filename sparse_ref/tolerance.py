@@ -132,10 +132,11 @@ def forward_reference(
     rdt = reference_dtype(dtypes[0]) if ref_dtype is None else np.dtype(ref_dtype)
     out, lse = oracle.forward(q, k, v, pattern, scale, softcap, compute_dtype=rdt, rows=rows)
     ref = {"out": out, "lse": lse}
+    masks = formulations.MaskCache(pattern)
     tols: dict[str, dict[str, float]] = {}
     for dt in dtypes:
         runs = [
-            formulations.forward(q, k, v, pattern, scale, softcap, dt, f, rows=rows)
+            formulations.forward(q, k, v, pattern, scale, softcap, dt, f, rows=rows, masks=masks)
             for f in formulations.FORWARD_FORMULATIONS
         ]
         tols[dt] = {
@@ -163,11 +164,14 @@ def backward_reference(
     rdt = reference_dtype(dtypes[0]) if ref_dtype is None else np.dtype(ref_dtype)
     grads = oracle.backward(q, k, v, pattern, dout, scale, softcap, compute_dtype=rdt)
     ref = dict(zip(("dq", "dk", "dv"), grads, strict=True))
-    magnitude = formulations.gradient_magnitudes(q, k, v, pattern, dout, scale, softcap)
+    masks = formulations.MaskCache(pattern)
+    magnitude = formulations.gradient_magnitudes(
+        q, k, v, pattern, dout, scale, softcap, masks=masks
+    )
     tols: dict[str, dict[str, float]] = {}
     for dt in dtypes:
         runs = [
-            formulations.backward(q, k, v, pattern, dout, scale, softcap, dt, f)
+            formulations.backward(q, k, v, pattern, dout, scale, softcap, dt, f, masks=masks)
             for f in formulations.BACKWARD_FORMULATIONS
         ]
         unit = float(np.finfo(compute_dtype(dt)).eps) / 2
