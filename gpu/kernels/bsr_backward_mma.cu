@@ -172,14 +172,15 @@ bsr_backward_mma_dq(const T* __restrict__ q, const T* __restrict__ k, const T* _
   const long long total = (ip[1] - ip[0]) * cpb;
   const int wrow = warp * 16;
 
-  tiles2_async<BM, D, THREADS>(sQ, q + bh * n_q * d, d, sG, dout + bh * n_q * dv, dv, r0, nrows, tid);
+  tile_async<BM, D, THREADS>(sQ, q + bh * n_q * d, r0, nrows, d, tid);
+  tile_async<BM, D, THREADS>(sG, dout + bh * n_q * dv, r0, nrows, dv, tid);
   cp_async_commit();
   auto load = [&](long long t, int buf) {
     long long c0;
     int nk, mi, c;
     walk.chunk(t, c0, nk, mi, c);
-    tiles2_async<BN, D, THREADS>(sK + buf * BN * LDS, kb, d, sV + buf * BN * LDS, vb, dv, c0, nk,
-                                 tid);
+    tile_async<BN, D, THREADS>(sK + buf * BN * LDS, kb, c0, nk, d, tid);
+    tile_async<BN, D, THREADS>(sV + buf * BN * LDS, vb, c0, nk, dv, tid);
   };
   if (total > 0) load(0, 0);
   cp_async_commit();
@@ -210,25 +211,22 @@ bsr_backward_mma_dq(const T* __restrict__ q, const T* __restrict__ k, const T* _
     const T* K = sK + (t & 1) * BN * LDS;
     const T* V = sV + (t & 1) * BN * LDS;
 
-    // a warp skips a chunk where none of its rows has an allowed key (p = ds = 0 there)
-    if (chunk_live(mbits, mi, sub * BM + wrow + g, bq, mwords, c, nk)) {
-      float s[NT][4], dp[NT][4];
-      zero(s);
-      zero(dp);
-      warp_abt<T, LDS, NT, KS>(s, sQ, wrow, K, lane);
-      warp_abt<T, LDS, NT, KS>(dp, sG, wrow, V, lane);
-      unsigned mw[2][2];
-      chunk_mask(mw, mbits, mi, sub * BM + wrow + g, bq, mwords, c);
-      p_and_ds<NT>(
-          s, dp,
-          [&](int e, int col) { return col < nk && ((mw[e >> 1][col >> 5] >> (col & 31)) & 1u); },
-          [&](int e, int, float& l2, float& dl) {
-            l2 = l2r[e >> 1];
-            dl = dlr[e >> 1];
-          },
-          scale, softcap, sc, t4);
-      warp_wb<T, LDS, NT, ND>(acc, dp, K, lane);
-    }
+    float s[NT][4], dp[NT][4];
+    zero(s);
+    zero(dp);
+    warp_abt<T, LDS, NT, KS>(s, sQ, wrow, K, lane);
+    warp_abt<T, LDS, NT, KS>(dp, sG, wrow, V, lane);
+    unsigned mw[2][2];
+    chunk_mask(mw, mbits, mi, sub * BM + wrow + g, bq, mwords, c);
+    p_and_ds<NT>(
+        s, dp,
+        [&](int e, int col) { return col < nk && ((mw[e >> 1][col >> 5] >> (col & 31)) & 1u); },
+        [&](int e, int, float& l2, float& dl) {
+          l2 = l2r[e >> 1];
+          dl = dlr[e >> 1];
+        },
+        scale, softcap, sc, t4);
+    warp_wb<T, LDS, NT, ND>(acc, dp, K, lane);
     __syncthreads();
   }
   store_rows<T, ND>(dq + (bh * n_q + r0 + wrow) * d, acc, scale, nrows - wrow, d, g, t4);
@@ -298,8 +296,8 @@ bsr_backward_mma_dkdv(const T* __restrict__ q, const T* __restrict__ k, const T*
     }
   };
 
-  tiles2_async<BM, D, THREADS>(sK, k + bhk * n_k * d, d, sV, v + bhk * n_k * dv, dv, k0, nkeys,
-                               tid);
+  tile_async<BM, D, THREADS>(sK, k + bhk * n_k * d, k0, nkeys, d, tid);
+  tile_async<BM, D, THREADS>(sV, v + bhk * n_k * dv, k0, nkeys, dv, tid);
   cp_async_commit();
   auto load = [&](long long u, int buf) {
     int hh;
@@ -309,8 +307,8 @@ bsr_backward_mma_dkdv(const T* __restrict__ q, const T* __restrict__ k, const T*
     const ChunkWalk walk{t_brows, t_mask_index, head_ptr(hh)[0], cpb, bq, n_q};
     walk.chunk(t, c0, nq, mi, c);
     const long long bh = (long long)b * H + hk * group + hh;
-    tiles2_async<BN, D, THREADS>(sQ + buf * BN * LDS, q + bh * n_q * d, d, sG + buf * BN * LDS,
-                                 dout + bh * n_q * dv, dv, c0, nq, tid);
+    tile_async<BN, D, THREADS>(sQ + buf * BN * LDS, q + bh * n_q * d, c0, nq, d, tid);
+    tile_async<BN, D, THREADS>(sG + buf * BN * LDS, dout + bh * n_q * dv, c0, nq, dv, tid);
     for (int i = tid; i < BN; i += THREADS) {
       sL[buf * BN + i] = i < nq ? lse2[bh * n_q + c0 + i] : INF;
       sD[buf * BN + i] = i < nq ? delta[bh * n_q + c0 + i] : 0.f;
@@ -345,26 +343,23 @@ bsr_backward_mma_dkdv(const T* __restrict__ q, const T* __restrict__ k, const T*
     const float* L = sL + buf * BN;
     const float* DL = sD + buf * BN;
 
-    // a warp skips a chunk where none of its keys has an allowed query (p = ds = 0 there)
-    if (chunk_live(t_mbits, mi, sub * BM + wrow + g, bk, twords, c, nq)) {
-      float s[NT][4], dp[NT][4];
-      zero(s);
-      zero(dp);
-      warp_abt<T, LDS, NT, KS>(s, sK, wrow, Q, lane);   // S^T = K Q^T
-      warp_abt<T, LDS, NT, KS>(dp, sV, wrow, G, lane);  // dP^T = V dO^T
-      unsigned mw[2][2];
-      chunk_mask(mw, t_mbits, mi, sub * BM + wrow + g, bk, twords, c);
-      p_and_ds<NT>(
-          s, dp,
-          [&](int e, int col) { return col < nq && ((mw[e >> 1][col >> 5] >> (col & 31)) & 1u); },
-          [&](int, int col, float& l2, float& dl) {
-            l2 = L[col];
-            dl = DL[col];
-          },
-          scale, softcap, sc, t4);
-      warp_wb<T, LDS, NT, ND>(adv, s, G, lane);   // dV += P^T dO
-      warp_wb<T, LDS, NT, ND>(adk, dp, Q, lane);  // dK += dS^T Q
-    }
+    float s[NT][4], dp[NT][4];
+    zero(s);
+    zero(dp);
+    warp_abt<T, LDS, NT, KS>(s, sK, wrow, Q, lane);   // S^T = K Q^T
+    warp_abt<T, LDS, NT, KS>(dp, sV, wrow, G, lane);  // dP^T = V dO^T
+    unsigned mw[2][2];
+    chunk_mask(mw, t_mbits, mi, sub * BM + wrow + g, bk, twords, c);
+    p_and_ds<NT>(
+        s, dp,
+        [&](int e, int col) { return col < nq && ((mw[e >> 1][col >> 5] >> (col & 31)) & 1u); },
+        [&](int, int col, float& l2, float& dl) {
+          l2 = L[col];
+          dl = DL[col];
+        },
+        scale, softcap, sc, t4);
+    warp_wb<T, LDS, NT, ND>(adv, s, G, lane);   // dV += P^T dO
+    warp_wb<T, LDS, NT, ND>(adk, dp, Q, lane);  // dK += dS^T Q
     __syncthreads();
   }
   const int nk_w = nkeys - wrow;

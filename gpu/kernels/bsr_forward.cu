@@ -162,8 +162,8 @@ bsr_forward_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __res
     long long c0;
     int nk, mi, c;
     walk.chunk(t, c0, nk, mi, c);
-    tiles2_async<BN, D, THREADS>(sK + buf * BN * LDS, kb, d, sV + buf * BN * LDS, vb, dv, c0, nk,
-                                 tid);
+    tile_async<BN, D, THREADS>(sK + buf * BN * LDS, kb, c0, nk, d, tid);
+    tile_async<BN, D, THREADS>(sV + buf * BN * LDS, vb, c0, nk, dv, tid);
   };
   if (total > 0) load(0, 0);
   cp_async_commit();

@@ -124,20 +124,6 @@ __device__ __forceinline__ void tile_async(T* dst, const T* src, long long r0, i
   }
 }
 
-// tile_async of the same rows of two matrices (K and V, or Q and dO) in one loop.
-template <int ROWS, int D, int THREADS, typename T>
-__device__ __forceinline__ void tiles2_async(T* dst0, const T* src0, int ncols0, T* dst1,
-                                             const T* src1, int ncols1, long long r0, int nvalid,
-                                             int tid) {
-  constexpr int CPR = D / 8, LDS = D + 8;
-  for (int x = tid; x < ROWS * CPR; x += THREADS) {
-    const int r = x / CPR, cc = (x % CPR) * 8;
-    const bool ok0 = r < nvalid && cc < ncols0, ok1 = r < nvalid && cc < ncols1;
-    cp_async16(dst0 + r * LDS + cc, ok0 ? src0 + (r0 + r) * ncols0 + cc : src0, ok0);
-    cp_async16(dst1 + r * LDS + cc, ok1 ? src1 + (r0 + r) * ncols1 + cc : src1, ok1);
-  }
-}
-
 // The stored blocks [b0, b1) of one block row (block column of the transposed form), each cut
 // into chunks of 64 along its other axis: chunk t starts at index c0 of that axis, holds nvalid
 // in-range indices (0 for a chunk wholly past n), uses mask mi (-1: full) and is chunk c of its
@@ -164,28 +150,15 @@ struct ChunkWalk {
 // chunk c: mw[hh][w] covers columns 32 w.. of the chunk. Full blocks (mi < 0) give all ones.
 __device__ __forceinline__ void chunk_mask(unsigned (&mw)[2][2], const unsigned* __restrict__ mbits,
                                            int mi, int row, int rows, int words, int c) {
-  mw[0][0] = mw[0][1] = mw[1][0] = mw[1][1] = 0xffffffffu;
-  if (mi < 0) return;
 #pragma unroll
   for (int hh = 0; hh < 2; ++hh)
 #pragma unroll
     for (int w = 0; w < 2; ++w) {
       const int r = row + 8 * hh, wi = c * 2 + w;
-      mw[hh][w] = (r < rows && wi < words) ? __ldg(mbits + ((long long)mi * rows + r) * words + wi)
-                                           : 0u;
+      mw[hh][w] = mi < 0 ? 0xffffffffu
+                  : (r < rows && wi < words) ? __ldg(mbits + ((long long)mi * rows + r) * words + wi)
+                                             : 0u;
     }
-}
-
-// Whether any of the rows row, row + 8 of the warp's lanes (g = lane / 4) has an allowed entry in
-// chunk c (warp-uniform; every lane must call it). A warp may skip a chunk that is not live: its
-// p and ds are all 0, so skipping leaves every accumulator (and the online softmax) bitwise as is.
-__device__ __forceinline__ bool chunk_live(const unsigned* __restrict__ mbits, int mi, int row,
-                                           int rows, int words, int c, int nvalid) {
-  if (nvalid <= 0) return false;
-  if (mi < 0) return true;
-  unsigned mw[2][2];
-  chunk_mask(mw, mbits, mi, row, rows, words, c);
-  return __any_sync(0xffffffffu, (mw[0][0] | mw[0][1] | mw[1][0] | mw[1][1]) != 0u);
 }
 
 }  // namespace sparse_ref
