@@ -217,15 +217,16 @@ def test_transposed_block_form_matches_pattern_transpose(name: str) -> None:
     assert np.array_equal(dense[:n_k, :n_q], pattern.to_dense().T)
 
 
-def test_public_api_with_torch_and_forward_results() -> None:
-    """``attention_backward(..., backend="cupy")`` on torch float16 CUDA tensors with the
-    forward's out/lse: torch out, the rule against the oracle."""
-    torch = pytest.importorskip("torch")
+def test_public_api_with_forward_results() -> None:
+    """``attention_backward(..., backend="cupy", out=, lse=)`` on CuPy float16 arrays: the
+    forward's out/lse reach the tensor-core backward; CuPy out, the rule against the oracle."""
+    import cupy
+
     pattern = STRUCTURES["sinks"](64)
     arrays = inputs(pattern, "float16", heads=2, kv_heads=2, d=64, dv=64, seed=17)
-    t = [torch.from_numpy(x).cuda() for x in arrays]
-    out, lse = sparse_ref.attention(*t[:3], pattern, backend="cupy", return_lse=True)
-    got = sparse_ref.attention_backward(*t[:3], pattern, t[3], out=out, lse=lse, backend="cupy")
-    assert all(isinstance(x, torch.Tensor) and x.dtype == torch.float16 for x in got)
-    host = tuple(x.cpu().numpy() for x in got)
+    dev = [cupy.asarray(x) for x in arrays]
+    out, lse = sparse_ref.attention(*dev[:3], pattern, backend="cupy", return_lse=True)
+    got = sparse_ref.attention_backward(*dev[:3], pattern, dev[3], out=out, lse=lse, backend="cupy")
+    assert all(isinstance(x, cupy.ndarray) and x.dtype == np.float16 for x in got)
+    host = tuple(cupy.asnumpy(x) for x in got)
     assert_grads_close_to_oracle(host, *arrays[:3], pattern, arrays[3])
