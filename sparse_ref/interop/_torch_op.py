@@ -33,6 +33,7 @@ import torch
 from .. import api
 from ..pattern import Pattern
 from ..validation import check_scale, check_softcap
+from ._lse_grad import add_lse_gradient
 
 __all__ = ["attention", "register"]
 
@@ -196,37 +197,11 @@ def _backward(
             qa, ka, va, pattern, ga, out=oa, lse=la, scale=scale, softcap=softcap, backend=backend
         )
         if dlse is not None and bool((dlse != 0).any()):
-            dq, dk = _add_lse_gradient(qa, ka, pattern, _export(dlse, _lse_dtype(ct)), dq, dk,
-                                       scale, softcap, backend)  # fmt: skip
+            g = _export(dlse, _lse_dtype(ct))
+            dq, dk = add_lse_gradient(
+                qa, ka, pattern, g, dq, dk, scale=scale, softcap=softcap, backend=backend
+            )
         return _import(dq, q), _import(dk, k), _import(dv, v)
-
-
-def _add_lse_gradient(
-    q: Any,
-    k: Any,
-    pattern: Any,
-    g: Any,
-    dq: Any,
-    dk: Any,
-    scale: float,
-    softcap: float | None,
-    backend: str,
-) -> tuple[Any, Any]:
-    """Add the gradient that flows back through ``lse``: ``d lse_i / d s_ij = P_ij``, so
-    ``dq_i += scale * g_i * sum_j P_ij k_j`` (attention with ``v = k``) and
-    ``dk_j += scale * sum_i P_ij g_i q_i`` (the ``dv`` of a backward with ``v = k`` and
-    ``dout = g * q``). With a softcap, ``d s / d (q.k)`` varies per pair and this does not hold."""
-    if softcap is not None:
-        raise NotImplementedError(
-            "the gradient through lse is not implemented with a softcap; use lse without "
-            "gradients (lse.detach()) or softcap=None"
-        )
-    gq = g[..., None] * q
-    pk = api.attention(q, k, k, pattern, scale=scale, backend=backend)
-    _, _, pq = api.attention_backward(q, k, k, pattern, gq, scale=scale, backend=backend)
-    dq = dq + (scale * g[..., None] * pk).astype(dq.dtype)
-    dk = dk + (scale * pq).astype(dk.dtype)
-    return dq, dk
 
 
 _fwd_op = torch.library.custom_op(
