@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from sparse_ref.backends import cupy as gpu
+from sparse_ref.backends.cupy.backward_mma import mma_backward_kernel_names
 
 KERNELS = Path(__file__).resolve().parent.parent / "gpu" / "kernels"
 SOURCES = sorted(KERNELS.glob("*.cu"))
@@ -113,7 +114,10 @@ _BWD_NAMES = [n for t, dm in (("float32", 128), ("float64", 64), ("float64", 256
                                ("bfloat16", 32)) for n in gpu.bwd_kernel_names(t, dm)]  # fmt: skip
 _BSR_BWD_NAMES = [n for t, dm in (("float32", 128), ("float64", 128), ("float64", 256),
                                    ("bfloat16", 64)) for n in gpu.bwd_kernel_names(t, dm, form="bsr")]  # fmt: skip
+_MMA_BWD_NAMES = [n for t, dm in (("bfloat16", 128), ("float16", 64))
+                  for n in mma_backward_kernel_names(t, dm, 4)]  # fmt: skip
 _NVRTC_CASES = [
+    ("bsr_backward_mma.cu", _MMA_BWD_NAMES),
     ("csr_forward.cu", _CSR_NAMES),
     ("bsr_forward.cu", _BSR_NAMES),
     ("csr_backward.cu", _BWD_NAMES),
