@@ -1,8 +1,9 @@
 """Compile the Numba kernels into their on-disk cache ahead of time.
 
-:func:`steps` lists one call per kernel on tiny inputs (CSR and BSR forward and backward, and the
-CSR forward with int64 indices, which patterns above 2**31 nonzeros use), made as the Numba
-backend makes them (read-only inputs: the one specialization per dtype that
+:func:`steps` lists one call per kernel on tiny inputs: CSR and BSR forward and backward through
+:func:`sparse_ref.attention` (``form="csr"`` and ``form="block"``), the form rule of ``form="auto"``,
+and the CSR forward with int64 indices, which patterns above 2**31 nonzeros use (read-only inputs,
+as the Numba backend passes them: the one specialization per dtype that
 :mod:`sparse_ref.kernels._views` describes). :func:`warmup` runs them for one dtype. Later
 processes then load machine code from Numba's cache (``cache=True``) instead of compiling for
 15-30 s per kernel. ``sparse-ref warmup [--dtype float32 --dtype float64]`` runs it from the
@@ -19,7 +20,7 @@ from collections.abc import Callable
 import numpy as np
 
 from . import patterns
-from .backends import numba as backend
+from .api import attention, attention_backward
 from .kernels._views import readonly
 from .kernels.csr_forward import csr_forward
 from .pattern import Pattern
@@ -49,16 +50,16 @@ def steps(dtype: str) -> list[tuple[str, Callable[[], object]]]:
     _check(dtype)
     rng = np.random.default_rng(0)
     q, k, v, dout = (rng.standard_normal((1, 2, _N, _D)).astype(dtype) for _ in range(4))
-    scale = 1 / math.sqrt(_D)
-    token_csr = patterns.causal_sliding_window(_N, 7)  # no block form: the CSR kernels
-    block_form = patterns.causal(_N, block=16)  # the BSR kernels (one signature per dtype)
+    token_csr = patterns.causal_sliding_window(_N, 7)  # no block form of its own
+    block_form = patterns.causal(_N, block=16)  # the BSR kernels: one signature per dtype
 
-    def forward(pattern: Pattern) -> Callable[[], object]:
-        return lambda: [backend.forward(q, k, v, pattern, scale, cap) for cap in (None, 2.0)]
+    def forward(pattern: Pattern, form: str) -> Callable[[], object]:
+        return lambda: [attention(q, k, v, pattern, softcap=cap, form=form) for cap in (None, 2.0)]
 
-    def backward(pattern: Pattern) -> Callable[[], object]:
+    def backward(pattern: Pattern, form: str) -> Callable[[], object]:
         return lambda: [
-            backend.backward(q, k, v, pattern, dout, None, None, scale, cap) for cap in (None, 2.0)
+            attention_backward(q, k, v, pattern, dout, softcap=cap, form=form)
+            for cap in (None, 2.0)
         ]
 
     def forward_int64() -> object:
@@ -69,13 +70,14 @@ def steps(dtype: str) -> list[tuple[str, Callable[[], object]]]:
         qc, kc, vc, indptr, indices = (
             readonly(a) for a in (q, k, v, csr.indptr, csr.indices.astype(np.int64))
         )
-        return csr_forward(qc, kc, vc, indptr, indices, ct(scale), ct(0), out, lse)
+        return csr_forward(qc, kc, vc, indptr, indices, ct(1 / math.sqrt(_D)), ct(0), out, lse)
 
     return [
-        ("CSR forward", forward(token_csr)),
-        ("CSR backward", backward(token_csr)),
-        ("BSR forward", forward(block_form)),
-        ("BSR backward", backward(block_form)),
+        ("CSR forward", forward(token_csr, "csr")),
+        ("CSR backward", backward(token_csr, "csr")),
+        ("BSR forward", forward(block_form, "block")),
+        ("BSR backward", backward(block_form, "block")),
+        ("form rule", forward(token_csr, "auto")),
         ("CSR forward, int64 indices", forward_int64),
     ]
 

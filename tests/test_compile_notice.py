@@ -49,6 +49,29 @@ def test_a_compile_prints_one_line_naming_the_kernel_and_dtype(capsys):
     assert _lines(capsys.readouterr().err) == []
 
 
+def test_a_told_call_prints_one_line_for_all_its_kernels(capsys):
+    first, second = _jit(_inner), _jit(_outer)
+
+    @_compile_notice.tells("the test kernels")
+    def call(x):
+        return first(x) + second(x)  # two outermost compilations
+
+    @_compile_notice.tells("the outer call")
+    def outer(x):
+        return call(x)  # a told call inside a told call: the outer one speaks
+
+    assert call(np.ones(2, dtype=np.float32))[0] == 6
+    assert _lines(capsys.readouterr().err) == [
+        _compile_notice.message("the test kernels", ["float32"], plural=True)
+    ]
+    outer(np.ones(2, dtype=np.float64))
+    lines = _lines(capsys.readouterr().err)
+    assert lines == [_compile_notice.message("the outer call", ["float64"], plural=True)]
+    assert "load them" in lines[0]
+    call(np.ones(2, dtype=np.float64))  # compiled: nothing
+    assert _lines(capsys.readouterr().err) == []
+
+
 def test_other_modules_and_quiet_print_nothing(capsys):
     _jit(_inner, module="user_code")(np.ones(2))
     with _compile_notice.quiet():

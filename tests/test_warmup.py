@@ -16,6 +16,7 @@ def test_steps_cover_every_kernel_form():
         "CSR backward",
         "BSR forward",
         "BSR backward",
+        "form rule",
         "CSR forward, int64 indices",
     ]
 

@@ -35,6 +35,7 @@ def _kernel_inputs(*arrays: np.ndarray) -> list[np.ndarray]:
     return [readonly(np.ascontiguousarray(a)) for a in arrays]
 
 
+@_compile_notice.tells("the forward kernels")
 def forward(
     q: np.ndarray,
     k: np.ndarray,
@@ -75,6 +76,7 @@ def forward(
     return out.astype(q.dtype, copy=False), lse
 
 
+@_compile_notice.tells("the backward kernels")
 def backward(
     q: np.ndarray,
     k: np.ndarray,

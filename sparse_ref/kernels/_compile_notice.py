@@ -6,34 +6,43 @@ processes load it in well under a second. Loading from the cache fires no event;
 Numba's ``"numba:compile"`` event (``numba.core.event``), which the listener installed by
 :func:`install` turns into one line on stderr::
 
-    sparse-ref: compiling csr_forward (float32) with Numba, once: later calls and processes load
-    it from Numba's on-disk cache; `sparse-ref warmup` compiles every kernel ahead of time
+    sparse-ref: compiling the backward kernels (float32) with Numba, once: later calls and
+    processes load them from Numba's on-disk cache; `sparse-ref warmup` compiles every kernel
+    ahead of time
 
-Only kernels defined in ``sparse_ref`` are told, and only the outermost compilation: the helpers a
-kernel calls compile inside it and print nothing. :func:`quiet` silences the line for a stretch
-of code (``sparse-ref warmup`` shows a progress bar instead).
+Only kernels defined in ``sparse_ref`` are told, and only outermost compilations (the helpers a
+kernel calls compile inside it). A function decorated with :func:`tells` (the Numba backend's
+``forward`` and ``backward``) prints at most one line per call, naming itself, however many
+kernels it compiles; elsewhere each outermost compilation prints one line naming its kernel.
+:func:`quiet` silences the lines for a stretch of code (``sparse-ref warmup`` shows a progress bar
+instead).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 import threading
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 from numba.core import event, types
 
-__all__ = ["install", "quiet", "message"]
+__all__ = ["install", "quiet", "tells", "message"]
 
 _KIND = "numba:compile"
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
-def message(name: str, dtypes: list[str]) -> str:
-    """The line printed when kernel ``name`` compiles for arrays of ``dtypes``."""
-    what = f"{name} ({', '.join(dtypes)})" if dtypes else name
+def message(what: str, dtypes: list[str], plural: bool = False) -> str:
+    """The line printed when ``what`` (a kernel's name, or "the forward kernels") compiles for
+    arrays of ``dtypes``."""
+    if dtypes:
+        what = f"{what} ({', '.join(dtypes)})"
+    it = "them" if plural else "it"
     return (
-        f"sparse-ref: compiling {what} with Numba, once: later calls and processes load it from "
+        f"sparse-ref: compiling {what} with Numba, once: later calls and processes load {it} from "
         "Numba's on-disk cache; `sparse-ref warmup` compiles every kernel ahead of time"
     )
 
@@ -67,11 +76,15 @@ class _Notice(event.Listener):
         func = getattr(data.get("dispatcher"), "py_func", None)
         if func is None or not getattr(func, "__module__", "").startswith("sparse_ref."):
             return
-        print(
-            message(func.__name__.lstrip("_"), _dtypes(data.get("args"))),
-            file=sys.stderr,
-            flush=True,
-        )
+        group = getattr(self._local, "group", None)  # [what, told] of the :func:`tells` call
+        if group is None:
+            line = message(func.__name__.lstrip("_"), _dtypes(data.get("args")))
+        elif group[1]:
+            return
+        else:
+            group[1] = True
+            line = message(group[0], _dtypes(data.get("args")), plural=True)
+        print(line, file=sys.stderr, flush=True)
 
     def on_end(self, ev: event.Event) -> None:
         self._add("depth", -1)
@@ -89,6 +102,28 @@ def install() -> None:
         if not _installed:
             event.register(_KIND, _NOTICE)
             _installed = True
+
+
+def tells(what: str) -> Callable[[_F], _F]:
+    """Decorate a function so that a call of it prints at most one line, naming ``what`` ("the
+    forward kernels"), whatever kernels it compiles."""
+
+    def decorate(fn: _F) -> _F:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            local = _NOTICE._local
+            outer = getattr(local, "group", None)
+            if outer is not None:  # inside another told call: that one speaks
+                return fn(*args, **kwargs)
+            local.group = [what, False]
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                local.group = None
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
 
 
 @contextlib.contextmanager
