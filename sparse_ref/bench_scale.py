@@ -1,5 +1,5 @@
-"""Deprecated alias of :mod:`sparse_ref.bench.scale` (moved there in 0.2; removed in the release
-after). ``python -m sparse_ref.bench_scale`` is now ``sparse-ref bench scale``.
+"""Deprecated alias of :mod:`sparse_ref.bench.scale` (moved after 0.1.0; kept for one release).
+``python -m sparse_ref.bench_scale`` is now ``sparse-ref bench scale``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Deprecated alias of :mod:`sparse_ref.bench` (moved there in 0.2; removed in the release after).
+"""Deprecated alias of :mod:`sparse_ref.bench` (moved after 0.1.0; kept for one release).
 
 ``from sparse_ref import benchmarking`` still works and warns; import ``sparse_ref.bench``.
 """
