@@ -109,7 +109,7 @@ def test_to_csr_refuses_above_the_limit(monkeypatch):
 
 def test_mask_limit_refuses_unstructured_patterns(monkeypatch):
     p = patterns.random(256, 256, per_row=8, seed=0)
-    monkeypatch.setattr(blocks, "MASK_LIMIT", 1000)
+    monkeypatch.setattr(blocks.form, "MASK_LIMIT", 1000)  # where the builders read it
     with pytest.raises(ValueError, match="MASK_LIMIT"):
         p.to_bsr(16)
 

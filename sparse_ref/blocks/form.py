@@ -1,4 +1,4 @@
-"""Block-sparse storage of attention patterns (BSR): the :class:`BlockSparse` type and its builders.
+"""The block form's storage type: :class:`BlockSparse`, canonical by construction.
 
 A pattern of shape ``(n_q, n_k)`` cut into blocks of ``(bq, bk)`` tokens has a grid of
 ``nbq = ceil(n_q / bq)`` block rows and ``nbk = ceil(n_k / bk)`` block columns; the last block row
@@ -22,21 +22,12 @@ The form is canonical: stored blocks are exactly the non-empty ones, ``full`` is
 table holds each used partial mask once, sorted by content. So two ``BlockSparse`` of the same
 structure and block size have equal arrays, and ``==`` compares arrays.
 
-Builders make the block form directly, without token CSR: :func:`from_layout` (block layouts),
-:func:`from_csr` (any token CSR, vectorised), :func:`from_terms` (a union of :class:`Term`, each an
-intersection of a diagonal band ``lo_d <= j - i <= hi_d``, a key range and a query range: how the
-catalog describes its local families, ``sparse_ref.patterns.causal(..., block=b)`` and the like),
-:func:`stack` (heads) and :func:`combine` (union, intersection, difference blockwise).
-
-Example:
-    >>> bs = from_terms([Term(lo_d=-3, hi_d=0)], (10, 10), block=4)  # i - 4 < j <= i
-    >>> bs.grid, bs.nblocks, bs.full.tolist(), bs.nnz
-    ((3, 3), 5, [False, False, False, False, False], 34)
+:func:`finish` is the one way every builder (``build.py``, ``terms.py``) and every
+:class:`BlockSparse` method that makes a new block form arrives at that canonical form.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -45,59 +36,28 @@ from typing import Any, NamedTuple
 import numpy as np
 import scipy.sparse as sp
 
-from .checks import (
-    BLOCK_WORDS,
-    block_param,
-    check_block,
-    check_compressed,
-    check_nonneg_int,
-    check_shape,
-)
+from ..checks import BLOCK_WORDS, check_block, check_compressed, check_shape
 
-__all__ = [
-    "BlockSparse",
-    "StackedBSR",
-    "MASK_LIMIT",
-    "check_block",
-    "block_param",
-    "from_layout",
-    "from_csr",
-    "from_terms",
-    "stack",
-    "combine",
-    "Term",
-]
-
-# The local families' block builders that lived here until the catalog described each family once
-# (as a list of terms, in sparse_ref/patterns): kept as deprecated aliases for one release.
-_MOVED_FAMILIES = (
-    "causal",
-    "causal_sliding_window",
-    "dense",
-    "global_local",
-    "prefix_lm",
-    "sinks",
-    "sliding_window",
-)
+__all__ = ["BlockSparse", "StackedBSR", "MASK_LIMIT"]
 
 #: Builders refuse to hold more partial-block mask bools than this before deduplication (a random
 #: pattern has almost every block partial: use the CSR form for it).
 MASK_LIMIT = 1 << 30
 
-_BIG = 1 << 40  # an unbounded term bound (far beyond any sequence length)
-_CHUNK_CELLS = 1 << 22  # block cells (bq * bk per block) per chunk when streaming token rows
+CHUNK_CELLS = 1 << 22  # block cells (bq * bk per block) per chunk when streaming token rows
 
 
-def _cdiv(a: int, b: int) -> int:
+# ------------------------------------------------------------------ helpers (also for build, terms)
+def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _extents(start: np.ndarray, size: int, n: int) -> np.ndarray:
+def extents(start: np.ndarray, size: int, n: int) -> np.ndarray:
     """In-range length of blocks starting at ``start`` (int64 array)."""
     return np.minimum(size, n - start)
 
 
-def _ragged_arange(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+def ragged_arange(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """``concatenate([arange(s, s + c) for s, c in zip(starts, counts)])`` without a loop."""
     counts = np.asarray(counts, dtype=np.int64)
     total = int(counts.sum())
@@ -107,14 +67,14 @@ def _ragged_arange(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return np.repeat(np.asarray(starts, dtype=np.int64), counts) + np.arange(total) - offsets
 
 
-def _pack(masks: np.ndarray) -> np.ndarray:
+def pack(masks: np.ndarray) -> np.ndarray:
     """Masks ``(m, bq, bk)`` -> one opaque ``np.void`` row per mask (for unique/sort by content)."""
     packed = np.packbits(masks.reshape(len(masks), masks[0].size if len(masks) else 1), axis=1)
     packed = np.ascontiguousarray(packed)
     return packed.view(np.dtype((np.void, max(1, packed.shape[1])))).ravel()
 
 
-def _rect(nr: np.ndarray, nc: np.ndarray, block: tuple[int, int]) -> np.ndarray:
+def rect(nr: np.ndarray, nc: np.ndarray, block: tuple[int, int]) -> np.ndarray:
     """In-range rectangles ``(len(nr), bq, bk)``: ``u < nr`` and ``w < nc``."""
     u = np.arange(block[0])[None, :, None]
     w = np.arange(block[1])[None, None, :]
@@ -144,7 +104,7 @@ class BlockSparse:
     ``Pattern.to_bsr``; direct construction validates and requires canonical form.
 
     Example:
-        >>> bs = from_layout([[True, False], [True, True]], block=2, n_q=3, n_k=4)
+        >>> bs = BlockSparse.from_arrays([0, 1, 3], [0, 0, 1], block=2, shape=(3, 4))
         >>> bs.to_scipy().toarray().astype(int).tolist()
         [[1, 1, 0, 0], [1, 1, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0]]
     """
@@ -196,15 +156,15 @@ class BlockSparse:
             raise ValueError(f"mask_index must be -1 (full) or in [0, {len(mt)})")
         if len(mt):
             used = np.bincount(mi[mi >= 0], minlength=len(mt))
-            keys = _pack(mt)
+            keys = pack(mt)
             if (used == 0).any() or not np.array_equal(np.unique(keys), keys):
                 raise ValueError(
                     "mask_table must hold each used mask once, sorted by content (canonical form); "
                     "use BlockSparse.from_arrays to canonicalise"
                 )
             part = mi >= 0
-            nr = _extents(rows[part] * bq, bq, n_q)
-            nc = _extents(ix[part].astype(np.int64) * bk, bk, n_k)
+            nr = extents(rows[part] * bq, bq, n_q)
+            nc = extents(ix[part].astype(np.int64) * bk, bk, n_k)
             counts = mt.sum(axis=(1, 2))[mi[part]]
             row_any = np.any(mt, axis=2)  # (n_masks, bq): rows with an allowed entry
             col_any = np.any(mt, axis=1)
@@ -224,7 +184,7 @@ class BlockSparse:
     @property
     def grid(self) -> tuple[int, int]:
         """``(nbq, nbk)``: block rows and block columns (the last ones may be ragged)."""
-        return _cdiv(self.shape[0], self.block[0]), _cdiv(self.shape[1], self.block[1])
+        return cdiv(self.shape[0], self.block[0]), cdiv(self.shape[1], self.block[1])
 
     @property
     def num_heads(self) -> int:
@@ -260,8 +220,8 @@ class BlockSparse:
 
     def _block_counts(self) -> np.ndarray:
         """Allowed entries of every stored block (int64)."""
-        nr = _extents(self.block_rows() * self.block[0], self.block[0], self.shape[0])
-        nc = _extents(self.indices.astype(np.int64) * self.block[1], self.block[1], self.shape[1])
+        nr = extents(self.block_rows() * self.block[0], self.block[0], self.shape[0])
+        nc = extents(self.indices.astype(np.int64) * self.block[1], self.block[1], self.shape[1])
         table = self.mask_table.sum(axis=(1, 2), dtype=np.int64)
         return np.where(
             self.full, nr * nc, table[np.maximum(self.mask_index, 0)] if len(table) else 0
@@ -332,9 +292,9 @@ class BlockSparse:
         bq, bk = self.block
         u1 = bq if u1 is None else u1
         rows = self.block_rows()[blk]
-        nr = _extents(rows * bq, bq, self.shape[0]) - u0
-        nc = _extents(self.indices[blk].astype(np.int64) * bk, bk, self.shape[1])
-        out = _rect(nr, nc, (u1 - u0, bk))
+        nr = extents(rows * bq, bq, self.shape[0]) - u0
+        nc = extents(self.indices[blk].astype(np.int64) * bk, bk, self.shape[1])
+        out = rect(nr, nc, (u1 - u0, bk))
         mi = self.mask_index[blk]
         part = mi >= 0
         out[part] = self.mask_table[mi[part], u0:u1]
@@ -376,7 +336,7 @@ class BlockSparse:
         return b0 * self.block[0] + u0, row_counts, cs, starts
 
     def iter_csr(
-        self, head: int = 0, max_cells: int = _CHUNK_CELLS
+        self, head: int = 0, max_cells: int = CHUNK_CELLS
     ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """Token CSR of one head, streamed: yields ``(row0, row_counts, indices)`` chunks.
 
@@ -401,7 +361,7 @@ class BlockSparse:
         rows = (np.arange(b0, b1)[:, None] * bq + u0 + np.arange(us)[None, :]).ravel()
         row_first = np.repeat(ip[b0:b1] - first, us)  # its block row's first block (chunk-local)
         u = np.tile(np.arange(us), b1 - b0)
-        j = _ragged_arange(np.zeros(len(per_row), dtype=np.int64), per_row)
+        j = ragged_arange(np.zeros(len(per_row), dtype=np.int64), per_row)
         src = (np.repeat(row_first, per_row) + j) * us + np.repeat(u, per_row)  # (block, row) pairs
         allowed = self._allowed(np.arange(first, ip[b1]), u0, u1).reshape(-1, bk)[src]
         pair_counts = allowed.sum(axis=1, dtype=np.int64)
@@ -418,8 +378,8 @@ class BlockSparse:
         per_row = self.mask_table.sum(axis=2, dtype=np.int64)  # (n_masks, bq)
         for ip, b0, b1, u0, u1 in self._chunks(head, max_cells):
             blk = np.arange(ip[b0], ip[b1])
-            nr = _extents(self.block_rows()[blk] * bq, bq, self.shape[0])
-            nc = _extents(self.indices[blk].astype(np.int64) * bk, bk, self.shape[1])
+            nr = extents(self.block_rows()[blk] * bq, bq, self.shape[0])
+            nc = extents(self.indices[blk].astype(np.int64) * bk, bk, self.shape[1])
             counts = np.where(np.arange(bq)[None, :] < nr[:, None], nc[:, None], 0)
             mi = self.mask_index[blk]
             part = mi >= 0
@@ -458,7 +418,7 @@ class BlockSparse:
         u = rows - bi * bq
         start = self.indptr[p, bi]
         cnt = self.indptr[p, bi + 1] - start
-        blk = _ragged_arange(start, cnt)
+        blk = ragged_arange(start, cnt)
         rowpos = np.repeat(np.arange(len(rows)), cnt)
         out = np.zeros((len(rows), self.grid[1] * bk), dtype=bool)
         vals = np.ones((len(blk), bk), dtype=bool)
@@ -483,7 +443,7 @@ class BlockSparse:
                     self.mask_index[a:b][order],
                 )
             )
-        return _finish(
+        return finish(
             (self.block[1], self.block[0]),
             (self.shape[1], self.shape[0]),
             heads,
@@ -541,7 +501,7 @@ class BlockSparse:
         """
         bq, bk = check_block(block)
         n_q, n_k = check_shape(shape)
-        nbq, nbk = _cdiv(n_q, bq), _cdiv(n_k, bk)
+        nbq, nbk = cdiv(n_q, bq), cdiv(n_k, bk)
         ip = np.asarray(indptr)
         if ip.dtype == bool or not np.issubdtype(ip.dtype, np.integer):
             raise TypeError(f"indptr must have an integer dtype, got {ip.dtype}")
@@ -575,10 +535,10 @@ class BlockSparse:
                 f"masks must be bool of shape (n_partial = {n_part}, {bq}, {bk}), got {m.dtype} "
                 f"{m.shape}"
             )
-        nr = _extents(rows * bq, bq, n_q)
-        nc = _extents(ix * bk, bk, n_k)
+        nr = extents(rows * bq, bq, n_q)
+        nc = extents(ix * bk, bk, n_k)
         part = np.flatnonzero(~full_arr)
-        outside = (m & ~_rect(nr[part], nc[part], (bq, bk))).any(axis=(1, 2))
+        outside = (m & ~rect(nr[part], nc[part], (bq, bk))).any(axis=(1, 2))
         if outside.any():
             pos = part[int(np.argmax(outside))]
             raise ValueError(
@@ -594,11 +554,11 @@ class BlockSparse:
         for p in range(ip.shape[0]):
             a, b = ip[p, 0], ip[p, -1]
             heads.append((rows[a:b], ix[a:b], cid[a:b]))
-        return _finish((bq, bk), (n_q, n_k), heads, m)
+        return finish((bq, bk), (n_q, n_k), heads, m)
 
 
 # ---------------------------------------------------------------------------------------- core
-def _finish(
+def finish(
     block: tuple[int, int],
     shape: tuple[int, int],
     heads: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
@@ -613,13 +573,13 @@ def _finish(
     """
     bq, bk = block
     n_q, n_k = shape
-    nbq = _cdiv(n_q, bq)
+    nbq = cdiv(n_q, bq)
     rows = np.concatenate([np.asarray(h[0], dtype=np.int64) for h in heads])
     cols = np.concatenate([np.asarray(h[1], dtype=np.int64) for h in heads])
     cid = np.concatenate([np.asarray(h[2], dtype=np.int64) for h in heads])
     head_of = np.repeat(np.arange(len(heads)), [len(h[0]) for h in heads])
-    nr = _extents(rows * bq, bq, n_q)
-    nc = _extents(cols * bk, bk, n_k)
+    nr = extents(rows * bq, bq, n_q)
+    nc = extents(cols * bk, bk, n_k)
     mask_index = np.full(len(rows), -1, dtype=np.int64)
     keep = np.ones(len(rows), dtype=bool)
     part = np.flatnonzero(cid >= 0)
@@ -635,13 +595,13 @@ def _finish(
                 "this block size; keep its CSR form or use a smaller block"
             )
         src = part[first]
-        m = cand[cid[src]] & _rect(nr[src], nc[src], block)
+        m = cand[cid[src]] & rect(nr[src], nc[src], block)
         count = m.sum(axis=(1, 2))
         status = np.where(
             count == 0, 0, np.where(count == nr[src] * nc[src], 2, 1)
         )  # empty/full/partial
         partial = np.flatnonzero(status == 1)
-        keys = _pack(m[partial])
+        keys = pack(m[partial])
         ukeys, uinv = np.unique(keys, return_inverse=True)
         table = np.zeros((len(ukeys), bq, bk), dtype=bool)
         table[uinv] = m[partial]
@@ -675,7 +635,7 @@ def _from_keys_merged(
 ) -> BlockSparse:
     """Sort blocks by key ``(head, row, col)`` and OR duplicates together."""
     bq, bk = block
-    nbq, nbk = _cdiv(shape[0], bq), _cdiv(shape[1], bk)
+    nbq, nbk = cdiv(shape[0], bq), cdiv(shape[1], bk)
     ukey, inv = np.unique(key, return_inverse=True)
     ext = np.concatenate([cand, np.ones((1, bq, bk), dtype=bool)])  # the last row stands for "full"
     ids = np.where(cid >= 0, cid, len(cand))
@@ -686,307 +646,4 @@ def _from_keys_merged(
         sel = (ukey // (nbq * nbk)) == p
         k = ukey[sel] % (nbq * nbk)
         heads.append((k // nbk, k % nbk, np.flatnonzero(sel)))
-    return _finish(block, shape, heads, merged)
-
-
-def from_layout(
-    layout: Any, block: Any, n_q: int | None = None, n_k: int | None = None
-) -> BlockSparse:
-    """Every ``True`` block of ``layout`` full: ``layout[h, bi, bj]`` or ``layout[bi, bj]`` (bool).
-
-    ``n_q``/``n_k`` default to ``nbq * bq`` / ``nbk * bk``; smaller values clip the last block row
-    or column (they must still reach into it: ``(nbq - 1) * bq < n_q <= nbq * bq``).
-    """
-    bq, bk = check_block(block)
-    lay = np.asarray(layout)
-    if lay.dtype != bool:
-        raise TypeError(f"layout must be a bool array, got dtype {lay.dtype}")
-    if lay.ndim not in (2, 3):
-        raise ValueError(f"layout must be 2-D (nbq, nbk) or 3-D (H, nbq, nbk), got {lay.ndim}-D")
-    lay = lay[None] if lay.ndim == 2 else lay
-    if lay.shape[0] == 0:
-        raise ValueError("layout must have at least one head")
-    nbq, nbk = lay.shape[1:]
-    n_q = nbq * bq if n_q is None else check_nonneg_int(n_q, "n_q")
-    n_k = nbk * bk if n_k is None else check_nonneg_int(n_k, "n_k")
-    for name, n, nb, b in (("n_q", n_q, nbq, bq), ("n_k", n_k, nbk, bk)):
-        if _cdiv(n, b) != nb:
-            raise ValueError(
-                f"{name} = {n} does not fit the layout's {nb} blocks of {b}: need "
-                f"{(nb - 1) * b} < {name} <= {nb * b}"
-            )
-    heads = []
-    for h in range(lay.shape[0]):
-        bi, bj = np.nonzero(lay[h])
-        heads.append((bi, bj, np.full(len(bi), -1)))
-    return _finish((bq, bk), (n_q, n_k), heads, np.zeros((0, bq, bk), dtype=bool))
-
-
-def from_csr(
-    heads: Sequence[tuple[np.ndarray, np.ndarray]], shape: tuple[int, int], block: Any
-) -> BlockSparse:
-    """Block form of canonical token CSR heads ``[(indptr, indices), ...]`` (vectorised).
-
-    Works in chunks of block rows (about 16M nonzeros each): per chunk the nonzeros are binned by
-    block with ``bincount``, counts give full blocks, and partial masks are scattered in one step.
-    """
-    bq, bk = check_block(block)
-    n_q, n_k = shape
-    nbq, nbk = _cdiv(n_q, bq), _cdiv(n_k, bk)
-    out_heads, cands = [], []
-    n_cand = 0
-    for indptr, indices in heads:
-        indptr = np.asarray(indptr, dtype=np.int64)
-        # chunk boundaries on block rows, ~16M nonzeros and ~16M bins per chunk
-        at = indptr[np.minimum(np.arange(nbq + 1) * bq, n_q)]
-        rows_per = max(1, _CHUNK_CELLS // max(nbk, 1))
-        parts = []
-        b0 = 0
-        while b0 < nbq:
-            b1 = int(np.searchsorted(at, at[b0] + _CHUNK_CELLS, side="right")) - 1
-            b1 = min(max(b1, b0 + 1), b0 + rows_per, nbq)
-            r0, r1 = b0 * bq, min(b1 * bq, n_q)
-            s, e = indptr[r0], indptr[r1]
-            rows = np.repeat(np.arange(r0, r1, dtype=np.int64), np.diff(indptr[r0 : r1 + 1]))
-            cols = np.asarray(indices[s:e], dtype=np.int64)
-            key = (rows // bq - b0) * nbk + cols // bk
-            counts = np.bincount(key, minlength=(b1 - b0) * nbk)
-            stored = np.flatnonzero(counts)
-            bi = stored // nbk + b0
-            bj = stored % nbk
-            area = _extents(bi * bq, bq, n_q) * _extents(bj * bk, bk, n_k)
-            is_part = counts[stored] < area
-            cid = np.full(len(stored), -1, dtype=np.int64)
-            n_part = int(is_part.sum())
-            if n_part * bq * bk > MASK_LIMIT:
-                raise ValueError(
-                    f"the block form would hold {n_part} partial-block masks of {bq}x{bk} "
-                    f"(> MASK_LIMIT = {MASK_LIMIT} bools); use a smaller block or the CSR form"
-                )
-            cid[is_part] = n_cand + np.arange(n_part)
-            rank = np.full(len(counts), -1, dtype=np.int64)
-            rank[stored[is_part]] = np.arange(n_part)
-            m = np.zeros((n_part, bq, bk), dtype=bool)
-            pr = rank[key]
-            sel = pr >= 0
-            m[pr[sel], rows[sel] % bq, cols[sel] % bk] = True
-            cands.append(m)
-            n_cand += n_part
-            parts.append((bi, bj, cid))
-            b0 = b1
-        bi_all, bj_all, cid_all = (
-            np.concatenate([p[i] for p in parts]) if parts else np.zeros(0, np.int64)
-            for i in range(3)
-        )
-        out_heads.append((bi_all, bj_all, cid_all))
-    cand = np.concatenate(cands) if cands else np.zeros((0, bq, bk), dtype=bool)
-    return _finish((bq, bk), (n_q, n_k), out_heads, cand)
-
-
-def stack(parts: Sequence[BlockSparse]) -> BlockSparse:
-    """Heads of several ``BlockSparse`` (same block and shape) stacked into one."""
-    first = parts[0]
-    for i, b in enumerate(parts):
-        if b.block != first.block or b.shape != first.shape:
-            raise ValueError(
-                f"parts[{i}] has block {b.block}, shape {b.shape}; parts[0] has {first.block}, "
-                f"{first.shape}"
-            )
-    heads, cands, offset = [], [], 0
-    for b in parts:
-        rows = b.block_rows()
-        for p in range(b.num_heads):
-            a, e = b.indptr[p, 0], b.indptr[p, -1]
-            mi = b.mask_index[a:e].astype(np.int64)
-            heads.append((rows[a:e], b.indices[a:e], np.where(mi >= 0, mi + offset, -1)))
-        cands.append(b.mask_table)
-        offset += len(b.mask_table)
-    return _finish(first.block, first.shape, heads, np.concatenate(cands))
-
-
-def combine(a: BlockSparse, b: BlockSparse, op: str) -> BlockSparse:
-    """``op`` in ``{"union", "intersection", "difference"}`` of two block forms, blockwise.
-
-    Same block and shape; head counts equal or one of them 1 (it broadcasts).
-    """
-    if a.block != b.block or a.shape != b.shape:
-        raise ValueError(f"block forms differ: {a.block}, {a.shape} vs {b.block}, {b.shape}")
-    P = max(a.num_heads, b.num_heads)
-    if a.num_heads != b.num_heads and 1 not in (a.num_heads, b.num_heads):
-        raise ValueError(f"head counts differ: {a.num_heads} vs {b.num_heads}")
-    bq, bk = a.block
-    nbk = a.grid[1]
-    full_id = len(a.mask_table) + len(b.mask_table)  # index of the all-True candidate
-    cand = np.concatenate([a.mask_table, b.mask_table, np.ones((1, bq, bk), dtype=bool)])
-    pair_ids: list[np.ndarray] = []
-    heads = []
-    for p in range(P):
-        keys, ids = [], []
-        for x, off in ((a, 0), (b, len(a.mask_table))):
-            q = p if x.num_heads > 1 else 0
-            s, e = x.indptr[q, 0], x.indptr[q, -1]
-            keys.append(x.block_rows()[s:e] * nbk + x.indices[s:e])
-            mi = x.mask_index[s:e].astype(np.int64)
-            ids.append(np.where(mi >= 0, mi + off, full_id))
-        if op == "union":
-            k = np.union1d(keys[0], keys[1])
-        elif op == "intersection":
-            k = np.intersect1d(keys[0], keys[1], assume_unique=True)
-        else:
-            k = keys[0]
-        ia = np.full(len(k), -2, dtype=np.int64)  # -2: absent
-        ib = np.full(len(k), -2, dtype=np.int64)
-        ia[np.isin(k, keys[0])] = ids[0][np.isin(keys[0], k)]
-        ib[np.isin(k, keys[1])] = ids[1][np.isin(keys[1], k)]
-        pair_ids.append(np.stack([ia, ib], axis=1))
-        heads.append((k // nbk, k % nbk))
-    allp = np.concatenate(pair_ids)
-    upairs, inv = np.unique(allp, axis=0, return_inverse=True)
-    inv = inv.ravel()
-    ext = np.concatenate([cand, np.zeros((1, bq, bk), dtype=bool)])  # last row: absent (empty)
-    ma = ext[np.where(upairs[:, 0] >= 0, upairs[:, 0], len(cand))]
-    mb = ext[np.where(upairs[:, 1] >= 0, upairs[:, 1], len(cand))]
-    if op == "union":
-        res = ma | mb
-    elif op == "intersection":
-        res = ma & mb
-    else:
-        res = ma & ~mb
-    out, pos = [], 0
-    for rows, cols in heads:
-        out.append((rows, cols, inv[pos : pos + len(rows)]))
-        pos += len(rows)
-    return _finish(a.block, a.shape, out, res)
-
-
-# ---------------------------------------------------------------------------------------- terms
-class Term(NamedTuple):
-    """``lo_d <= j - i <= hi_d`` and ``lo_j <= j <= hi_j`` and ``lo_i <= i <= hi_i`` (inclusive).
-
-    The description of a structured family: a union of terms, each a diagonal band cut by a key
-    range and a query range (omitted bounds are unbounded). ``sparse_ref.patterns`` states each
-    local family as a short list of terms and derives both forms from it: the block form with
-    :func:`from_terms`, token CSR with ``patterns._ranges.terms_csr``.
-
-    Example:
-        >>> window = Term(lo_d=-2, hi_d=0)  # i - 2 <= j <= i: a causal window of 3
-        >>> from_terms([window], (4, 4), 2).nnz
-        9
-    """
-
-    lo_d: int = -_BIG
-    hi_d: int = _BIG
-    lo_j: int = -_BIG
-    hi_j: int = _BIG
-    lo_i: int = -_BIG
-    hi_i: int = _BIG
-
-
-def from_terms(terms: Sequence[Term], shape: tuple[int, int], block: Any) -> BlockSparse:
-    """Block form of the union of ``terms`` over ``shape``, without touching individual tokens.
-
-    A term meets a block emptily, fully or partially by O(1) arithmetic on the block's corners;
-    its mask in a partial block depends only on its bounds relative to the block's corner, so
-    masks are computed once per distinct relative position.
-
-    Example:
-        >>> from_terms([Term(hi_d=0)], (10, 10), 4).full.tolist()  # causal
-        [False, True, False, True, True, False]
-    """
-    block = check_block(block)
-    bq, bk = block
-    n_q, n_k = shape
-    nbq, nbk = _cdiv(n_q, bq), _cdiv(n_k, bk)
-    terms = [t for t in terms if t.lo_d <= t.hi_d]
-    # 1. candidate blocks: per term and block row, the key range it reaches (exact)
-    r0 = np.arange(nbq, dtype=np.int64) * bq
-    r1 = np.minimum(r0 + bq, n_q) - 1
-    keys = []
-    for t in terms:
-        j0, j1 = max(t.lo_j, 0), min(t.hi_j, n_k - 1)
-        i0 = np.maximum(np.maximum(r0, t.lo_i), j0 - t.hi_d)
-        i1 = np.minimum(np.minimum(r1, t.hi_i), j1 - t.lo_d)
-        ok = (i0 <= i1) & (j0 <= j1)
-        jlo = np.maximum(j0, i0 + t.lo_d)[ok] // bk
-        jhi = np.minimum(j1, i1 + t.hi_d)[ok] // bk
-        bj = _ragged_arange(jlo, jhi - jlo + 1)
-        bi = np.repeat(np.flatnonzero(ok), jhi - jlo + 1)
-        keys.append(bi * nbk + bj)
-    key = np.unique(np.concatenate(keys)) if keys else np.zeros(0, dtype=np.int64)
-    bi, bj = key // nbk, key % nbk
-    # 2. per block and term: empty / full / partial, and the term's bounds relative to the block
-    r0, c0 = bi * bq, bj * bk
-    r1, c1 = np.minimum(r0 + bq, n_q) - 1, np.minimum(c0 + bk, n_k) - 1
-    full = np.zeros(len(key), dtype=bool)
-    rel = []
-    for t in terms:
-        i0, i1 = np.maximum(r0, t.lo_i), np.minimum(r1, t.hi_i)
-        j0, j1 = np.maximum(c0, t.lo_j), np.minimum(c1, t.hi_j)
-        empty = (i0 > i1) | (j0 > j1) | (j0 - i1 > t.hi_d) | (j1 - i0 < t.lo_d)
-        full |= (
-            (i0 == r0)
-            & (i1 == r1)
-            & (j0 == c0)
-            & (j1 == c1)
-            & (c0 - r1 >= t.lo_d)
-            & (c1 - r0 <= t.hi_d)
-        )
-        delta = c0 - r0
-        b = np.stack(
-            [
-                np.clip(t.lo_i - r0, 0, bq),
-                np.clip(t.hi_i - r0, -1, bq - 1),
-                np.clip(t.lo_j - c0, 0, bk),
-                np.clip(t.hi_j - c0, -1, bk - 1),
-                np.clip(t.lo_d - delta, -bq, bk),
-                np.clip(t.hi_d - delta, -bq, bk),
-            ],
-            axis=1,
-        )
-        b[empty] = (1, 0, 1, 0, 1, 0)  # one canonical "empty" key
-        rel.append(b)
-    cid = np.full(len(key), -1, dtype=np.int64)
-    cand = np.zeros((0, bq, bk), dtype=bool)
-    part = np.flatnonzero(~full)
-    if len(part) and terms:
-        # 3. a partial block's mask depends only on its relative bounds: one mask per distinct row
-        rel_part = np.concatenate([r[part] for r in rel], axis=1)
-        urel, inv = np.unique(rel_part, axis=0, return_inverse=True)
-        u = np.arange(bq)[None, :, None]
-        w = np.arange(bk)[None, None, :]
-        cand = np.zeros((len(urel), bq, bk), dtype=bool)
-        for k in range(len(terms)):
-            lo_i, hi_i, lo_j, hi_j, lo_d, hi_d = (
-                urel[:, 6 * k + c][:, None, None] for c in range(6)
-            )
-            cand |= (
-                (u >= lo_i)
-                & (u <= hi_i)
-                & (w >= lo_j)
-                & (w <= hi_j)
-                & (w - u >= lo_d)
-                & (w - u <= hi_d)
-            )
-        cid[part] = inv.ravel()
-    return _finish(block, shape, [(bi, bj, cid)], cand)
-
-
-def __getattr__(name: str) -> Any:
-    """``blocks.<family>(..., block=b)``, deprecated: ``patterns.<family>(..., block=b).block_form``."""
-    if name not in _MOVED_FAMILIES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    warnings.warn(
-        f"sparse_ref.blocks.{name}(..., block=b) is deprecated; use "
-        f"sparse_ref.patterns.{name}(..., block=b).block_form",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    from . import patterns  # the catalog sits above this module; only this deprecated path climbs
-
-    family = getattr(patterns, name)
-
-    def build(*args: Any, block: Any, **kwargs: Any) -> BlockSparse:
-        return family(*args, block=check_block(block), **kwargs).block_form  # type: ignore[no-any-return]
-
-    build.__name__ = name
-    return build
+    return finish(block, shape, heads, merged)
