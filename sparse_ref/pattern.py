@@ -760,6 +760,24 @@ class Pattern:
         # consistent with structural ==, and cheap for block forms of any size
         return hash((self._shape, self.num_heads, self.nnz))
 
+    def _repr_png_(self) -> bytes | None:
+        """The density picture of head 0 (:func:`sparse_ref.viz.plot`) as PNG bytes, which
+        notebooks (IPython/Jupyter) show; ``None`` without matplotlib, so they fall back to the
+        text ``repr`` instead of printing an error."""
+        try:
+            from matplotlib.figure import Figure
+        except ImportError:
+            return None
+        import io
+
+        from . import viz
+
+        fig = Figure(figsize=(4, 4))  # not pyplot: nothing is left open or shown twice
+        viz.plot(self, fig.subplots(), max_pixels=256)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
+        return buf.getvalue()
+
     def __repr__(self) -> str:
         block = "" if self._bsr is None else f", block={self._bsr.block}"
         return (
