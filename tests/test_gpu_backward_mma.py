@@ -4,8 +4,9 @@ float64 oracle with the DESIGN §9 rule (marker ``gpu``).
 Every block structure of ``block_cases`` (ragged last blocks, partial blocks, empty block rows,
 ``n_q != n_k``) at several block sizes, GQA/MQA, per-head patterns, softcap, patterns without a
 block form (converted to the forward's default block), head dims ``d != d_v``, the forward's
-``out``/``lse`` given or recomputed, bitwise determinism, NaN/inf inputs (which take the SIMT
-path, as the forward does) and the transposed block form against ``Pattern.transpose``.
+``out``/``lse`` given or recomputed, bitwise determinism and NaN/inf inputs (which take the SIMT
+path, as the forward does). The transposed block form is tested on the host in
+``test_gpu_block_transpose.py``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from block_cases import STRUCTURES
 import sparse_ref
 from sparse_ref import Pattern, patterns
 from sparse_ref.backends import cupy as gpu
-from sparse_ref.backends.cupy import backward_mma
 from sparse_ref.testing import assert_grads_close_to_oracle
 
 try:
@@ -197,24 +197,6 @@ def test_non_finite_inputs_take_the_simt_path(dtype: str) -> None:
     assert np.array_equal(np.isnan(dk[0, 0].astype(np.float32)).any(axis=1), mask[40])
     assert not dk[0, 0, 50].astype(np.float32).any() and not dv[0, 0, 50].astype(np.float32).any()
     assert_grads_close_to_oracle((dq, dk, dv), q, k, v, pattern, g, scale=0.3)
-
-
-@pytest.mark.parametrize("name", sorted(STRUCTURES))
-def test_transposed_block_form_matches_pattern_transpose(name: str) -> None:
-    """Expanding the device transpose gives the transposed token mask, block by block."""
-    pattern = STRUCTURES[name](32)
-    bsr = gpu.metadata._pattern_bsr(pattern, (32, 32))
-    t = backward_mma.device_bsr_transpose(bsr)
-    n_q, n_k = pattern.shape
-    ptr, rows, mi = t.indptr.get()[0], t.brows.get(), t.mask_index.get()
-    masks = backward_mma._unpack_masks(t.mbits.get(), 32)
-    dense = np.zeros((-(-n_k // 32) * 32, -(-n_q // 32) * 32), dtype=bool)
-    for bj in range(len(ptr) - 1):
-        for e in range(ptr[bj], ptr[bj + 1]):
-            block = np.ones((32, 32), dtype=bool) if mi[e] < 0 else masks[mi[e]]
-            dense[bj * 32 : bj * 32 + 32, rows[e] * 32 : rows[e] * 32 + 32] = block
-        assert list(rows[ptr[bj] : ptr[bj + 1]]) == sorted(rows[ptr[bj] : ptr[bj + 1]])
-    assert np.array_equal(dense[:n_k, :n_q], pattern.to_dense().T)
 
 
 def test_public_api_with_forward_results() -> None:

@@ -23,6 +23,7 @@ from .tiles import _CTYPES, _mma_d
 __all__ = [
     "DeviceBSRT",
     "device_bsr_transpose",
+    "bsr_transpose_host",
     "backward_bsr_mma",
     "mma_backward_kernel_names",
     "MMA_BWD_WARPS",
@@ -62,37 +63,68 @@ def _unpack_masks(mbits: np.ndarray, bk: int) -> np.ndarray:
     return bits[:, :, :bk].astype(bool)
 
 
-def device_bsr_transpose(bsr: DeviceBSR) -> DeviceBSRT:
-    """The key-major block form of ``bsr``: block column ``j`` lists the block rows that store a
-    block in column ``j``, ascending, each with its mask transposed. Built on the host from the
-    block metadata (``O(nblocks log nblocks)`` plus the partial masks), uploaded once."""
-    cp = _require()
-    bq, bk = bsr.block
-    n_q, n_k = bsr.n_q, bsr.n_k
+def bsr_transpose_host(
+    block: tuple[int, int],
+    indptr: np.ndarray,
+    bcols: np.ndarray,
+    mask_index: np.ndarray,
+    mbits: np.ndarray,
+    n_k: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The transposed block form on the host (NumPy, ``O(nblocks log nblocks)`` plus the masks).
+
+    Args:
+        block: ``(bq, bk)``.
+        indptr: ``(P, nbq + 1)`` int64 absolute offsets into the stored blocks.
+        bcols, mask_index: per stored block, its block column and mask (-1: full).
+        mbits: ``(n_masks, bq, ceil(bk/32))`` uint32 packed masks (``pack_masks``).
+        n_k: number of keys.
+
+    Returns:
+        ``indptr (P, nbk + 1)`` int64 (same absolute offsets), ``brows`` int32 block rows
+        (ascending within a block column), ``mask_index`` int32 (same mask numbers), ``mbits
+        (n_masks, bk, ceil(bq/32))`` uint32 (each mask transposed), ``counts (P, nbk)`` int64 stored
+        blocks per block column.
+    """
+    bq, bk = int(block[0]), int(block[1])
+    mbits = np.asarray(mbits)
+    if mbits.ndim != 3 or mbits.shape[1] != bq:
+        raise ValueError(f"mbits must have shape (n_masks, {bq}, words), got {mbits.shape}")
     nbk = -(-n_k // bk)
-    ip = bsr.indptr.get()
-    P, nbq = ip.shape[0], ip.shape[1] - 1
-    nstored = int(ip[-1, -1]) if ip.size else 0
-    cols = bsr.bcols.get()[:nstored].astype(np.int64)
-    mis = bsr.mask_index.get()[:nstored]
+    P, nbq = indptr.shape[0], indptr.shape[1] - 1
+    nstored = int(indptr[-1, -1]) if indptr.size else 0
+    cols = np.asarray(bcols)[:nstored].astype(np.int64)
+    mis = np.asarray(mask_index)[:nstored]
     t_ptr = np.empty((P, nbk + 1), dtype=np.int64)
-    t_rows = np.empty(max(nstored, 1), dtype=np.int32)
-    t_mi = np.full(max(nstored, 1), -1, dtype=np.int32)
+    t_rows = np.empty(nstored, dtype=np.int32)
+    t_mi = np.empty(nstored, dtype=np.int32)
     counts = np.zeros((P, nbk), dtype=np.int64)
     for p in range(P):
-        lo, hi = int(ip[p, 0]), int(ip[p, -1])
-        rows = np.repeat(np.arange(nbq, dtype=np.int64), np.diff(ip[p]))
+        lo, hi = int(indptr[p, 0]), int(indptr[p, -1])
+        rows = np.repeat(np.arange(nbq, dtype=np.int64), np.diff(indptr[p]))
         perm = np.argsort(cols[lo:hi] * nbq + rows, kind="stable")
         t_rows[lo:hi] = rows[perm]
         t_mi[lo:hi] = mis[lo:hi][perm]
         counts[p] = np.bincount(cols[lo:hi], minlength=nbk)[:nbk]
         t_ptr[p, 0] = lo
         t_ptr[p, 1:] = lo + np.cumsum(counts[p])
-    masks = bsr.mbits.get()
-    mbits_t = pack_masks(np.swapaxes(_unpack_masks(masks, bk), 1, 2))
+    mbits_t = pack_masks(np.swapaxes(_unpack_masks(mbits, bk), 1, 2))
+    return t_ptr, t_rows, t_mi, mbits_t, counts
+
+
+def device_bsr_transpose(bsr: DeviceBSR) -> DeviceBSRT:
+    """The key-major block form of ``bsr`` (:func:`bsr_transpose_host` on its metadata), uploaded
+    once: block column ``j`` lists the block rows that store a block in column ``j``, ascending,
+    each with its mask transposed."""
+    cp = _require()
+    t_ptr, t_rows, t_mi, mbits_t, counts = bsr_transpose_host(
+        bsr.block, bsr.indptr.get(), bsr.bcols.get(), bsr.mask_index.get(), bsr.mbits.get(), bsr.n_k
+    )
+    if t_rows.size == 0:  # the kernels need valid pointers
+        t_rows, t_mi = np.zeros(1, dtype=np.int32), np.zeros(1, dtype=np.int32)
     return DeviceBSRT(
-        (bq, bk), cp.asarray(t_ptr), cp.asarray(t_rows), cp.asarray(t_mi),
-        cp.asarray(mbits_t), n_q, n_k, counts, {},
+        bsr.block, cp.asarray(t_ptr), cp.asarray(t_rows), cp.asarray(t_mi), cp.asarray(mbits_t),
+        bsr.n_q, bsr.n_k, counts, {},
     )  # fmt: skip
 
 
