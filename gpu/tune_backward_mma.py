@@ -1,9 +1,12 @@
 """Tuning run for the tensor-core backward (``bsr_backward_mma.cu``) on the bench cases of
-``gpu/bench.py`` (B=1, H=16, d=128, bfloat16): times each kernel apart (prep, dq, dk/dv) and the
-whole backward per CTA size, next to the forward and FlexAttention's backward, and checks dq on
-sampled rows against float64 and dk/dv against FlexAttention's.
+``gpu/bench.py`` (B=1, H=16, d=128, bfloat16): times the whole backward per CTA size, next to the
+forward (and optionally an older forward source) and FlexAttention's backward, and checks dq on
+sampled rows against float64 and dk/dv against FlexAttention's. ``--once`` runs one forward and
+backward for a profiler (``ncu -k regex:bsr_ ... --once --no-flex`` gives each kernel's time).
 
     PYTHONPATH=. python gpu/tune_backward_mma.py [--cases window1k bigbird] [--warps 4 8]
+    python gpu/tune_backward_mma.py --write-ref a81de5f .tune/fw_orig.cu   # here, with git
+    PYTHONPATH=. python gpu/tune_backward_mma.py --ref-forward .tune/fw_orig.cu  # there
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import math
+import re
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,16 +33,26 @@ def _bench() -> Any:
 
 
 def main() -> None:
-    import cupy as cp
-    import torch
-
     ap = argparse.ArgumentParser()
     ap.add_argument("--cases", nargs="+", default=["window1k", "bigbird"])
     ap.add_argument("--warps", nargs="+", type=int, default=[4, 8])
     ap.add_argument("--no-flex", action="store_true")
     ap.add_argument("--once", action="store_true", help="one forward and backward, no timing")
-    ap.add_argument("--ref-forward", type=Path, help="a forward source to time beside ours")
+    ap.add_argument(
+        "--ref-forward",
+        metavar="SRC",
+        help="time another bsr_forward.cu beside ours: a file (includes inlined, e.g. written here "
+        "by --write-ref) or a git commit (where the history is present)",
+    )
+    ap.add_argument("--write-ref", nargs=2, metavar=("COMMIT", "FILE"),
+                    help="no run: write bsr_forward.cu at COMMIT, includes inlined, to FILE")  # fmt: skip
     args = ap.parse_args()
+    if args.write_ref:
+        Path(args.write_ref[1]).write_text(source_at(args.write_ref[0], "bsr_forward.cu"))
+        return
+    import cupy as cp
+    import torch
+
     bench = _bench()
     stream = cp.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream)
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -131,13 +146,34 @@ def run_case(bench: Any, case: Any, args: Any, stream: Any, gen: Any) -> None:
         torch._dynamo.reset()
 
 
-def ref_forward(path: Path, views: list[Any], bsr: Any, scale: float, stream: Any) -> Any:
-    """``bsr_forward_mma<bf16, 128, 4, 2>`` compiled from another source (an older version)."""
+def source_at(commit: str, name: str) -> str:
+    """``gpu/kernels/<name>`` at ``commit`` with its local includes inlined once each (as the
+    backend's ``kernel_source`` does for the working tree)."""
+    seen: set[str] = set()
+
+    def expand(fname: str) -> str:
+        if fname in seen:
+            return ""
+        seen.add(fname)
+        text = subprocess.run(
+            ["git", "show", f"{commit}:gpu/kernels/{fname}"], cwd=ROOT, check=True,
+            capture_output=True, text=True,
+        ).stdout.replace("#pragma once", "")  # fmt: skip
+        return re.sub(r'^\s*#\s*include\s+"([^"]+)"\s*$', lambda m: expand(m.group(1)), text,
+                      flags=re.MULTILINE)  # fmt: skip
+
+    return expand(name)
+
+
+def ref_forward(commit: str, views: list[Any], bsr: Any, scale: float, stream: Any) -> Any:
+    """``bsr_forward_mma<bf16, 128, 4, 2>`` compiled from ``bsr_forward.cu`` at ``commit``."""
     import cupy as cp
     import numpy as np
 
     name = "sparse_ref::bsr_forward_mma<sparse_ref::bf16_t, 128, 4, 2>"
-    mod = cp.RawModule(code=path.read_text(), options=("-std=c++17",), name_expressions=[name])
+    path = Path(commit)
+    code = path.read_text() if path.is_file() else source_at(commit, "bsr_forward.cu")
+    mod = cp.RawModule(code=code, options=("-std=c++17",), name_expressions=[name])
     kern = mod.get_function(name)
     smem = (128 + 4 * 64) * 136 * 2
     kern.max_dynamic_shared_size_bytes = smem
