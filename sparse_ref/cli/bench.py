@@ -31,6 +31,7 @@ from rich.table import Table
 
 from ..bench import process
 from ..bench import quick as qt
+from ..kernels import _compile_notice
 
 bench_app = typer.Typer(add_completion=False)  # its help: the docstring of ``quick``
 console = Console()
@@ -165,6 +166,7 @@ def quick(
     rows: list[qt.Row] = []
     with (
         process.thread_limit(threads),
+        _compile_notice.quiet(),  # the progress bar says when a warm-up compiles
         Progress(
             SpinnerColumn(),
             TextColumn("{task.description}"),
