@@ -110,11 +110,87 @@ def rule_tolerance(ref: np.ndarray, naive: Any, dtype: Any, factor: float) -> fl
     return factor * baseline_error(ref, cands) + rounding_floor(ref, dtype)
 
 
-def forward_reference(
+Runs = dict[str, list[Any]]  # dtype -> one result tuple per formulation
+
+
+def _forward_runs(
     q: np.ndarray,
     k: np.ndarray,
     v: np.ndarray,
     pattern: Pattern,
+    scale: float,
+    softcap: float | None,
+    dtypes: list[str],
+    rdt: np.dtype,
+    rows: np.ndarray | None,
+) -> tuple[tuple[np.ndarray, ...], Runs]:
+    """The reference ``(out, lse)`` and, per dtype, every forward formulation's ``(out, lse)``."""
+    ref = oracle.forward(q, k, v, pattern, scale, softcap, compute_dtype=rdt, rows=rows)
+    masks = formulations.MaskCache(pattern)
+    runs = {
+        dt: [
+            formulations.forward(q, k, v, pattern, scale, softcap, dt, f, rows=rows, masks=masks)
+            for f in formulations.FORWARD_FORMULATIONS
+        ]
+        for dt in dtypes
+    }
+    return ref, runs
+
+
+def _backward_runs(
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    pattern: Pattern,
+    dout: np.ndarray,
+    scale: float,
+    softcap: float | None,
+    dtypes: list[str],
+    rdt: np.dtype,
+) -> tuple[tuple[np.ndarray, ...], Runs, dict[str, float]]:
+    """The reference ``(dq, dk, dv)``, every backward formulation's per dtype, the magnitudes."""
+    ref = oracle.backward(q, k, v, pattern, dout, scale, softcap, compute_dtype=rdt)
+    masks = formulations.MaskCache(pattern)
+    magnitude = formulations.gradient_magnitudes(
+        q, k, v, pattern, dout, scale, softcap, masks=masks
+    )
+    runs = {
+        dt: [
+            formulations.backward(q, k, v, pattern, dout, scale, softcap, dt, f, masks=masks)
+            for f in formulations.BACKWARD_FORMULATIONS
+        ]
+        for dt in dtypes
+    }
+    return ref, runs, magnitude
+
+
+def _per_batch(run: Any, patterns: list[Pattern], arrays: list[np.ndarray], *rest: Any) -> Any:
+    """``run`` on each batch element with its own pattern, results joined along the batch axis
+    (magnitudes: the largest over the batch)."""
+    parts = [run(*(a[b : b + 1] for a in arrays), p, *rest) for b, p in enumerate(patterns)]
+
+    def join(items: list[Any]) -> Any:
+        first = items[0]
+        if isinstance(first, np.ndarray):
+            return np.concatenate(items, axis=0)
+        if isinstance(first, dict) and first and isinstance(next(iter(first.values())), float):
+            return {name: max(item[name] for item in items) for name in first}
+        if isinstance(first, dict):
+            return {key: join([item[key] for item in items]) for key in first}
+        return type(first)(join(list(col)) for col in zip(*items, strict=True))
+
+    return join(parts)
+
+
+def _dtype_names(dtypes: Any) -> list[str]:
+    return [as_dtype(d).name for d in ([dtypes] if isinstance(dtypes, str) else dtypes)]
+
+
+def forward_reference(
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    pattern: Pattern | list[Pattern],
     scale: float,
     softcap: float | None,
     dtypes: Any,
@@ -124,25 +200,28 @@ def forward_reference(
 ) -> tuple[dict[str, np.ndarray], dict[str, dict[str, float]]]:
     """Reference ``out``/``lse`` and the rule's tolerances for each implementation dtype.
 
-    ``q, k, v`` are validated 4-D arrays; ``dtypes`` names the implementation dtypes (``"float32"``,
-    ``"bfloat16"``, ...); ``ref_dtype`` defaults to :func:`reference_dtype` of the first. Returns
+    ``q, k, v`` are validated 4-D arrays; ``pattern`` is one pattern or a list of ``B`` (one per
+    batch element); ``dtypes`` names the implementation dtypes (``"float32"``, ``"bfloat16"``,
+    ...); ``ref_dtype`` defaults to :func:`reference_dtype` of the first. Returns
     ``({"out": (B, H, R, d_v), "lse": (B, H, R)}, {dtype: {"out": tol, "lse": tol}})``.
     """
-    dtypes = [as_dtype(d).name for d in ([dtypes] if isinstance(dtypes, str) else dtypes)]
-    rdt = reference_dtype(dtypes[0]) if ref_dtype is None else np.dtype(ref_dtype)
-    out, lse = oracle.forward(q, k, v, pattern, scale, softcap, compute_dtype=rdt, rows=rows)
+    names = _dtype_names(dtypes)
+    rdt = reference_dtype(names[0]) if ref_dtype is None else np.dtype(ref_dtype)
+    rest = (scale, softcap, names, rdt, rows)
+    if isinstance(pattern, Pattern):
+        (out, lse), runs = _forward_runs(q, k, v, pattern, *rest)
+    else:
+        (out, lse), runs = _per_batch(
+            lambda q, k, v, p, *r: _forward_runs(q, k, v, p, *r), pattern, [q, k, v], *rest
+        )
     ref = {"out": out, "lse": lse}
-    masks = formulations.MaskCache(pattern)
-    tols: dict[str, dict[str, float]] = {}
-    for dt in dtypes:
-        runs = [
-            formulations.forward(q, k, v, pattern, scale, softcap, dt, f, rows=rows, masks=masks)
-            for f in formulations.FORWARD_FORMULATIONS
-        ]
-        tols[dt] = {
-            name: rule_tolerance(ref[name], [r[i] for r in runs], dt, FORWARD_FACTOR)
+    tols = {
+        dt: {
+            name: rule_tolerance(ref[name], [r[i] for r in runs[dt]], dt, FORWARD_FACTOR)
             for i, name in enumerate(("out", "lse"))
         }
+        for dt in names
+    }
     return ref, tols
 
 
@@ -150,7 +229,7 @@ def backward_reference(
     q: np.ndarray,
     k: np.ndarray,
     v: np.ndarray,
-    pattern: Pattern,
+    pattern: Pattern | list[Pattern],
     dout: np.ndarray,
     scale: float,
     softcap: float | None,
@@ -160,24 +239,25 @@ def backward_reference(
 ) -> tuple[dict[str, np.ndarray], dict[str, dict[str, float]]]:
     """Reference ``dq, dk, dv`` and the rule's tolerances (factor 3 plus the gradient floor) for
     each implementation dtype; arguments as :func:`forward_reference`."""
-    dtypes = [as_dtype(d).name for d in ([dtypes] if isinstance(dtypes, str) else dtypes)]
-    rdt = reference_dtype(dtypes[0]) if ref_dtype is None else np.dtype(ref_dtype)
-    grads = oracle.backward(q, k, v, pattern, dout, scale, softcap, compute_dtype=rdt)
+    names = _dtype_names(dtypes)
+    rdt = reference_dtype(names[0]) if ref_dtype is None else np.dtype(ref_dtype)
+    rest = (scale, softcap, names, rdt)
+    if isinstance(pattern, Pattern):
+        grads, runs, magnitude = _backward_runs(q, k, v, pattern, dout, *rest)
+    else:
+        grads, runs, magnitude = _per_batch(
+            lambda q, k, v, g, p, *r: _backward_runs(q, k, v, p, g, *r),
+            pattern,
+            [q, k, v, dout],
+            *rest,
+        )
     ref = dict(zip(("dq", "dk", "dv"), grads, strict=True))
-    masks = formulations.MaskCache(pattern)
-    magnitude = formulations.gradient_magnitudes(
-        q, k, v, pattern, dout, scale, softcap, masks=masks
-    )
     tols: dict[str, dict[str, float]] = {}
-    for dt in dtypes:
-        runs = [
-            formulations.backward(q, k, v, pattern, dout, scale, softcap, dt, f, masks=masks)
-            for f in formulations.BACKWARD_FORMULATIONS
-        ]
+    for dt in names:
         unit = float(np.finfo(compute_dtype(dt)).eps) / 2
         tols[dt] = {}
         for i, name in enumerate(("dq", "dk", "dv")):
-            err = baseline_error(ref[name], [r[i] for r in runs])
+            err = baseline_error(ref[name], [r[i] for r in runs[dt]])
             floor = max(
                 rounding_floor(ref[name], dt), GRADIENT_FLOOR_FACTOR * unit * magnitude[name]
             )

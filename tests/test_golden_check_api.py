@@ -24,6 +24,7 @@ IDS = [
     "softcap-causal-n24-f32",
     "custom-emptyrows-f64",
     "document-and-causal-n20-b2-f32",
+    "batch-causal-window-b2-f32",
 ]
 
 
@@ -43,7 +44,8 @@ def test_the_pattern_is_rebuilt_from_family_and_params(suite_dir: Path) -> None:
     seen: dict[str, Any] = {}
 
     def spy(q, k, v, pattern, *, scale, softcap, case):  # type: ignore[no-untyped-def]
-        seen[case["id"]] = (pattern.family, pattern.params, case)
+        if not isinstance(pattern, list):  # per-batch cases: below
+            seen[case["id"]] = (pattern.family, pattern.params, case)
         return _oracle(q, k, v, pattern, scale=scale, softcap=softcap)
 
     assert golden.check(spy, suite_dir).passed
@@ -53,6 +55,20 @@ def test_the_pattern_is_rebuilt_from_family_and_params(suite_dir: Path) -> None:
     assert seen["document-and-causal-n20-b2-f32"][0] == "intersection"
     for case in golden.load(suite_dir):
         assert case.pattern == case.stored_pattern
+
+
+def test_per_batch_cases_hand_over_one_pattern_per_batch_element(suite_dir: Path) -> None:
+    (case,) = golden.load(suite_dir, only="batch-*")
+    assert [p.family for p in case.pattern] == ["causal", "sliding_window"]
+    assert case.pattern == case.stored_pattern and case.batch == 2
+    got: list[Any] = []
+
+    def impl(q, k, v, pattern, *, scale, softcap):  # type: ignore[no-untyped-def]
+        got.append(pattern)
+        return _oracle(q, k, v, pattern, scale=scale, softcap=softcap)
+
+    assert golden.check(impl, suite_dir, only="batch-*").passed
+    assert isinstance(got[0], list) and len(got[0]) == 2
 
 
 def test_a_catalog_that_builds_another_pattern_is_a_format_error(
@@ -197,4 +213,4 @@ def test_cli_conformance_prints_the_matrix(suite_dir: Path) -> None:
         ["conformance", str(suite_dir), "--peer", "sdpa-math", "--dtype", "float32"],
     )
     assert r.exit_code == 0, r.output
-    assert "sdpa-math" in r.output and "5 passed, 1 unsupported" in r.output
+    assert "sdpa-math" in r.output and "6 passed, 1 unsupported" in r.output

@@ -43,6 +43,18 @@ SUITE = Suite(
             d=8,
         ),
         CaseSpec("softcap-causal-n24", "causal", {"n_q": 24}, d=8, softcap=2.0, input_std=2.0),
+        CaseSpec(
+            "per-batch-b2",
+            "batch",
+            {
+                "patterns": [
+                    {"family": "causal", "params": {"n_q": 16}},
+                    {"family": "sliding_window", "params": {"n": 16, "left": 2, "right": 1}},
+                ]
+            },
+            batch=2,
+            d=8,
+        ),
     ),
 )
 
@@ -219,6 +231,14 @@ BUGS: list[tuple[str, str, Callable[..., Any]]] = [
     ("dropped 1/rowsum", "causal-n24", _fb(_unnormalized)),
     ("dq without the scale", "causal-n24", _fb(_fwd, _dq_unscaled)),
     ("delta with the wrong sign (dS = P (dP + delta))", "causal-n24", _fb(_fwd, _delta_plus)),
+    (
+        "the first batch element's pattern for the whole batch",
+        "per-batch-b2",
+        _fb(
+            lambda q, k, v, p, s, c: _fwd(q, k, v, p[0], s, c),
+            lambda q, k, v, p, g, s, c: _bwd(q, k, v, p[0], g, s, c),
+        ),
+    ),
 ]
 
 

@@ -64,8 +64,8 @@ class Case:
         self.entry = entry
         self._max = max_case_bytes
         self._tensors: dict[str, np.ndarray] | None = None
-        self._pattern: Pattern | None = None
-        self._built: Pattern | None = None
+        self._pattern: Any = None
+        self._built: Any = None
         e = entry
         self.id: str = e["id"]
         self.family: str = e["family"]
@@ -106,34 +106,63 @@ class Case:
         self._pattern = None
         self._built = None
 
-    def _rebuild_pattern(self, tensors: dict[str, np.ndarray]) -> Pattern:
+    def _rebuild_pattern(self, tensors: dict[str, np.ndarray]) -> Any:
+        """The stored structure: a Pattern, or a list of B for a per-batch case."""
         info = self.entry["pattern"]
         shape = (self.n_q, self.n_k)
         if list(shape) != info["shape"]:
             raise GoldenFormatError(f"pattern shape {info['shape']} != (n_q, n_k) {shape}", self.id)
+        if "batch" not in info:
+            return self._stored_element(tensors, "", info, shape)
+        if len(info["batch"]) != self.batch:
+            raise GoldenFormatError(
+                f"{len(info['batch'])} per-batch patterns for batch size {self.batch}", self.id
+            )
+        patterns = [
+            self._stored_element(tensors, f".b{b}", element, shape)
+            for b, element in enumerate(info["batch"])
+        ]
+        if store.batch_fingerprint(patterns) != info["fingerprint"]:
+            raise GoldenFormatError(
+                "per-batch pattern fingerprint differs from the manifest", self.id
+            )
+        if sum(p.nnz for p in patterns) != info["nnz"]:
+            raise GoldenFormatError(f"per-batch pattern nnz != manifest {info['nnz']}", self.id)
+        return patterns
+
+    def _stored_element(
+        self, tensors: dict[str, np.ndarray], tag: str, info: dict[str, Any], shape: tuple[int, int]
+    ) -> Pattern:
         heads = []
         for h in range(info["heads"]):
             try:
                 heads.append(
                     Pattern.from_csr(
-                        (tensors[f"pattern.indptr.h{h}"], tensors[f"pattern.indices.h{h}"], shape)
+                        (
+                            tensors[f"pattern.indptr{tag}.h{h}"],
+                            tensors[f"pattern.indices{tag}.h{h}"],
+                            shape,
+                        )
                     )
                 )
             except (KeyError, ValueError, TypeError) as err:
                 raise GoldenFormatError(
-                    f"stored pattern head {h} is invalid: {err}", self.id
+                    f"stored pattern{tag} head {h} is invalid: {err}", self.id
                 ) from None
         pattern = heads[0] if len(heads) == 1 else Pattern.stack(heads)
         if pattern.fingerprint() != info["fingerprint"]:
             raise GoldenFormatError(
-                f"pattern fingerprint {pattern.fingerprint()} != manifest {info['fingerprint']}",
+                f"pattern{tag} fingerprint {pattern.fingerprint()} != manifest "
+                f"{info['fingerprint']}",
                 self.id,
             )
         if pattern.nnz != info["nnz"]:
-            raise GoldenFormatError(f"pattern nnz {pattern.nnz} != manifest {info['nnz']}", self.id)
+            raise GoldenFormatError(
+                f"pattern{tag} nnz {pattern.nnz} != manifest {info['nnz']}", self.id
+            )
         if pattern.num_heads not in (1, self.heads):
             raise GoldenFormatError(
-                f"pattern has {pattern.num_heads} heads, q {self.heads}", self.id
+                f"pattern{tag} has {pattern.num_heads} heads, q {self.heads}", self.id
             )
         return pattern
 
@@ -164,17 +193,19 @@ class Case:
         return self._get("dout")
 
     @property
-    def stored_pattern(self) -> Pattern:
-        """The pattern read from the case file's CSR (``family == "custom"``)."""
+    def stored_pattern(self) -> Any:
+        """The pattern read from the case file's CSR (``family == "custom"``; a list of ``B``
+        patterns for a per-batch case)."""
         self.load()
         assert self._pattern is not None
         return self._pattern
 
     @property
-    def pattern(self) -> Pattern:
+    def pattern(self) -> Any:
         """The pattern rebuilt from the manifest's ``family``/``params`` (catalog, composites,
-        or data-dependent families from the stored q and k); ``GoldenFormatError`` if this
-        sparse-ref builds a structure other than the stored one."""
+        or data-dependent families from the stored q and k; for family ``batch`` a list of ``B``
+        patterns, one per batch element); ``GoldenFormatError`` if this sparse-ref builds a
+        structure other than the stored one."""
         if self._built is None:
             stored = self.stored_pattern
             inputs = {"q": self.q, "k": self.k, "v": self.v}
@@ -184,7 +215,7 @@ class Case:
                 raise GoldenFormatError(
                     f"cannot rebuild family {self.family!r} from its params: {err}", self.id
                 ) from None
-            if built.fingerprint() != stored.fingerprint():
+            if _fingerprints(built) != _fingerprints(stored):
                 raise GoldenFormatError(
                     f"this sparse-ref builds a different pattern for family {self.family!r} and "
                     "these params than the suite stores; regenerate the suite",
@@ -253,6 +284,10 @@ class Case:
                     np.asarray(got), self._need(name), tol[name], f"{self.id}: {name}"
                 )
         return errs
+
+
+def _fingerprints(pattern: Any) -> list[str]:
+    return [p.fingerprint() for p in (pattern if isinstance(pattern, list) else [pattern])]
 
 
 def _globs(only: str | Iterable[str] | None) -> list[str] | None:

@@ -20,6 +20,9 @@ for a case its peer cannot express, which the matrix counts as unsupported:
 - ``cupy``: sparse-ref's own CuPy kernels (``sparse_ref.backends.cupy``) on a GPU, through the
   backend's entry points so that no numba is needed.
 
+Per-batch cases (family ``batch``) hand each adapter a list of ``B`` patterns: the torch adapters
+build a ``(B, ., n_q, n_k)`` mask, the CuPy one runs each batch element in turn.
+
 :func:`run` checks the chosen peers in the chosen dtypes and returns a :class:`Matrix`.
 """
 
@@ -82,10 +85,14 @@ def _to_numpy(t: Any) -> np.ndarray | None:
     return t.numpy()
 
 
-def _dense_mask(pattern: Pattern, device: str) -> Any:
-    """The pattern's mask as a torch bool tensor ``(1 or H, n_q, n_k)``."""
-    dense = pattern.to_dense(force=True)
-    return _to_torch(dense.reshape((-1, *pattern.shape)), device)
+def _dense_mask(pattern: Pattern | list[Pattern], device: str) -> Any:
+    """The pattern's mask as a torch bool tensor ``(1, 1 or H, n_q, n_k)``; for per-batch
+    patterns ``(B, 1 or H, n_q, n_k)``."""
+    elements = pattern if isinstance(pattern, list) else [pattern]
+    dense = [p.to_dense(force=True).reshape((-1, *p.shape)) for p in elements]
+    heads = max(m.shape[0] for m in dense)
+    stacked = np.stack([np.broadcast_to(m, (heads, *m.shape[1:])) for m in dense])
+    return _to_torch(stacked, device)
 
 
 def _grads_of(out: Any, dout: np.ndarray | None, inputs: tuple[Any, ...], device: str) -> list[Any]:
@@ -122,12 +129,13 @@ def _sdpa(math_only: bool, device: str) -> Callable[..., Any]:
         group = q.shape[1] // k.shape[1]
         kk, vv = (t.repeat_interleave(group, dim=1) if group > 1 else t for t in (tk, tv))
         kwargs: dict[str, Any] = {"scale": scale}
-        if pattern.family == "causal" and pattern.params.get("align", "top_left") == "top_left":
+        family = None if isinstance(pattern, list) else pattern.family
+        if family == "causal" and pattern.params.get("align", "top_left") == "top_left":
             kwargs["is_causal"] = True
-        elif pattern.family == "causal":
+        elif family == "causal":
             kwargs["attn_mask"] = causal_lower_right(*pattern.shape)
         else:
-            kwargs["attn_mask"] = _dense_mask(pattern, device)[None]
+            kwargs["attn_mask"] = _dense_mask(pattern, device)
         ctx = sdpa_kernel([SDPBackend.MATH]) if math_only else contextlib.nullcontext()
         with ctx:
             out = torch.nn.functional.scaled_dot_product_attention(tq, kk, vv, **kwargs)
@@ -160,10 +168,10 @@ def _flex(compiled: bool, device: str) -> Callable[..., Any]:
         grad = dout is not None and not no_backward
         tq, tk, tv = _leaves(q, k, v, grad, device)
         mask = _dense_mask(pattern, device)
-        per_head = mask.shape[0] > 1
+        per_batch, per_head = mask.shape[0] > 1, mask.shape[1] > 1
 
         def mask_mod(b: Any, h: Any, q_idx: Any, kv_idx: Any) -> Any:
-            return mask[h if per_head else 0, q_idx, kv_idx]
+            return mask[b if per_batch else 0, h if per_head else 0, q_idx, kv_idx]
 
         score_mod = None
         if softcap is not None:
@@ -172,9 +180,14 @@ def _flex(compiled: bool, device: str) -> Callable[..., Any]:
             def score_mod(score: Any, b: Any, h: Any, q_idx: Any, kv_idx: Any) -> Any:
                 return cap * torch.tanh(score / cap)
 
-        n_q, n_k = pattern.shape
+        n_q, n_k = mask.shape[2:]
         block_mask = create_block_mask(
-            mask_mod, None, mask.shape[0] if per_head else None, n_q, n_k, device=device
+            mask_mod,
+            mask.shape[0] if per_batch else None,
+            mask.shape[1] if per_head else None,
+            n_q,
+            n_k,
+            device=device,
         )
         kwargs: dict[str, Any] = (
             {"return_aux": aux_request(lse=True)} if aux_request else {"return_lse": True}
@@ -212,6 +225,34 @@ def _cupy() -> Callable[..., Any]:
         return arr.view(np.dtype("bfloat16")) if bf16 and arr.dtype == np.uint16 else arr
 
     def forward_backward(
+        q: np.ndarray,
+        k: np.ndarray,
+        v: np.ndarray,
+        pattern: Pattern | list[Pattern],
+        dout: np.ndarray | None,
+        *,
+        scale: float,
+        softcap: float | None,
+    ) -> tuple[Any, ...]:
+        if isinstance(pattern, list):  # one batch element at a time, joined on the batch axis
+            parts = [
+                one(
+                    q[b : b + 1],
+                    k[b : b + 1],
+                    v[b : b + 1],
+                    p,
+                    None if dout is None else dout[b : b + 1],
+                    scale=scale,
+                    softcap=softcap,
+                )
+                for b, p in enumerate(pattern)
+            ]
+            return tuple(
+                None if col[0] is None else np.concatenate(col, axis=0) for col in zip(*parts)
+            )
+        return one(q, k, v, pattern, dout, scale=scale, softcap=softcap)
+
+    def one(
         q: np.ndarray,
         k: np.ndarray,
         v: np.ndarray,

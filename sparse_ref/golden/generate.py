@@ -103,8 +103,9 @@ def _compute(
     """Reference tensors (in the case's reference dtype) and rule v2's tolerances per dtype."""
     dt = np.dtype(spec.dtype)
     q, k, v = (inputs[n].astype(dt) for n in ("q", "k", "v"))
+    first = pattern[0] if isinstance(pattern, list) else pattern  # per-batch: one shape
     prep = prepare(
-        q, k, v, pattern, scale=spec.resolved_scale(), softcap=spec.softcap, check_finite=False
+        q, k, v, first, scale=spec.resolved_scale(), softcap=spec.softcap, check_finite=False
     )
     args = (prep.q, prep.k, prep.v, pattern)
     dtypes = tolerance_dtypes(spec)
@@ -156,12 +157,20 @@ def _compute_case(spec_json: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
         pattern = build_pattern(spec.family, spec.params, inputs)
     else:
         pattern = build_pattern(spec.family, spec.params)
-        inputs = make_inputs(spec, *pattern.shape)
-    n_q, n_k = pattern.shape
-    if pattern.num_heads not in (1, spec.heads):
+        first = pattern[0] if isinstance(pattern, list) else pattern
+        inputs = make_inputs(spec, *first.shape)
+    per_batch = isinstance(pattern, list)
+    if per_batch and len(pattern) != spec.batch:
         raise ValueError(
-            f"case {spec.id!r}: pattern has {pattern.num_heads} heads, the case {spec.heads}"
+            f"case {spec.id!r}: {len(pattern)} per-batch patterns for batch size {spec.batch}"
         )
+    elements = pattern if per_batch else [pattern]
+    n_q, n_k = elements[0].shape
+    for p in elements:
+        if p.num_heads not in (1, spec.heads):
+            raise ValueError(
+                f"case {spec.id!r}: pattern has {p.num_heads} heads, the case {spec.heads}"
+            )
     rows = sample_rows(spec, n_q) if spec.rows is not None else None
     gradients = spec.gradients and rows is None
     ref, tolerances = _compute(spec, inputs, pattern, rows, gradients)
@@ -178,13 +187,26 @@ def _compute_case(spec_json: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
         tensors[name] = np.asarray(arr).astype(np.float64)
     if rows is not None:
         tensors["rows"] = rows
-    for h in range(pattern.num_heads):
-        csr = pattern.to_csr(h)
-        tensors[f"pattern.indptr.h{h}"] = np.asarray(csr.indptr)
-        tensors[f"pattern.indices.h{h}"] = np.asarray(csr.indices)
+    for b, p in enumerate(elements):
+        tag = f".b{b}" if per_batch else ""
+        for h in range(p.num_heads):
+            csr = p.to_csr(h)
+            tensors[f"pattern.indptr{tag}.h{h}"] = np.asarray(csr.indptr)
+            tensors[f"pattern.indices{tag}.h{h}"] = np.asarray(csr.indices)
     index_dtype = np.result_type(
-        *(tensors[f"pattern.indices.h{h}"] for h in range(pattern.num_heads))
+        *(arr for name, arr in tensors.items() if name.startswith("pattern.indices"))
     )
+    info: dict[str, Any] = {
+        "fingerprint": store.batch_fingerprint(pattern) if per_batch else pattern.fingerprint(),
+        "heads": max(p.num_heads for p in elements),
+        "nnz": sum(p.nnz for p in elements),
+        "shape": [n_q, n_k],
+        "index_dtype": np.dtype(index_dtype).name,
+    }
+    if per_batch:
+        info["batch"] = [
+            {"fingerprint": p.fingerprint(), "heads": p.num_heads, "nnz": p.nnz} for p in elements
+        ]
 
     meta = spec.to_json()
     del meta["extra_tolerance_dtypes"]
@@ -195,13 +217,7 @@ def _compute_case(spec_json: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
         scale=spec.resolved_scale(),
         input_rounding=spec.input_rounding,
         gradients=gradients,
-        pattern={
-            "fingerprint": pattern.fingerprint(),
-            "heads": pattern.num_heads,
-            "nnz": pattern.nnz,
-            "shape": [n_q, n_k],
-            "index_dtype": np.dtype(index_dtype).name,
-        },
+        pattern=info,
         shapes={name: list(arr.shape) for name, arr in tensors.items()},
         tensor_dtypes={name: store.tensor_dtype_name(arr) for name, arr in tensors.items()},
         tolerances=tolerances,

@@ -59,6 +59,7 @@ __all__ = [
     "read_case_bytes",
     "read_case",
     "sha256_hex",
+    "batch_fingerprint",
 ]
 
 #: The manifest format this code writes and the only one it reads.
@@ -114,6 +115,12 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def batch_fingerprint(patterns: Any) -> str:
+    """The fingerprint of a per-batch pattern list: sha256 of its elements' fingerprints, in
+    order, joined by newlines."""
+    return sha256_hex("\n".join(p.fingerprint() for p in patterns).encode())
 
 
 def sha256_hex(data: bytes | bytearray | memoryview) -> str:

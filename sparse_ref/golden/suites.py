@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 #: pseudo-families handled here rather than by ``patterns.build``
-COMPOSITE_FAMILIES = ("union", "intersection", "difference", "stack", "custom_rows")
+COMPOSITE_FAMILIES = ("union", "intersection", "difference", "stack", "custom_rows", "batch")
 
 
 #: The dtypes a case can hold (its q, k, v, dout).
@@ -157,6 +157,8 @@ def spec_families(family: str, params: dict[str, Any]) -> set[str]:
         return set().union(*(spec_families(s["family"], s["params"]) for s in params["of"]))
     if family == "stack":
         return set().union(*(spec_families(s["family"], s["params"]) for s in params["heads"]))
+    if family == "batch":
+        return set().union(*(spec_families(s["family"], s["params"]) for s in params["patterns"]))
     if family == "custom_rows":
         return set()
     return {family}
@@ -174,8 +176,11 @@ def pattern_shape(family: str, params: dict[str, Any]) -> tuple[int, int] | None
 
 def build_pattern(
     family: str, params: dict[str, Any], inputs: dict[str, np.ndarray] | None = None
-) -> Pattern:
-    """Build a case's pattern.
+) -> Any:
+    """Build a case's pattern: a :class:`Pattern`, or for ``batch`` a list of them.
+
+    ``batch``: ``params = {"patterns": [spec, ...]}``, one pattern per batch element (what
+    ``sparse_ref.attention`` accepts as a sequence of patterns); the case's ``batch`` must match.
 
     ``union``/``intersection``/``difference``: ``params = {"of": [spec_a, spec_b]}`` (``a | b``,
     ``a & b``, ``a - b``); ``stack``: ``{"heads": [spec, ...]}``; ``custom_rows``: ``{"n_k": n_k,
@@ -189,6 +194,8 @@ def build_pattern(
     if family in ("union", "intersection", "difference"):
         a, b = (build_pattern(s["family"], s["params"], inputs) for s in params["of"])
         return {"union": a | b, "intersection": a & b, "difference": a - b}[family]
+    if family == "batch":
+        return [build_pattern(s["family"], s["params"], inputs) for s in params["patterns"]]
     if family == "stack":
         return Pattern.stack(
             build_pattern(s["family"], s["params"], inputs) for s in params["heads"]
@@ -318,6 +325,14 @@ def _smoke() -> list[CaseSpec]:
             d=8,
         ),
         c("scale-dense-n12-f32", "dense", {"n_q": 12}, d=8, scale=0.7, note="explicit scale"),
+        c(
+            "batch-causal-window-b2-f32",
+            "batch",
+            {"patterns": [_p("causal", n_q=16), _p("sliding_window", n=16, left=2, right=1)]},
+            batch=2,
+            d=8,
+            note="a different pattern per batch element",
+        ),
     ]
 
 
@@ -662,6 +677,23 @@ def _default() -> list[CaseSpec]:
                 },
                 dtype=dtype,
                 d=32,
+            ),
+            c(
+                f"batch-b3-mixed-n96-{tag}",
+                "batch",
+                {
+                    "patterns": [
+                        _p("causal", n_q=96),
+                        _p("sliding_window", n=96, left=8, right=8),
+                        _p("document", lengths=[30, 66]),
+                    ]
+                },
+                dtype=dtype,
+                batch=3,
+                heads=4,
+                kv_heads=2,
+                d=32,
+                note="a different pattern per batch element (packed sequences), with GQA",
             ),
             c(
                 f"ragged-bigbird-b32-n150-{tag}",
