@@ -28,7 +28,7 @@ for GQA, dk/dv of a kv head sum over the query heads of its group.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -159,6 +159,7 @@ def attention(
             ),
             per_batch, {"q": q, "k": k, "v": v},
         )  # fmt: skip
+    pattern = cast(Pattern, pattern)  # one pattern from here on
     prep = prepare(q, k, v, pattern, scale=scale, softcap=softcap, check_finite=check_finite)
     out, lse = forward(
         prep.q,
@@ -199,6 +200,7 @@ def attention_rows(
             ),
             per_batch, {"q": q, "k": k, "v": v},
         )  # fmt: skip
+    pattern = cast(Pattern, pattern)  # one pattern from here on
     prep = prepare(q, k, v, pattern, scale=scale, softcap=softcap, check_finite=check_finite)
     n_q = prep.q.shape[2]
     rows_arr = np.asarray(rows)
@@ -386,6 +388,7 @@ def attention_backward(
             ),
             per_batch, {"q": q, "k": k, "v": v, "dout": dout},
         )  # fmt: skip
+    pattern = cast(Pattern, pattern)  # one pattern from here on
     prep = prepare(
         q,
         k,

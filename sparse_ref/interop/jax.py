@@ -101,13 +101,10 @@ def _check(q: Any, k: Any, v: Any, pattern: Any, scale: Any, softcap: Any) -> No
             raise TypeError(f"{name} must be a JAX array, got {type(x).__name__}")
         if str(x.dtype) not in _DTYPES:
             raise TypeError(f"{name} must be float64, float32, float16 or bfloat16, got {x.dtype}")
-    stand_in = {
-        name: np.broadcast_to(np.zeros((), dtype=x.dtype), x.shape)
-        for name, x in (("q", q), ("k", k), ("v", v))
-    }
+    sq, sk, sv = (np.broadcast_to(np.zeros((), dtype=x.dtype), x.shape) for x in (q, k, v))
     per_batch = as_pattern_list(pattern)
     if per_batch is None:
-        prepare(pattern=pattern, scale=scale, softcap=softcap, check_finite=False, **stand_in)
+        prepare(sq, sk, sv, pattern, scale=scale, softcap=softcap, check_finite=False)
         return
     if len(q.shape) != 4 or q.shape[0] != len(per_batch):
         raise ValueError(
@@ -115,8 +112,7 @@ def _check(q: Any, k: Any, v: Any, pattern: Any, scale: Any, softcap: Any) -> No
             f"{len(per_batch)} (one pattern per batch element), got shape {tuple(q.shape)}"
         )
     for p in per_batch:
-        one = {name: x[:1] for name, x in stand_in.items()}
-        prepare(pattern=p, scale=scale, softcap=softcap, check_finite=False, **one)
+        prepare(sq[:1], sk[:1], sv[:1], p, scale=scale, softcap=softcap, check_finite=False)
 
 
 # ------------------------------------------------------------------------------ host callbacks
@@ -133,10 +129,10 @@ def _host_forward(
     pattern: Any, scale: float, softcap: float | None, q: Any, k: Any, v: Any
 ) -> tuple[np.ndarray, np.ndarray]:
     ct = compute_dtype(q.dtype)
+    qa, ka, va = (_host(x, ct) for x in (q, k, v))
     out, lse = api.attention(
-        *(_host(x, ct) for x in (q, k, v)), _pattern(pattern), scale=scale, softcap=softcap,
-        return_lse=True,
-    )  # fmt: skip
+        qa, ka, va, _pattern(pattern), scale=scale, softcap=softcap, return_lse=True
+    )
     lead = np.shape(q)[:-2]
     return (
         out.astype(q.dtype).reshape(*lead, q.shape[-2], v.shape[-1]),
