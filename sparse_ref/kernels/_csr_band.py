@@ -230,7 +230,7 @@ def _core_row_pass(kc, vc, core_idx, run_end, first, rows, bufs, outs):  # type:
     entries interleave in a row). ``rows``, ``bufs``, ``outs``: :func:`band_rows`'s arguments."""
     q_rows, dout_rows, k_bh, v_bh, ptr, indices, hb, i0, scale, softcap = rows
     s_buf, dp_buf, row_s, row_dp, row_f, st = bufs
-    dq_rows, p_f, ds_f, live = outs
+    dq_rows, p_head, ds_head, live = outs
     rn = q_rows.shape[0]
     core = kc.shape[0]
     zero = q_rows.dtype.type(0)
@@ -262,8 +262,8 @@ def _core_row_pass(kc, vc, core_idx, run_end, first, rows, bufs, outs):  # type:
         if not live[r]:
             s[:] = zero
             dp[:] = zero
-        p_f[start - hb : start - hb + n] = s
-        ds_f[start - hb : start - hb + n] = dp
+        p_head[start - hb : start - hb + n] = s
+        ds_head[start - hb : start - hb + n] = dp
         if n != core:
             for x in range(_row_stretches(first, indices, start, n, core_idx, run_end, core, st)):
                 e, length, c = st[0, x], st[1, x], st[2, x]
@@ -276,7 +276,7 @@ def _core_row_pass(kc, vc, core_idx, run_end, first, rows, bufs, outs):  # type:
         for x in range(_row_stretches(first, indices, start, n, core_idx, run_end, core, st)):
             e, length, c = st[0, x], st[1, x], st[2, x]
             if c < 0 and length:
-                w = ds_f[start + e - hb :]
+                w = ds_head[start + e - hb :]
                 gather_accumulate(dq_rows[r], w, k_bh, indices, start + e, length)
 
 
@@ -304,8 +304,8 @@ def band_rows(  # type: ignore[no-untyped-def]
     row_dp,
     row_f,
     dq_rows,
-    p_f,
-    ds_f,
+    p_head,
+    ds_head,
     live,
 ):
     """Row pass of one band, rows ``i0 .. i0 + rn - 1`` of a head (``q_rows``/``dout_rows``/
@@ -313,14 +313,14 @@ def band_rows(  # type: ignore[no-untyped-def]
     kind 2 core to ``core_buf[0]``; ``core_buf[1]`` takes its :func:`core_runs` and
     ``core_buf[2:5]`` a row's :func:`_stretches`; ``(5, L)`` with ``L >= 3`` and ``L >=`` the
     longest row): writes ``dq_rows`` *unscaled* and without
-    zeroing dead rows, ``p``/``ds`` of the rows into the scratch ``p_f``/``ds_f`` at
+    zeroing dead rows, ``p``/``ds`` of the rows into the scratch ``p_head``/``ds_head`` at
     ``pos - hb``, and ``live[r]`` (False: the row gets no gradient).
 
     Work buffers: ``k_buf (≥ core, d)``, ``v_buf (≥ core, d_v)``, ``s_buf``/``dp_buf``
     (``≥ rn * core``), ``row_s``/``row_dp``/``row_f`` (``≥`` the longest row)."""
     rows = (q_rows, dout_rows, k_bh, v_bh, ptr, indices, hb, i0, scale, softcap)
     bufs = (s_buf, dp_buf, row_s, row_dp, row_f, core_buf[2:])
-    outs = (dq_rows, p_f, ds_f, live)
+    outs = (dq_rows, p_head, ds_head, live)
     if kind == 1:  # read-only views of k and v and writable buffers are different Numba types
         empty = core_buf[0, :0]
         _core_row_pass(k_bh[lo:hi], v_bh[lo:hi], empty, empty, lo, rows, bufs, outs)
@@ -341,13 +341,13 @@ def _core_column_pass(qc, gc, w_p, w_ds, dk_rows, dv_rows):  # type: ignore[no-u
 
 
 @numba.njit(cache=True, fastmath=_FASTMATH)
-def _gather_weights(p_f, ds_f, perm, hb, t, w_p, w_ds, u):  # type: ignore[no-untyped-def]
+def _gather_weights(p_head, ds_head, perm, hb, t, w_p, w_ds, u):  # type: ignore[no-untyped-def]
     """Row ``u`` of ``w_p``/``w_ds``: the weights of the band's keys for the query at transposed
     position ``t`` of the band's first key (adjacent in the query's CSR row)."""
     pos = perm[t] - hb
     for r in range(w_p.shape[1]):  # loops: a slice assignment per query cost more than the GEMMs
-        w_p[u, r] = p_f[pos + r]
-        w_ds[u, r] = ds_f[pos + r]
+        w_p[u, r] = p_head[pos + r]
+        w_ds[u, r] = ds_head[pos + r]
 
 
 @numba.njit(cache=True, fastmath=_FASTMATH)
@@ -362,8 +362,8 @@ def band_columns(  # type: ignore[no-untyped-def]
     perm,
     hb,
     j0,
-    p_f,
-    ds_f,
+    p_head,
+    ds_head,
     core_buf,
     wp_buf,
     wd_buf,
@@ -376,8 +376,8 @@ def band_columns(  # type: ignore[no-untyped-def]
     ``j0 .. j0 + rn - 1`` (``dk_rows``/``dv_rows`` their ``(rn, ·)`` slices; ``dk`` unscaled).
     ``q_bh``/``g_bh`` are the head's q and dout ``(n_q, ·)``; ``t_ptr``, ``t_indices`` its
     transposed pattern; the weight at transposed position ``t`` is at ``perm[t] - hb`` in
-    ``p_f``/``ds_f``; ``(kind, lo, hi)`` and ``core_buf`` as in :func:`band_rows`. Work buffers:
-    ``wp_buf``/``wd_buf`` (``≥ rn * core``), ``q_buf``/``g_buf`` (``≥ core`` rows)."""
+    ``p_head``/``ds_head``; ``(kind, lo, hi)`` and ``core_buf`` as in :func:`band_rows`. Work
+    buffers: ``wp_buf``/``wd_buf`` (``≥ rn * core``), ``q_buf``/``g_buf`` (``≥ core`` rows)."""
     rn = dk_rows.shape[0]
     first = t_ptr[j0]
     core = hi - lo
@@ -387,14 +387,14 @@ def band_columns(  # type: ignore[no-untyped-def]
     if kind == 1:
         t0 = first + lo - np.int64(t_indices[first])
         for u in range(core):
-            _gather_weights(p_f, ds_f, perm, hb, t0 + u, w_p, w_ds, u)
+            _gather_weights(p_head, ds_head, perm, hb, t0 + u, w_p, w_ds, u)
         _core_column_pass(q_bh[lo:hi], g_bh[lo:hi], w_p, w_ds, dk_rows, dv_rows)
     else:
         core_runs(core_idx, run_end)
         for x in range(_stretches(t_indices, first, t_ptr[j0 + 1] - first, core_idx, run_end, st)):
             e, length, c = st[0, x], st[1, x], st[2, x]
             for y in range(length if c >= 0 else 0):  # the core queries in the first key's column
-                _gather_weights(p_f, ds_f, perm, hb, first + e + y, w_p, w_ds, c + y)
+                _gather_weights(p_head, ds_head, perm, hb, first + e + y, w_p, w_ds, c + y)
         qc = _gather_rows(q_bh, core_idx, 0, core, q_buf)
         gc = _gather_rows(g_bh, core_idx, 0, core, g_buf)
         _core_column_pass(qc, gc, w_p, w_ds, dk_rows, dv_rows)
@@ -409,13 +409,15 @@ def band_columns(  # type: ignore[no-untyped-def]
                 e, length, c = st[0, x], st[1, x], st[2, x]
                 if c < 0:
                     t = start + e
-                    gather_accumulate_perm(dv_rows[r], p_f, perm, hb, g_bh, t_indices, t, length)
-                    gather_accumulate_perm(dk_rows[r], ds_f, perm, hb, q_bh, t_indices, t, length)
+                    gather_accumulate_perm(dv_rows[r], p_head, perm, hb, g_bh, t_indices, t, length)
+                    gather_accumulate_perm(
+                        dk_rows[r], ds_head, perm, hb, q_bh, t_indices, t, length
+                    )
             continue
         left = lo - np.int64(t_indices[start])
         after = start + left + core
         tail = start + n - after
-        gather_accumulate_perm(dv_rows[r], p_f, perm, hb, g_bh, t_indices, start, left)
-        gather_accumulate_perm(dv_rows[r], p_f, perm, hb, g_bh, t_indices, after, tail)
-        gather_accumulate_perm(dk_rows[r], ds_f, perm, hb, q_bh, t_indices, start, left)
-        gather_accumulate_perm(dk_rows[r], ds_f, perm, hb, q_bh, t_indices, after, tail)
+        gather_accumulate_perm(dv_rows[r], p_head, perm, hb, g_bh, t_indices, start, left)
+        gather_accumulate_perm(dv_rows[r], p_head, perm, hb, g_bh, t_indices, after, tail)
+        gather_accumulate_perm(dk_rows[r], ds_head, perm, hb, q_bh, t_indices, start, left)
+        gather_accumulate_perm(dk_rows[r], ds_head, perm, hb, q_bh, t_indices, after, tail)

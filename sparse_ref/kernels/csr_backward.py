@@ -15,8 +15,7 @@ its keys, the row's exact softmax (``m``, ``l``) and ``delta = sum_j p_ij dp_ij`
 CSR order (one contiguous copy per row). The **column pass** walks the transposed rows (the
 queries of each key) and accumulates ``dv_j += p_ij dout_i`` and ``dk_j += ds_ij q_i``, finding
 each weight through ``perm`` (transposed position -> CSR position, from
-:func:`sparse_ref.metadata.csr_transpose`).
-The keys of a band (of a group) are consecutive, so for each query they sit in adjacent CSR
+:func:`sparse_ref.metadata.csr_transpose`). The keys of a band (of a group) are consecutive, so for each query they sit in adjacent CSR
 positions: one ``perm`` read serves all their weights. That is five products of size ``nnz x d``, as in
 FlashAttention-2 (which instead recomputes ``p`` in its key-major pass and adds ``dq`` with
 atomics), and scratch memory for two floats per entry; the caller (:func:`csr_backward`) bounds
@@ -169,11 +168,11 @@ def _tile_scores4(x4, ytf, base, sv):  # type: ignore[no-untyped-def]
     value serves the 4 rows. (A trip count set by the part of the tile in use, even in whole
     vectors, measured six times slower: Numba then leaves the loop scalar.)"""
     d = x4.shape[1]
-    d4 = d - d % 4
+    quad_end = d - d % 4  # components [0, quad_end) go four at a time
     zero = sv.dtype.type(0)
     for u in range(GROUP * TILE):
         sv[u] = zero
-    for c in range(0, d4, 4):
+    for c in range(0, quad_end, 4):
         q00, q01, q02, q03 = x4[0, c], x4[0, c + 1], x4[0, c + 2], x4[0, c + 3]
         q10, q11, q12, q13 = x4[1, c], x4[1, c + 1], x4[1, c + 2], x4[1, c + 3]
         q20, q21, q22, q23 = x4[2, c], x4[2, c + 1], x4[2, c + 2], x4[2, c + 3]
@@ -185,7 +184,7 @@ def _tile_scores4(x4, ytf, base, sv):  # type: ignore[no-untyped-def]
             sv[TILE + u] += q10 * y0 + q11 * y1 + q12 * y2 + q13 * y3
             sv[2 * TILE + u] += q20 * y0 + q21 * y1 + q22 * y2 + q23 * y3
             sv[3 * TILE + u] += q30 * y0 + q31 * y1 + q32 * y2 + q33 * y3
-    for c in range(d4, d):
+    for c in range(quad_end, d):
         q00, q10, q20, q30 = x4[0, c], x4[1, c], x4[2, c], x4[3, c]
         yv = ytf[base + c * TILE : base + (c + 1) * TILE]
         for u in range(TILE):
@@ -308,9 +307,9 @@ def _runs(ptr, idx, r0, rn, skip):  # type: ignore[no-untyped-def]
 
 @numba.njit(cache=True)
 def _common_prefix(ptr, idx, r0, rn):  # type: ignore[no-untyped-def]
-    """Length ``p`` (``1 .. MAX_PREFIX``) of a prefix the ``GROUP`` rows share (the same first
-    ``p`` indices), ``p`` being what precedes the last run of consecutive indices of the first
-    row (global keys or sinks before a window); 0 if there is none."""
+    """The number of leading indices (``1 .. MAX_PREFIX``) the ``GROUP`` rows share before their
+    runs: what precedes the last run of consecutive indices of the first row (global keys or sinks
+    before a window), if the other rows start with the same indices; 0 if there is none."""
     start = ptr[r0]
     end = ptr[r0 + 1]
     if rn != GROUP or end - start < 2:
@@ -323,17 +322,17 @@ def _common_prefix(ptr, idx, r0, rn):  # type: ignore[no-untyped-def]
             b = mid
         else:
             a = mid + 1
-    p = a - start
-    if p == 0 or p > MAX_PREFIX:
+    prefix = a - start
+    if prefix == 0 or prefix > MAX_PREFIX:
         return 0
     for r in range(1, rn):
         other = ptr[r0 + r]
-        if ptr[r0 + r + 1] - other <= p:
+        if ptr[r0 + r + 1] - other <= prefix:
             return 0
-        for t in range(p):
+        for t in range(prefix):
             if idx[other + t] != idx[start + t]:
                 return 0
-    return p
+    return prefix
 
 
 # ----------------------------------------------------------------------------------- kernels
@@ -355,52 +354,64 @@ def _group_rows(  # type: ignore[no-untyped-def]
     scale,
     softcap,
     sv,
-    s4,
-    d4,
-    f4,
+    s_rows,
+    dp_rows,
+    fb_rows,
     dq_bh,
-    p_f,
-    ds_f,
+    p_head,
+    ds_head,
     live,
 ):
     """Row pass of the ``rn <= GROUP`` query rows ``i0 ..`` of one head, by the run path or the
     gather path: ``dq`` rows unscaled (dead rows unspecified), ``p``/``ds`` into the scratch at
     ``pos - hb``, ``live[r]``. ``k_base``/``v_base``: offsets of the kv head's first tile in the
-    flat tiled transposes ``ktf``/``vtf``; ``s4``/``d4``/``f4`` are ``(GROUP, width)`` with
-    ``width >= 2 *`` the longest row ``+ MAX_PREFIX``."""
+    flat tiled transposes ``ktf``/``vtf``. Work rows ``(GROUP, width)``, ``width >= 2 *`` the
+    longest row ``+ MAX_PREFIX``: ``s_rows`` (scores, then ``p``), ``dp_rows`` (``dp``, then
+    ``ds``), ``fb_rows`` (the softcap factor ``1 - t**2``)."""
     d, d_v = k_bg.shape[1], v_bg.shape[1]
-    width = s4.shape[1]
+    width = s_rows.shape[1]
     zero = q_bh.dtype.type(0)
     one = q_bh.dtype.type(1)
     for r in range(rn):
         dq_bh[i0 + r, :] = zero
-    p = 0  # a prefix shared by the rows (global keys, sinks) before their runs
+    prefix = 0  # a prefix shared by the rows (global keys, sinks) before their runs
     run, lo, hi, core_lo, core_hi = _runs(ptr, indices, i0, rn, 0)
     if not run:
-        p = _common_prefix(ptr, indices, i0, rn)
-        if p:
-            run, lo, hi, core_lo, core_hi = _runs(ptr, indices, i0, rn, p)
+        prefix = _common_prefix(ptr, indices, i0, rn)
+        if prefix:
+            run, lo, hi, core_lo, core_hi = _runs(ptr, indices, i0, rn, prefix)
     if run:
-        # row r's entries sit in s4[r] at a_r - lo: its prefix, then its run (run key j at
-        # p + j - lo), so each row is contiguous in its CSR order
+        # row r's entries sit in s_rows[r] at a_r - lo: its prefix, then its run (run key j at
+        # prefix + j - lo), so each row is contiguous in its CSR order
         nu = hi - lo
-        _run_scores4(q_bh[i0 : i0 + GROUP], ktf, k_base, d, lo, nu, scale, sv, s4, p)
-        _run_scores4(dout_bh[i0 : i0 + GROUP], vtf, v_base, d_v, lo, nu, one, sv, d4, p)
+        _run_scores4(q_bh[i0 : i0 + GROUP], ktf, k_base, d, lo, nu, scale, sv, s_rows, prefix)
+        _run_scores4(dout_bh[i0 : i0 + GROUP], vtf, v_base, d_v, lo, nu, one, sv, dp_rows, prefix)
         for r in range(GROUP):
             i = i0 + r
-            a = np.int64(indices[ptr[i] + p]) - lo
+            a = np.int64(indices[ptr[i] + prefix]) - lo
             n = ptr[i + 1] - ptr[i]
             gather_scores(
-                q_bh[i], k_bg, dout_bh[i], v_bg, indices, ptr[i], p, scale, s4[r, a:], d4[r, a:]
+                q_bh[i],
+                k_bg,
+                dout_bh[i],
+                v_bg,
+                indices,
+                ptr[i],
+                prefix,
+                scale,
+                s_rows[r, a:],
+                dp_rows[r, a:],
             )
-            live[r] = row_grad(s4[r, a : a + n], d4[r, a : a + n], f4[r, a : a + n], n, softcap)
+            live[r] = row_grad(
+                s_rows[r, a : a + n], dp_rows[r, a : a + n], fb_rows[r, a : a + n], n, softcap
+            )
             if not live[r]:
-                s4[r, a : a + n] = zero
-                d4[r, a : a + n] = zero
-            p_f[ptr[i] - hb : ptr[i + 1] - hb] = s4[r, a : a + n]
-            ds_f[ptr[i] - hb : ptr[i + 1] - hb] = d4[r, a : a + n]
-        w = d4.reshape(GROUP * width)
-        c0 = core_lo - lo + p
+                s_rows[r, a : a + n] = zero
+                dp_rows[r, a : a + n] = zero
+            p_head[ptr[i] - hb : ptr[i + 1] - hb] = s_rows[r, a : a + n]
+            ds_head[ptr[i] - hb : ptr[i + 1] - hb] = dp_rows[r, a : a + n]
+        w = dp_rows.reshape(GROUP * width)
+        c0 = core_lo - lo + prefix
         _run_accumulate4(
             dq_bh[i0],
             dq_bh[i0 + 1],
@@ -417,18 +428,18 @@ def _group_rows(  # type: ignore[no-untyped-def]
         )
         for r in range(GROUP):
             i = i0 + r
-            a = np.int64(indices[ptr[i] + p])
-            z = a + ptr[i + 1] - ptr[i] - p
+            a = np.int64(indices[ptr[i] + prefix])
+            z = a + ptr[i + 1] - ptr[i] - prefix
             left, right = min(z, core_lo), max(a, core_hi)  # outside the common range
-            _run_accumulate(dq_bh[i], d4[r], a - lo + p, k_bg, a, left - a)
-            _run_accumulate(dq_bh[i], d4[r], right - lo + p, k_bg, right, z - right)
-            gather_accumulate(dq_bh[i], d4[r, a - lo :], k_bg, indices, ptr[i], p)
+            _run_accumulate(dq_bh[i], dp_rows[r], a - lo + prefix, k_bg, a, left - a)
+            _run_accumulate(dq_bh[i], dp_rows[r], right - lo + prefix, k_bg, right, z - right)
+            gather_accumulate(dq_bh[i], dp_rows[r, a - lo :], k_bg, indices, ptr[i], prefix)
     else:
         for r in range(rn):
             i = i0 + r
             start = ptr[i]
             n = ptr[i + 1] - start
-            s, dp, fb = s4[0], d4[0], f4[0]
+            s, dp, fb = s_rows[0], dp_rows[0], fb_rows[0]
             gather_scores(q_bh[i], k_bg, dout_bh[i], v_bg, indices, start, n, scale, s, dp)
             live[r] = row_grad(s, dp, fb, n, softcap)
             if live[r]:
@@ -436,8 +447,8 @@ def _group_rows(  # type: ignore[no-untyped-def]
             else:
                 s[:n] = zero
                 dp[:n] = zero
-            p_f[start - hb : start - hb + n] = s[:n]
-            ds_f[start - hb : start - hb + n] = dp[:n]
+            p_head[start - hb : start - hb + n] = s[:n]
+            ds_head[start - hb : start - hb + n] = dp[:n]
 
 
 @numba.njit(parallel=True, cache=True, fastmath=_FASTMATH)
@@ -458,13 +469,13 @@ def csr_backward_rows(
     band_min,
     workers,
     dq,
-    p_t,
-    ds_t,
+    p_scratch,
+    ds_scratch,
     poisoned,
 ):  # type: ignore[no-untyped-def]
     """Row pass over the query heads ``f = b * H + h`` in ``[f0, f1)``: fills their ``dq`` and
-    the scratch ``p_t[f - f0]``, ``ds_t[f - f0]``: ``p`` and ``ds`` of the entry at CSR position
-    ``pos`` at ``pos - indptr[p, 0]`` (the head's own CSR order); ``poisoned[f - f0, i]`` tells
+    the scratch ``p_scratch[f - f0]``, ``ds_scratch[f - f0]``: ``p`` and ``ds`` of the entry at
+    CSR position ``pos`` at ``pos - indptr[p, 0]`` (the head's own CSR order); ``poisoned[f - f0, i]`` tells
     whether row ``i`` gets no gradient but holds a non-finite value in ``q`` or ``dout``.
 
     One task per (head, ``BAND`` query rows): the band path (:mod:`._csr_band`) when the rows
@@ -481,9 +492,9 @@ def csr_backward_rows(
     width = 2 * longest + MAX_PREFIX  # the run path's row buffers (union run and a prefix)
     for worker in prange(workers):  # one iteration per thread; tasks dealt out cyclically
         sv = np.empty(GROUP * TILE, q.dtype)
-        s4 = np.empty((GROUP, width), q.dtype)
-        d4 = np.empty((GROUP, width), q.dtype)
-        f4 = np.empty((GROUP, width), q.dtype)
+        s_rows = np.empty((GROUP, width), q.dtype)
+        dp_rows = np.empty((GROUP, width), q.dtype)
+        fb_rows = np.empty((GROUP, width), q.dtype)
         live = np.empty(BAND, np.bool_)
         core_max = longest if longest >= band_min else 0
         core_buf = np.empty((5, max(longest, 3)), np.int64)  # a band's core, runs, stretches
@@ -503,8 +514,8 @@ def csr_backward_rows(
             rn = min(BAND, n_q - i0)
             ptr = indptr[h if per_head else 0]
             hb = ptr[0]
-            p_f = p_t[f - f0]
-            ds_f = ds_t[f - f0]
+            p_head = p_scratch[f - f0]
+            ds_head = ds_scratch[f - f0]
             dq_bh = dq[b, h]
             # a band of BAND rows, else two of BAND // 2, else groups of GROUP
             kind, lo, hi = band_core(ptr, indices, i0, rn, band_min, core_buf)
@@ -538,8 +549,8 @@ def csr_backward_rows(
                         row_dp,
                         row_f,
                         dq_bh[i1 : i1 + sn],
-                        p_f,
-                        ds_f,
+                        p_head,
+                        ds_head,
                         live[s0:],
                     )
                     continue
@@ -561,12 +572,12 @@ def csr_backward_rows(
                         scale,
                         softcap,
                         sv,
-                        s4,
-                        d4,
-                        f4,
+                        s_rows,
+                        dp_rows,
+                        fb_rows,
                         dq_bh,
-                        p_f,
-                        ds_f,
+                        p_head,
+                        ds_head,
                         live[g0:],
                     )
             for r in range(rn):
@@ -583,46 +594,66 @@ def csr_backward_rows(
 
 @numba.njit(cache=True, fastmath=_FASTMATH)
 def _group_columns(  # type: ignore[no-untyped-def]
-    q_bh, g_bh, ptr, t_indices, perm, hb, j0, rn, p_f, ds_f, dk_g, dv_g
+    q_bh, g_bh, ptr, t_indices, perm, hb, j0, rn, p_head, ds_head, dk_g, dv_g
 ):
     """Column pass of the ``rn <= GROUP`` keys ``j0 ..`` for one query head (``q_bh``/``g_bh``
     its q and dout), by the run path or the gather path: adds to ``dk_g``/``dv_g`` (unscaled)."""
-    p = 0  # a prefix shared by the keys' query lists (global rows) before their runs
+    prefix = 0  # a prefix shared by the keys' query lists (global rows) before their runs
     run, lo, hi, core_lo, core_hi = _runs(ptr, t_indices, j0, rn, 0)
     if not run:
-        p = _common_prefix(ptr, t_indices, j0, rn)
-        if p:
-            run, lo, hi, core_lo, core_hi = _runs(ptr, t_indices, j0, rn, p)
+        prefix = _common_prefix(ptr, t_indices, j0, rn)
+        if prefix:
+            run, lo, hi, core_lo, core_hi = _runs(ptr, t_indices, j0, rn, prefix)
     if run:
         # transposed position of (core_lo, j0): past the prefix, the column of j0 is a run
-        t0 = ptr[j0] + p + core_lo - np.int64(t_indices[ptr[j0] + p])
+        t0 = ptr[j0] + prefix + core_lo - np.int64(t_indices[ptr[j0] + prefix])
         n = core_hi - core_lo
         _column_accumulate4(
-            dv_g[j0], dv_g[j0 + 1], dv_g[j0 + 2], dv_g[j0 + 3], p_f, perm, t0, hb, g_bh, core_lo, n
+            dv_g[j0],
+            dv_g[j0 + 1],
+            dv_g[j0 + 2],
+            dv_g[j0 + 3],
+            p_head,
+            perm,
+            t0,
+            hb,
+            g_bh,
+            core_lo,
+            n,
         )
         _column_accumulate4(
-            dk_g[j0], dk_g[j0 + 1], dk_g[j0 + 2], dk_g[j0 + 3], ds_f, perm, t0, hb, q_bh, core_lo, n
+            dk_g[j0],
+            dk_g[j0 + 1],
+            dk_g[j0 + 2],
+            dk_g[j0 + 3],
+            ds_head,
+            perm,
+            t0,
+            hb,
+            q_bh,
+            core_lo,
+            n,
         )
         for r in range(GROUP):  # queries outside the common range, key by key
             j = j0 + r
-            t_run = ptr[j] + p
+            t_run = ptr[j] + prefix
             a = np.int64(t_indices[t_run])
             z = a + ptr[j + 1] - t_run
             left, right = min(z, core_lo), max(a, core_hi)
             t_right = t_run + right - a
-            gather_accumulate_perm(dv_g[j], p_f, perm, hb, g_bh, t_indices, t_run, left - a)
-            gather_accumulate_perm(dv_g[j], p_f, perm, hb, g_bh, t_indices, t_right, z - right)
-            gather_accumulate_perm(dk_g[j], ds_f, perm, hb, q_bh, t_indices, t_run, left - a)
-            gather_accumulate_perm(dk_g[j], ds_f, perm, hb, q_bh, t_indices, t_right, z - right)
-            gather_accumulate_perm(dv_g[j], p_f, perm, hb, g_bh, t_indices, ptr[j], p)
-            gather_accumulate_perm(dk_g[j], ds_f, perm, hb, q_bh, t_indices, ptr[j], p)
+            gather_accumulate_perm(dv_g[j], p_head, perm, hb, g_bh, t_indices, t_run, left - a)
+            gather_accumulate_perm(dv_g[j], p_head, perm, hb, g_bh, t_indices, t_right, z - right)
+            gather_accumulate_perm(dk_g[j], ds_head, perm, hb, q_bh, t_indices, t_run, left - a)
+            gather_accumulate_perm(dk_g[j], ds_head, perm, hb, q_bh, t_indices, t_right, z - right)
+            gather_accumulate_perm(dv_g[j], p_head, perm, hb, g_bh, t_indices, ptr[j], prefix)
+            gather_accumulate_perm(dk_g[j], ds_head, perm, hb, q_bh, t_indices, ptr[j], prefix)
     else:
         for r in range(rn):
             j = j0 + r
             start = ptr[j]
             n = ptr[j + 1] - start
-            gather_accumulate_perm(dv_g[j], p_f, perm, hb, g_bh, t_indices, start, n)
-            gather_accumulate_perm(dk_g[j], ds_f, perm, hb, q_bh, t_indices, start, n)
+            gather_accumulate_perm(dv_g[j], p_head, perm, hb, g_bh, t_indices, start, n)
+            gather_accumulate_perm(dk_g[j], ds_head, perm, hb, q_bh, t_indices, start, n)
 
 
 @numba.njit(parallel=True, cache=True, fastmath=_FASTMATH)
@@ -639,8 +670,8 @@ def csr_backward_columns(
     longest,
     band_min,
     workers,
-    p_t,
-    ds_t,
+    p_scratch,
+    ds_scratch,
     dk,
     dv,
 ):  # type: ignore[no-untyped-def]
@@ -684,8 +715,8 @@ def csr_backward_columns(
             for h in range(h_lo, h_hi):
                 ph = h if per_head else 0
                 ptr = t_indptr[ph]
-                p_f = p_t[b * H + h - f0]
-                ds_f = ds_t[b * H + h - f0]
+                p_head = p_scratch[b * H + h - f0]
+                ds_head = ds_scratch[b * H + h - f0]
                 kind, lo, hi = band_core(ptr, t_indices, j0, rn, band_min, core_buf)
                 step = rn if kind else BAND // 2
                 for s0 in range(0, rn, step):
@@ -705,8 +736,8 @@ def csr_backward_columns(
                             perm,
                             h_base[ph],
                             j1,
-                            p_f,
-                            ds_f,
+                            p_head,
+                            ds_head,
                             core_buf,
                             wp_buf,
                             wd_buf,
@@ -726,8 +757,8 @@ def csr_backward_columns(
                             h_base[ph],
                             g0,
                             min(GROUP, j0 + rn - g0),
-                            p_f,
-                            ds_f,
+                            p_head,
+                            ds_head,
                             dk_g,
                             dv_g,
                         )
@@ -773,8 +804,8 @@ def csr_backward(
 ) -> None:
     """Fill ``dq``, ``dk``, ``dv`` in place (shapes and rules in the module doc).
 
-    ``t_indptr``, ``t_indices``, ``perm`` come from :func:`sparse_ref.metadata.transpose_csr`. The row pass and the
-    column pass run over chunks of query heads whose scratch (``p`` and ``ds`` per entry, in the
+    ``t_indptr``, ``t_indices``, ``perm`` come from :func:`sparse_ref.metadata.transpose_csr`. The
+    row pass and the column pass run over chunks of query heads whose scratch (``p`` and ``ds`` per entry, in the
     data dtype) fits :data:`SCRATCH_BYTES` (at least one head per chunk). Working memory besides
     the scratch: tiled transposes of k and v; all of it is borrowed from :mod:`._workspace` and
     kept for the next call.
@@ -797,7 +828,7 @@ def csr_backward(
     poisoned = np.empty((heads, n_q), dtype=np.bool_)
     buffer = _workspace.borrow(_workspace.nbytes_for(shapes, dtype))
     try:
-        p_t, ds_t, ktf, vtf = _workspace.carve(buffer, shapes, dtype)
+        p_scratch, ds_scratch, ktf, vtf = _workspace.carve(buffer, shapes, dtype)
         tile_transpose(k, ktf)
         tile_transpose(v, vtf)
         ktf, vtf = _readonly(ktf.reshape(-1)), _readonly(vtf.reshape(-1))
@@ -821,8 +852,8 @@ def csr_backward(
                     band_min,
                     workers,
                     dq,
-                    p_t,
-                    ds_t,
+                    p_scratch,
+                    ds_scratch,
                     poisoned,
                 )
                 q_c, dout_c = _without_poisoned_rows(q, dout, poisoned[: f1 - f0], f0)
@@ -839,8 +870,8 @@ def csr_backward(
                     longest_column,
                     band_min,
                     workers,
-                    p_t,
-                    ds_t,
+                    p_scratch,
+                    ds_scratch,
                     dk,
                     dv,
                 )

@@ -298,14 +298,14 @@ def _scores_joint(q4, kbf, kbase, nu, sv):  # type: ignore[no-untyped-def]
     Flat arrays with constant offsets let LLVM vectorise without per-row alias checks.
     """
     d = q4.shape[1]
-    d4 = d - d % 4
+    quad_end = d - d % 4  # components [0, quad_end) go four at a time
     zero = sv.dtype.type(0.0)
     for j in range(nu):
         sv[j] = zero
         sv[TILE + j] = zero
         sv[2 * TILE + j] = zero
         sv[3 * TILE + j] = zero
-    for c in range(0, d4, 4):
+    for c in range(0, quad_end, 4):
         q00 = q4[0, c]
         q01 = q4[0, c + 1]
         q02 = q4[0, c + 2]
@@ -332,7 +332,7 @@ def _scores_joint(q4, kbf, kbase, nu, sv):  # type: ignore[no-untyped-def]
             sv[TILE + j] += q10 * x0 + q11 * x1 + q12 * x2 + q13 * x3
             sv[2 * TILE + j] += q20 * x0 + q21 * x1 + q22 * x2 + q23 * x3
             sv[3 * TILE + j] += q30 * x0 + q31 * x1 + q32 * x2 + q33 * x3
-    for c in range(d4, d):
+    for c in range(quad_end, d):
         q00 = q4[0, c]
         q10 = q4[1, c]
         q20 = q4[2, c]
