@@ -442,93 +442,108 @@ def _column_task(
             t += 1
 
 
+class _Tensors(NamedTuple):
+    """The inputs and outputs of a call: q, k, v, dout (read-only), dq, dk, dv."""
+
+    q: np.ndarray
+    k: np.ndarray
+    v: np.ndarray
+    dout: np.ndarray
+    dq: np.ndarray
+    dk: np.ndarray
+    dv: np.ndarray
+
+
+class _Layout(NamedTuple):
+    """The block form as the tasks read it: rows (``indptr``, ``indices``, ``mask_index``,
+    ``masks_t``: masks transposed to ``(w, nr)``), block widths (``widths``) and their running sum
+    within each block row (``wcum``), the block transpose (``t_indptr``, ``t_rows``, ``t_pos``),
+    the block shape, and the tiling options (``use_blas``, ``tile_keys``)."""
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    mask_index: np.ndarray
+    masks_t: np.ndarray
+    wcum: np.ndarray
+    widths: np.ndarray
+    t_indptr: np.ndarray
+    t_rows: np.ndarray
+    t_pos: np.ndarray
+    bq: int
+    bk: int
+    use_blas: bool
+    tile_keys: int
+
+
+class _Work(NamedTuple):
+    """One band's work: ``band`` (int64 ``f0, f1, bi0, nb``), the key block columns it touches
+    (``cols``), the first key (in widths) of each (head, block row) slot (``slot_w``), and its
+    buffers of partial ``dk``/``dv`` (``part_k``, ``part_v``)."""
+
+    band: np.ndarray
+    cols: np.ndarray
+    slot_w: np.ndarray
+    part_k: np.ndarray
+    part_v: np.ndarray
+
+
 @numba.njit(parallel=True, fastmath=_FASTMATH, cache=True)
-def _step(
-    q,
-    k,
-    v,
-    dout,
-    indptr,
-    indices,
-    mask_index,
-    masks_t,
-    wcum,
-    widths,
-    t_indptr,
-    t_rows,
-    t_pos,
-    bq,
-    bk,
-    scale,
-    softcap,
-    use_blas,
-    tile_keys,
-    r_band,
-    r_slot_w,
-    r_part_k,
-    r_part_v,
-    c_band,
-    c_cols,
-    c_slot_w,
-    c_part_k,
-    c_part_v,
-    bufs,
-    workers,
-    dq,
-    dk,
-    dv,
-):  # type: ignore[no-untyped-def]
-    """One parallel region: the row tasks of band ``r_band`` (into the scratch ``r_*``) and the
-    column tasks of the previous band ``c_band`` (from ``c_*``); they touch disjoint data."""
-    H, H_kv = q.shape[1], k.shape[1]
+def _step(x, lay, scale, softcap, rows, cols, bufs, workers):  # type: ignore[no-untyped-def]
+    """One parallel region: the row tasks of band ``rows`` (into its scratch) and the column tasks
+    of the previous band ``cols`` (from its scratch); they touch disjoint data.
+
+    ``x`` is a :class:`_Tensors`, ``lay`` a :class:`_Layout`, ``rows``/``cols`` are
+    :class:`_Work` (measured against 33 positional arguments: the same time, see
+    docs/kernels.md)."""
+    H, H_kv = x.q.shape[1], x.k.shape[1]
     group = H // H_kv
-    n_row = r_slot_w.shape[0] - 1
-    units = (c_band[1] - 1) // group + 1 - c_band[0] // group
-    n_col = units * c_cols.shape[0]
+    n_row = rows.slot_w.shape[0] - 1
+    units = (cols.band[1] - 1) // group + 1 - cols.band[0] // group
+    n_col = units * cols.cols.shape[0]
     for worker in prange(workers):  # one iteration per thread; tasks dealt out cyclically
         for t in range(worker, n_row + n_col, workers):
             if t < n_row:
                 _row_task(
                     t,
-                    q,
-                    k,
-                    v,
-                    dout,
-                    indptr,
-                    indices,
-                    mask_index,
-                    masks_t,
-                    wcum,
-                    widths,
-                    bq,
-                    bk,
+                    x.q,
+                    x.k,
+                    x.v,
+                    x.dout,
+                    lay.indptr,
+                    lay.indices,
+                    lay.mask_index,
+                    lay.masks_t,
+                    lay.wcum,
+                    lay.widths,
+                    lay.bq,
+                    lay.bk,
                     scale,
                     softcap,
-                    use_blas,
-                    tile_keys,
-                    r_band,
-                    r_slot_w,
-                    r_part_k,
-                    r_part_v,
+                    lay.use_blas,
+                    lay.tile_keys,
+                    rows.band,
+                    rows.slot_w,
+                    rows.part_k,
+                    rows.part_v,
                     bufs,
-                    dq,
+                    x.dq,
                 )
             else:
                 _column_task(
                     t - n_row,
                     H,
-                    wcum,
-                    t_indptr,
-                    t_rows,
-                    t_pos,
-                    bk,
-                    c_band,
-                    c_cols,
-                    c_slot_w,
-                    c_part_k,
-                    c_part_v,
-                    dk,
-                    dv,
+                    lay.wcum,
+                    lay.t_indptr,
+                    lay.t_rows,
+                    lay.t_pos,
+                    lay.bk,
+                    cols.band,
+                    cols.cols,
+                    cols.slot_w,
+                    cols.part_k,
+                    cols.part_v,
+                    x.dk,
+                    x.dv,
                 )
 
 
@@ -664,43 +679,31 @@ def bsr_backward(  # type: ignore[no-untyped-def]
         np.zeros(1, dtype=np.int64),
         0,
     )
+    x = _Tensors(q, k, v, dout, dq, dk, dv)
+    lay = _Layout(
+        indptr,
+        indices,
+        mask_index,
+        masks_t,
+        wcum,
+        widths,
+        t_indptr,
+        t_rows,
+        t_pos,
+        int(bq),
+        int(bk),
+        bool(use_blas),
+        int(max(TILE_KEYS, bk)),
+    )
+
+    def work(band: _Band) -> _Work:
+        return _Work(band.band, band.cols, band.slot_w, part_k[band.parity], part_v[band.parity])
+
     prev = idle
     with single_threaded_blas():
         for i in range(len(plan) + 1):
             cur = band_args(i) if i < len(plan) else idle._replace(parity=1 - prev.parity)
             _step(
-                q,
-                k,
-                v,
-                dout,
-                indptr,
-                indices,
-                mask_index,
-                masks_t,
-                wcum,
-                widths,
-                t_indptr,
-                t_rows,
-                t_pos,
-                int(bq),
-                int(bk),
-                dt(scale),
-                dt(softcap),
-                use_blas,
-                int(max(TILE_KEYS, bk)),
-                cur.band,
-                cur.slot_w,
-                part_k[cur.parity],
-                part_v[cur.parity],
-                prev.band,
-                prev.cols,
-                prev.slot_w,
-                part_k[prev.parity],
-                part_v[prev.parity],
-                bufs,
-                numba.get_num_threads(),
-                dq,
-                dk,
-                dv,
+                x, lay, dt(scale), dt(softcap), work(cur), work(prev), bufs, numba.get_num_threads()
             )
             prev = cur
