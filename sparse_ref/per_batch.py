@@ -31,8 +31,8 @@ def as_pattern_list(pattern: Any) -> list[Pattern] | None:
         return None
     if not isinstance(pattern, Sequence) or isinstance(pattern, str | bytes):
         raise TypeError(
-            "pattern must be a sparse_ref.Pattern or a sequence of them (one per batch element), "
-            f"got {type(pattern).__name__}"
+            f"pattern must be a sparse_ref.Pattern, got {type(pattern).__name__} (or a sequence of "
+            "patterns, one per batch element)"
         )
     patterns = list(pattern)
     if not patterns:

@@ -86,7 +86,7 @@ def test_per_batch_errors(rng) -> None:
         sparse_ref.attention(q[:2], k[:2], v[:2], [pats[0], "causal"])
     with pytest.raises(ValueError, match="empty sequence"):
         oracle.attention(q, k, v, [])
-    with pytest.raises(TypeError, match="sequence of them"):
+    with pytest.raises(TypeError, match="sparse_ref.Pattern, got str .or a sequence"):
         sparse_ref.attention(q, k, v, "causal")
     with pytest.raises(ValueError, match="B = 3"):
         sparse_ref.attention_backward(q, k, v, pats, dout[:2])

@@ -74,8 +74,8 @@ def register(pattern: Pattern | Sequence[Pattern]) -> str:
         return _register_one(pattern)
     if not isinstance(pattern, list | tuple):
         raise TypeError(
-            "pattern must be a sparse_ref.Pattern or a list/tuple of them (one per batch element), "
-            f"got {type(pattern).__name__}"
+            f"pattern must be a sparse_ref.Pattern, got {type(pattern).__name__} (or a list/tuple "
+            "of patterns, one per batch element)"
         )
     for b, p in enumerate(pattern):
         if not isinstance(p, Pattern):
