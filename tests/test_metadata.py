@@ -88,6 +88,24 @@ def test_block_fill_counts_the_stored_blocks(n_q, n_k, heads, block, density, se
     assert metadata.block_fill(p, block) == (mask.sum() / area if area else 0.0)
 
 
+@given(
+    n_q=st.integers(1, 70),
+    n_k=st.integers(1, 70),
+    heads=st.sampled_from([1, 3]),
+    block=st.sampled_from([1, 5, 16, 64]),
+    density=st.floats(0, 1),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_the_derived_block_form_is_to_bsr(n_q, n_k, heads, block, density, seed):
+    """The form rule's block form (built by a walk over the rows) equals ``Pattern.to_bsr``."""
+    mask = np.random.default_rng(seed).random((heads, n_q, n_k)) < density
+    mask[:, : n_q // 2, : n_k // 3] = True  # full blocks too
+    p = Pattern.from_dense(mask)
+    got = metadata._with_block_form(p, block)
+    assert got.block == (block, block) and got == p
+    assert got.block_form == p.to_bsr(block)
+
+
 # ----------------------------------------------------------------------------- the form rule
 def test_auto_picks_blocks_for_a_causal_window_4096_at_n_65536():
     """The issue's case: built without ``block=``, its 128-blocks are 97% full."""

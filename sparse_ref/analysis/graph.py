@@ -10,6 +10,7 @@ import numba
 import numpy as np
 from scipy.sparse import csgraph
 
+from ..metadata import transpose_csr
 from ..pattern import Pattern
 from ._structure import _pos_int, _square, _union_bool
 
@@ -40,7 +41,8 @@ class _Graph:
             self.t_indptr = np.zeros(self.n + 1, dtype=np.int64)
             self.t_indices = np.zeros(0, dtype=a.indices.dtype)
         else:
-            self.t_indptr, self.t_indices = _transpose(self.indptr, a.indices, self.n)
+            t_indptr, self.t_indices, _ = transpose_csr(self.indptr[None], a.indices, self.n)
+            self.t_indptr = t_indptr[0]
         self.visited = np.zeros(self.n, dtype=np.int64)  # BFS stamp per node
         self.queue = np.zeros(self.n, dtype=np.int64)
         self.depth = np.zeros(self.n, dtype=np.int64)
@@ -62,25 +64,6 @@ class _Graph:
             self.queue,
             self.depth,
         )
-
-
-@numba.njit(cache=True, nogil=True)
-def _transpose(indptr: np.ndarray, indices: np.ndarray, n_k: int) -> tuple[np.ndarray, np.ndarray]:
-    """CSR of the transpose by a counting sort (rows of the result are sorted)."""
-    n_q = len(indptr) - 1
-    t_indptr = np.zeros(n_k + 1, dtype=np.int64)
-    for e in range(len(indices)):
-        t_indptr[indices[e] + 1] += 1
-    for j in range(n_k):
-        t_indptr[j + 1] += t_indptr[j]
-    fill = t_indptr[:-1].copy()
-    t_indices = np.empty(len(indices), dtype=indices.dtype)
-    for i in range(n_q):
-        for e in range(indptr[i], indptr[i + 1]):
-            j = indices[e]
-            t_indices[fill[j]] = i
-            fill[j] += 1
-    return t_indptr, t_indices
 
 
 @numba.njit(cache=True, nogil=True)

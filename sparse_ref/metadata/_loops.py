@@ -62,3 +62,72 @@ def stored_blocks(indptr, indices, n_q, n_k, bq, bk):  # type: ignore[no-untyped
                         area += height * min(bk, n_k - bj * bk)
                     pos += np.searchsorted(indices[pos:end], (bj + 1) * bk)
     return count, area
+
+
+@numba.njit(cache=True)
+def block_rows_of_csr(indptr, indices, n_q, n_k, bq, bk, n_blocks):  # type: ignore[no-untyped-def]
+    """The ``(bq, bk)`` blocks holding an entry of a stacked CSR, per head and block row:
+    ``(b_indptr (P, nbq + 1)`` absolute offsets, ``b_indices`` int32 block columns ascending within
+    each block row, ``counts`` entries per block)``; ``n_blocks`` from :func:`stored_blocks`.
+    Rows are walked block by block as there."""
+    P = indptr.shape[0]
+    nbq, nbk = (n_q + bq - 1) // bq, (n_k + bk - 1) // bk
+    b_indptr = np.zeros((P, nbq + 1), np.int64)
+    b_indices = np.empty(n_blocks, np.int32)
+    counts = np.empty(n_blocks, np.int64)
+    count = np.zeros(nbk, np.int64)  # entries per block column in the current block row
+    touched = np.empty(nbk, np.int64)
+    out = 0
+    for p in range(P):
+        for bi in range(nbq):
+            b_indptr[p, bi] = out
+            n_touched = 0
+            for i in range(bi * bq, min(bi * bq + bq, n_q)):
+                pos, end = indptr[p, i], indptr[p, i + 1]
+                while pos < end:
+                    bj = indices[pos] // bk
+                    nxt = pos + np.searchsorted(indices[pos:end], (bj + 1) * bk)
+                    if count[bj] == 0:
+                        touched[n_touched] = bj
+                        n_touched += 1
+                    count[bj] += nxt - pos
+                    pos = nxt
+            for bj in np.sort(touched[:n_touched]):
+                b_indices[out] = bj
+                counts[out] = count[bj]
+                count[bj] = 0
+                out += 1
+        b_indptr[p, nbq] = out
+    return b_indptr, b_indices, counts
+
+
+@numba.njit(cache=True)
+def partial_block_masks(indptr, indices, n_q, n_k, bq, bk, b_indptr, b_indices, mask_id, masks):  # type: ignore[no-untyped-def]
+    """Fill ``masks[mask_id[b]]`` (bool ``(n, bq, bk)``, zeroed) with the entries of each stored
+    block ``b`` whose ``mask_id`` is not -1, from the stacked CSR (block rows without such a
+    block are skipped; the others are walked block by block)."""
+    P, nbq = b_indptr.shape[0], b_indptr.shape[1] - 1
+    slot = np.full((n_k + bk - 1) // bk, -1, np.int64)  # mask of each block column, this block row
+    for p in range(P):
+        for bi in range(nbq):
+            a, z = b_indptr[p, bi], b_indptr[p, bi + 1]
+            partial = False
+            for b in range(a, z):
+                if mask_id[b] >= 0:
+                    slot[b_indices[b]] = mask_id[b]
+                    partial = True
+            if not partial:
+                continue
+            r0 = bi * bq
+            for i in range(r0, min(r0 + bq, n_q)):
+                pos, end = indptr[p, i], indptr[p, i + 1]
+                while pos < end:
+                    bj = indices[pos] // bk
+                    nxt = pos + np.searchsorted(indices[pos:end], (bj + 1) * bk)
+                    m = slot[bj]
+                    if m >= 0:
+                        for e in range(pos, nxt):
+                            masks[m, i - r0, indices[e] - bj * bk] = True
+                    pos = nxt
+            for b in range(a, z):
+                slot[b_indices[b]] = -1
