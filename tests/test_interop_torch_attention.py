@@ -319,3 +319,19 @@ def test_cuda_gradcheck_float64() -> None:
     q, k, v = _qkv(**SMALL, device="cuda")
     p = SMALL_PATTERNS["empty_rows"]
     assert torch.autograd.gradcheck(lambda q, k, v: attention(q, k, v, p), (q, k, v))
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_cuda_gradient_through_lse_matches_the_cpu(dtype) -> None:
+    p = PATTERNS["empty_rows"]
+    grads = []
+    for device in ("cuda", "cpu"):
+        q, k, v = _qkv(dtype, device=device)
+        out, lse = attention(q, k, v, p, return_lse=True)
+        (out.float().sum() + torch.where(lse.isfinite(), lse, 0).sum()).backward()
+        grads.append([x.grad.cpu().float() for x in (q, k, v)])
+    tol = 1e-4 if dtype == torch.float32 else 5e-2
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)

@@ -42,9 +42,8 @@ def add_lse_gradient(
             "gradients or softcap=None"
         )
     weighted_k = api.attention(q, k, k, pattern, scale=scale, backend=backend)
-    _, _, weighted_q = api.attention_backward(
-        q, k, k, pattern, g[..., None] * q, scale=scale, backend=backend
-    )
+    gq = (g[..., None] * q).astype(q.dtype)  # g is float32 for float16 q (CUDA): one dtype
+    _, _, weighted_q = api.attention_backward(q, k, k, pattern, gq, scale=scale, backend=backend)
     dq = dq + (scale * g[..., None] * weighted_k).astype(dq.dtype)
     dk = dk + (scale * weighted_q).astype(dk.dtype)
     return dq, dk
