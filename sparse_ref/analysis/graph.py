@@ -1,12 +1,16 @@
 """The pattern as a graph on tokens: connected components and diameter (Numba breadth-first
-searches and union-find over the CSR arrays)."""
+searches and union-find over the CSR arrays).
+
+The Numba kernels live in :mod:`._graph_kernels`, imported on first use so that ``import
+sparse_ref`` does not import Numba for them.
+"""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
-import numba
 import numpy as np
 from scipy.sparse import csgraph
 
@@ -20,6 +24,13 @@ __all__ = ["TRANSPOSE_LIMIT", "Diameter", "connected_components", "diameter"]
 #: building the transpose (a scattered O(nnz) pass that dominates for dense-like patterns, whose
 #: searches end after one or two levels).
 TRANSPOSE_LIMIT = 1 << 24
+
+
+def _kernels() -> Any:
+    """The Numba kernels of the searches (:mod:`._graph_kernels`), imported on first use."""
+    from . import _graph_kernels
+
+    return _graph_kernels
 
 
 class _Graph:
@@ -51,9 +62,9 @@ class _Graph:
     def bfs(self, source: int) -> tuple[int, int, int]:
         """(eccentricity, a farthest node, nodes reached) of one breadth-first search."""
         if self.scan:
-            return _bfs_scan(self.indptr, self.indices, source, self.depth)
+            return _kernels()._bfs_scan(self.indptr, self.indices, source, self.depth)
         self.stamp += 1
-        return _bfs(
+        return _kernels()._bfs(
             self.indptr,
             self.indices,
             self.t_indptr,
@@ -64,104 +75,6 @@ class _Graph:
             self.queue,
             self.depth,
         )
-
-
-@numba.njit(cache=True, nogil=True)
-def _bfs(indptr, indices, t_indptr, t_indices, source, stamp, visited, queue, depth):  # type: ignore[no-untyped-def]
-    """Level-order BFS from ``source`` over both adjacency lists; stops once every node is seen
-    (the last node discovered then has the largest depth, so the eccentricity is exact)."""
-    n = len(indptr) - 1
-    visited[source] = stamp
-    queue[0] = source
-    depth[source] = 0
-    head, tail = 0, 1
-    if n == 1:
-        return 0, source, 1
-    while head < tail:
-        u = queue[head]
-        head += 1
-        du = depth[u] + 1
-        for side in range(2):
-            ip = indptr if side == 0 else t_indptr
-            ix = indices if side == 0 else t_indices
-            for e in range(ip[u], ip[u + 1]):
-                v = ix[e]
-                if visited[v] != stamp:
-                    visited[v] = stamp
-                    depth[v] = du
-                    queue[tail] = v
-                    tail += 1
-                    if tail == n:
-                        return du, v, n
-    last = queue[tail - 1]
-    return depth[last], last, tail
-
-
-@numba.njit(cache=True, nogil=True)
-def _bfs_scan(indptr, indices, source, dist):  # type: ignore[no-untyped-def]
-    """Undirected BFS without a transpose: each level scans every row once, stepping along an
-    entry (i, j) in whichever direction leaves the current level; stops once every node is seen."""
-    n = len(indptr) - 1
-    dist[:] = -1
-    dist[source] = 0
-    reached, far, level = 1, source, 0
-    if n == 1:
-        return 0, source, 1
-    while True:
-        changed = False
-        for i in range(n):
-            if dist[i] >= 0 and dist[i] != level:
-                continue  # neither pushes nor pulls at this level
-            push = dist[i] == level
-            for e in range(indptr[i], indptr[i + 1]):
-                j = indices[e]
-                if push:
-                    if dist[j] >= 0:
-                        continue
-                    dist[j] = level + 1
-                    far = j
-                elif dist[j] == level:
-                    dist[i] = level + 1
-                    far = i
-                else:
-                    continue
-                reached += 1
-                changed = True
-                if reached == n:
-                    return level + 1, far, n
-                if not push:
-                    break  # row i is settled; it cannot push at this level
-        if not changed:
-            return level, far, reached
-        level += 1
-
-
-@numba.njit(cache=True, nogil=True)
-def _union_find(indptr, indices):  # type: ignore[no-untyped-def]
-    """Root of every node after uniting the ends of every entry (path halving)."""
-    n = len(indptr) - 1
-    parent = np.arange(n)
-    merges = 0
-    for i in range(n):
-        if merges == n - 1:  # one component already: nothing left to unite
-            break
-        for e in range(indptr[i], indptr[i + 1]):
-            a, b = i, indices[e]
-            while parent[a] != a:
-                parent[a] = parent[parent[a]]
-                a = parent[a]
-            while parent[b] != b:
-                parent[b] = parent[parent[b]]
-                b = parent[b]
-            if a != b:
-                merges += 1
-                if a < b:
-                    parent[b] = a
-                else:
-                    parent[a] = b
-    for i in range(n):  # roots are the smallest node of each component (parents point down)
-        parent[i] = parent[parent[i]]
-    return parent
 
 
 def connected_components(pattern: Pattern, *, connection: str = "weak") -> tuple[int, np.ndarray]:
@@ -184,7 +97,7 @@ def connected_components(pattern: Pattern, *, connection: str = "weak") -> tuple
     if connection == "strong":
         count, labels = csgraph.connected_components(a, directed=True, connection="strong")
         return int(count), labels.astype(np.int32)
-    roots = _union_find(np.asarray(a.indptr, dtype=np.int64), a.indices)
+    roots = _kernels()._union_find(np.asarray(a.indptr, dtype=np.int64), a.indices)
     # roots are component minima, so ranking them numbers components by their first token
     uniq, labels = np.unique(roots, return_inverse=True)
     return len(uniq), labels.astype(np.int32)
