@@ -10,6 +10,7 @@ import numpy as np
 
 from . import metadata
 from .backends import get_backend
+from .kernels import _compile_notice
 from .pattern import Pattern
 from .per_batch import as_pattern_list, run_per_batch
 from .validation import check_lse, prepare
@@ -37,6 +38,7 @@ def _kernel_pattern(pattern: Pattern, form: Any, backend: ModuleType) -> Pattern
     return metadata.kernel_pattern(pattern, form)
 
 
+@_compile_notice.tells("the forward kernels")
 def attention(
     q: Any,
     k: Any,
@@ -105,6 +107,7 @@ def attention(
     return (out, prep.restore(lse)) if return_lse else out
 
 
+@_compile_notice.tells("the backward kernels")
 def attention_backward(
     q: Any,
     k: Any,

@@ -72,6 +72,20 @@ def test_a_told_call_prints_one_line_for_all_its_kernels(capsys):
     assert _lines(capsys.readouterr().err) == []
 
 
+def test_state_without_numba(monkeypatch):
+    # tells and quiet work before install() and never import Numba (sparse_ref.api uses them)
+    code = (
+        "import sys\n"
+        "from sparse_ref.kernels import _compile_notice as c\n"
+        "f = c.tells('x')(lambda a: a)\n"
+        "with c.quiet():\n"
+        "    f(1)\n"
+        "print('numba' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
 def test_other_modules_and_quiet_print_nothing(capsys):
     _jit(_inner, module="user_code")(np.ones(2))
     with _compile_notice.quiet():
@@ -90,8 +104,10 @@ def test_install_twice_prints_once(capsys):
 def test_a_cache_load_prints_nothing(tmp_path):
     # a real package kernel (cache=True) in two fresh processes sharing an empty cache directory
     code = (
-        "import numpy as np, sparse_ref.backends.numba\n"
-        "from sparse_ref.analysis.graph import _union_find\n"
+        "import numpy as np\n"
+        "from sparse_ref.kernels import _compile_notice\n"
+        "from sparse_ref.analysis._graph_kernels import _union_find\n"
+        "_compile_notice.install()\n"
         "_union_find(np.array([0, 1, 2]), np.array([1, 0]))\n"
     )
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))

@@ -11,11 +11,15 @@ Numba's ``"numba:compile"`` event (``numba.core.event``), which the listener ins
     ahead of time
 
 Only kernels defined in ``sparse_ref`` are told, and only outermost compilations (the helpers a
-kernel calls compile inside it). A function decorated with :func:`tells` (the Numba backend's
-``forward`` and ``backward``) prints at most one line per call, naming itself, however many
-kernels it compiles; elsewhere each outermost compilation prints one line naming its kernel.
-:func:`quiet` silences the lines for a stretch of code (``sparse-ref warmup`` shows a progress bar
-instead).
+kernel calls compile inside it). A function decorated with :func:`tells` (``sparse_ref.attention``
+and ``attention_backward``, and the Numba backend's ``forward`` and ``backward``) prints at most
+one line per call, naming itself and the dtype of its first array argument, however many kernels
+it compiles (the form rule's, the metadata's, the attention kernels); the outermost decorated call
+speaks. Elsewhere each outermost compilation prints one line naming its kernel. :func:`quiet`
+silences the lines for a stretch of code (``sparse-ref warmup`` shows a progress bar instead).
+
+Numba is imported by :func:`install` only: :func:`tells` and :func:`quiet` keep their state in a
+thread-local, so ``sparse_ref.api`` can use them without importing Numba.
 """
 
 from __future__ import annotations
@@ -27,12 +31,15 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from numba.core import event, types
-
 __all__ = ["install", "quiet", "tells", "message"]
 
 _KIND = "numba:compile"
 _F = TypeVar("_F", bound=Callable[..., Any])
+#: per thread: ``depth`` of nested compilations, ``quiet`` count, ``group`` = [what, dtype, told]
+#: of the outermost :func:`tells` call in progress
+_local = threading.local()
+_installed = False
+_lock = threading.Lock()
 
 
 def message(what: str, dtypes: list[str], plural: bool = False) -> str:
@@ -47,79 +54,90 @@ def message(what: str, dtypes: list[str], plural: bool = False) -> str:
     )
 
 
-def _dtypes(args: Any) -> list[str]:
-    """The distinct element types of the floating-point array arguments, in order (``float32``);
-    of all array arguments when none is floating-point."""
+def _count(name: str) -> int:
+    return int(getattr(_local, name, 0))
+
+
+def _add(name: str, step: int) -> None:
+    setattr(_local, name, _count(name) + step)
+
+
+def _kernel_dtypes(args: Any) -> list[str]:
+    """The distinct element types of the floating-point array arguments of a compilation, in
+    order (``float32``); of all array arguments when none is floating-point."""
+    from numba.core import types
+
     arrays = [t.dtype for t in args or () if isinstance(t, types.Array)]
     floats = [t for t in arrays if isinstance(t, types.Float)] or arrays
     return list(dict.fromkeys(str(t) for t in floats))
 
 
-class _Notice(event.Listener):
-    """Prints :func:`message` at the start of an outermost compilation of a ``sparse_ref`` kernel."""
-
-    def __init__(self) -> None:
-        self._local = threading.local()  # compilation depth and quiet count, per thread
-
-    def _get(self, name: str) -> int:
-        return int(getattr(self._local, name, 0))
-
-    def _add(self, name: str, step: int) -> None:
-        setattr(self._local, name, self._get(name) + step)
-
-    def on_start(self, ev: event.Event) -> None:
-        depth = self._get("depth")
-        self._add("depth", 1)
-        if depth or self._get("quiet"):
-            return
-        data = ev.data or {}
-        func = getattr(data.get("dispatcher"), "py_func", None)
-        if func is None or not getattr(func, "__module__", "").startswith("sparse_ref."):
-            return
-        group = getattr(self._local, "group", None)  # [what, told] of the :func:`tells` call
-        if group is None:
-            line = message(func.__name__.lstrip("_"), _dtypes(data.get("args")))
-        elif group[1]:
-            return
-        else:
-            group[1] = True
-            line = message(group[0], _dtypes(data.get("args")), plural=True)
-        print(line, file=sys.stderr, flush=True)
-
-    def on_end(self, ev: event.Event) -> None:
-        self._add("depth", -1)
-
-
-_NOTICE = _Notice()
-_installed = False
-_lock = threading.Lock()
+def _on_start(data: Any) -> None:
+    """A compilation starts: print its line if it is the one to tell."""
+    depth = _count("depth")
+    _add("depth", 1)
+    if depth or _count("quiet"):
+        return
+    data = data or {}
+    func = getattr(data.get("dispatcher"), "py_func", None)
+    if func is None or not getattr(func, "__module__", "").startswith("sparse_ref."):
+        return
+    group = getattr(_local, "group", None)
+    if group is None:
+        line = message(func.__name__.lstrip("_"), _kernel_dtypes(data.get("args")))
+    elif group[2]:
+        return
+    else:
+        group[2] = True
+        dtypes = [group[1]] if group[1] else _kernel_dtypes(data.get("args"))
+        line = message(group[0], dtypes, plural=True)
+    print(line, file=sys.stderr, flush=True)
 
 
 def install() -> None:
-    """Register the listener with Numba (once per process; later calls do nothing)."""
+    """Register the listener with Numba's ``"numba:compile"`` event (once per process; later
+    calls do nothing)."""
     global _installed
     with _lock:
-        if not _installed:
-            event.register(_KIND, _NOTICE)
-            _installed = True
+        if _installed:
+            return
+        from numba.core import event
+
+        class Notice(event.Listener):
+            def on_start(self, ev: event.Event) -> None:
+                _on_start(ev.data)
+
+            def on_end(self, ev: event.Event) -> None:
+                _add("depth", -1)
+
+        event.register(_KIND, Notice())
+        _installed = True
+
+
+def _first_dtype(args: tuple[Any, ...]) -> str | None:
+    """The dtype name of the first argument that has one (``q`` for the attention calls)."""
+    for a in args:
+        dtype = getattr(a, "dtype", None)
+        if dtype is not None:
+            return str(getattr(dtype, "name", dtype))
+    return None
 
 
 def tells(what: str) -> Callable[[_F], _F]:
     """Decorate a function so that a call of it prints at most one line, naming ``what`` ("the
-    forward kernels"), whatever kernels it compiles."""
+    forward kernels") and the dtype of its first array argument, whatever kernels it compiles.
+    A call inside another decorated call prints nothing of its own: the outer one speaks."""
 
     def decorate(fn: _F) -> _F:
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            local = _NOTICE._local
-            outer = getattr(local, "group", None)
-            if outer is not None:  # inside another told call: that one speaks
+            if getattr(_local, "group", None) is not None:
                 return fn(*args, **kwargs)
-            local.group = [what, False]
+            _local.group = [what, _first_dtype(args), False]
             try:
                 return fn(*args, **kwargs)
             finally:
-                local.group = None
+                _local.group = None
 
         return wrapper  # type: ignore[return-value]
 
@@ -129,8 +147,8 @@ def tells(what: str) -> Callable[[_F], _F]:
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
     """No line from compilations started in this thread inside the ``with`` block."""
-    _NOTICE._add("quiet", 1)
+    _add("quiet", 1)
     try:
         yield
     finally:
-        _NOTICE._add("quiet", -1)
+        _add("quiet", -1)
