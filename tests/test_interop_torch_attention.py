@@ -76,6 +76,9 @@ def test_gradcheck_through_lse_and_out_together() -> None:
         return out.sum() + (w * lse).sum()
 
     assert torch.autograd.gradcheck(f, (q, k, v))
+    # lse alone: out gets no gradient (None, not zeros, reaches the backward)
+    lse_only = lambda q, k, v: attention(q, k, v, p, return_lse=True)[1]  # noqa: E731
+    assert torch.autograd.gradcheck(lse_only, (q, k, v))
 
 
 def test_gradcheck_softcap_and_per_batch_patterns() -> None:

@@ -240,6 +240,9 @@ def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Any, ...]) -
     q, k, v, key, scale, softcap = inputs
     ctx.save_for_backward(q, k, v, *output)
     ctx.key, ctx.scale, ctx.softcap = key, scale, softcap
+    # an output that takes no part in the loss (usually lse) gets None, not a tensor of zeros
+    # that the backward would have to scan
+    ctx.set_materialize_grads(False)
 
 
 def _autograd_backward(ctx: Any, dout: Any, dlse: Any) -> tuple[Any, ...]:
