@@ -300,15 +300,19 @@ def gradient_magnitudes(
     *,
     masks: MaskCache | None = None,
 ) -> dict[str, float]:
-    """The largest magnitude entering each gradient's products, in float64 (rule v2's floor).
+    """The largest single term of each gradient's sums, in float64 (rule v2's gradient floor).
 
     With exact probabilities ``P``, ``out = P . v``, ``dP_ij = dout_i . v_j`` and
     ``delta_i = P_i . dP_i``: a kernel that recomputes ``P`` in the backward gets it with a relative
     error of a few units times ``c_ij = scale * |q_i| . |k_j| + |lse_i|`` (the score's own rounding,
     the stored lse's), and forms ``dS_ij = P_ij (dP_ij - delta_i)`` from
-    ``R_ij = P_ij (|dout_i| . |v_j| + |dout_i| . |out_i| + c_ij (|dP_ij| + |delta_i|))``. Then
-    ``dq: scale * max sum_j R_ij |k_j|``, ``dk: scale * max sum_i R_ij |q_i|`` (summed over a GQA
-    group) and ``dv: max sum_i P_ij (1 + c_ij) |dout_i|``. Non-finite inputs count as 0.
+    ``R_ij = P_ij (|dout_i| . |v_j| + |dout_i| . |out_i| + c_ij |dP_ij - delta_i|)`` (the
+    roundings of ``dP`` and ``delta``, and the error of ``P`` times what multiplies it). The
+    terms of ``dq_i = scale sum_j dS_ij k_j``, ``dk_j = scale sum_i dS_ij q_i`` and
+    ``dv_j = sum_i P_ij dout_i`` are then bounded by ``scale R_ij max|k_j|``, ``scale R_ij
+    max|q_i|`` and ``P_ij (1 + c_ij) max|dout_i|``; this returns the largest of each. A single term
+    is what is left where the exact gradient is 0 (a row with one key); how rounding accumulates
+    over many terms is what the formulations measure. Non-finite inputs count as 0.
     """
     pr = _Precision(np.float64)
     masks = _masks(pattern, masks)
@@ -320,9 +324,7 @@ def gradient_magnitudes(
     B, H, n_q, _ = q.shape
     H_kv, n_k = k.shape[1], k.shape[2]
     chunk = max(1, auto_chunk(n_k, 8) // 2)
-    top_dq = 0.0
-    m_dk = np.zeros(k.shape)
-    m_dv = np.zeros(v.shape)
+    top = {"dq": 0.0, "dk": 0.0, "dv": 0.0}
     group = H // H_kv
     plain = Formulation("scores")
     for b in range(B):
@@ -340,18 +342,23 @@ def gradient_magnitudes(
                 out = np.abs(P @ x["v"][b, g])
                 ado = a["dout"][b, h, sel]
                 dP = x["dout"][b, h, sel] @ x["v"][b, g].T
-                delta = np.abs((P * dP).sum(axis=1))
+                delta = (P * dP).sum(axis=1)
                 c = abs(scale) * (a["q"][b, h, sel] @ a["k"][b, g].T) + lse[:, None]
                 R = P * (
                     ado @ a["v"][b, g].T
                     + (ado * out).sum(axis=1)[:, None]
-                    + c * (np.abs(dP) + delta[:, None])
+                    + c * np.abs(dP - delta[:, None])
                 )
-                top_dq = max(top_dq, float(np.max(R @ a["k"][b, g], initial=0.0)) * abs(scale))
-                m_dk[b, g] += (R.T @ a["q"][b, h, sel]) * abs(scale)
-                m_dv[b, g] += (P * (1 + c)).T @ ado
-    return {
-        "dq": top_dq,
-        "dk": float(np.max(m_dk, initial=0.0)),
-        "dv": float(np.max(m_dv, initial=0.0)),
-    }
+                # the largest single term of each sum: R_ij |k_jc|, R_ij |q_ic|, P_ij (1 + c_ij)
+                # |dout_ic| (max_j R_ij * max_c |k_jc| bounds the first, and so on)
+                k_max = a["k"][b, g].max(axis=1, initial=0.0)
+                q_max = a["q"][b, h, sel].max(axis=1, initial=0.0)
+                do_max = ado.max(axis=1, initial=0.0)
+                terms = {
+                    "dq": abs(scale) * R * k_max[None, :],
+                    "dk": abs(scale) * R * q_max[:, None],
+                    "dv": P * (1 + c) * do_max[:, None],
+                }
+                for name, t in terms.items():
+                    top[name] = max(top[name], float(np.max(t, initial=0.0)))
+    return top

@@ -412,7 +412,16 @@ class Matrix:
             "directory": self.directory,
             "device": self.device,
             "cells": [
-                {"peer": p, "dtype": d, "counts": r.counts(), "summary": self.cell(r)}
+                {
+                    "peer": p,
+                    "dtype": d,
+                    "counts": r.counts(),
+                    "summary": self.cell(r),
+                    # the closest call among the passing cases: error / tolerance, at most 1
+                    "worst_passing_ratio": max(
+                        (x.worst_ratio for x in r.results if x.outcome == "pass"), default=0.0
+                    ),
+                }
                 for (p, d), r in self.reports.items()
             ],
         }
