@@ -100,8 +100,9 @@ class BlockSparse:
     """A canonical block-sparse pattern: ``P`` heads over a ``(bq, bk)`` block grid.
 
     Fields are described in the module docstring; all arrays are read-only. Build one with the
-    module's builders, :meth:`from_arrays` (user structure, validated and canonicalised) or
-    ``Pattern.to_bsr``; direct construction validates and requires canonical form.
+    builders of ``sparse_ref.blocks``, :meth:`from_arrays` (user structure, fully checked and
+    canonicalised) or ``Pattern.to_bsr``. Direct construction expects canonical arrays and checks
+    only dtypes, shapes and ``indptr``'s endpoints; :meth:`check_format` checks everything.
 
     Example:
         >>> bs = BlockSparse.from_arrays([0, 1, 3], [0, 0, 1], block=2, shape=(3, 4))
