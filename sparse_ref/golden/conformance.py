@@ -319,6 +319,10 @@ def make_peer(name: str, device: str = "cpu") -> Peer:
     its framework is missing, ``ValueError`` for an unknown name."""
     if name not in PEERS:
         raise ValueError(f"unknown peer {name!r}; choose from {', '.join(PEERS)}")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if device == "cuda" and name != "cupy" and not _torch().cuda.is_available():
+        raise ValueError(f"peer {name!r} on device 'cuda': torch sees no CUDA GPU here")
     if name == "cupy":
         if device != "cuda":
             raise ValueError("peer 'cupy' runs on a GPU: pass device='cuda'")
