@@ -1,5 +1,6 @@
 """Block-form test patterns shared by the BSR forward and backward kernel tests: every structure
-the block constructors build, with ragged shapes for every block size in ``BLOCKS``."""
+the block constructors build, with ragged shapes for every block size in ``BLOCKS`` (inputs for
+them: ``helpers.pattern_inputs``)."""
 
 from __future__ import annotations
 
@@ -44,27 +45,3 @@ STRUCTURES = {
     "all_partial": lambda b: all_partial(200, 230, b),
 }
 BLOCKS = [16, 32, 64, 128]
-
-
-def random_inputs(
-    pattern: Pattern,
-    dtype,
-    *,
-    d: int = 64,
-    d_v: int | None = None,
-    heads: int = 1,
-    kv_heads: int = 1,
-    batch: int = 1,
-    seed: int = 0,
-    with_dout: bool = False,
-):
-    """Standard-normal ``(q, k, v)``, plus ``dout`` (drawn last) when ``with_dout``."""
-    rng = np.random.default_rng(seed)
-    n_q, n_k = pattern.shape
-    q = rng.standard_normal((batch, heads, n_q, d)).astype(dtype)
-    k = rng.standard_normal((batch, kv_heads, n_k, d)).astype(dtype)
-    v = rng.standard_normal((batch, kv_heads, n_k, d_v or d)).astype(dtype)
-    if not with_dout:
-        return q, k, v
-    dout = rng.standard_normal((batch, heads, n_q, d_v or d)).astype(dtype)
-    return q, k, v, dout

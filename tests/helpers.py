@@ -109,3 +109,22 @@ def expect_pattern(p: Pattern, mask: Any, **inputs: Any) -> None:
     assert p == Pattern.from_dense(np.ascontiguousarray(mask))
     assert_canonical_csr(p)
     assert patterns.build(p.family, **inputs, **p.params) == p
+
+
+# ---------------------------------------------------- random masks (oracle and CSR backward tests)
+
+
+def random_mask(
+    rng: np.random.Generator,
+    n_q: int,
+    n_k: int,
+    heads: int = 1,
+    density: float = 0.4,
+    empty_row: bool = True,
+) -> np.ndarray:
+    """Bool ``(n_q, n_k)`` (one head) or ``(heads, n_q, n_k)``, each entry allowed with
+    probability ``density``; with ``empty_row`` row 1 has no keys."""
+    mask = rng.random((heads, n_q, n_k)) < density
+    if empty_row and n_q > 1:
+        mask[:, 1, :] = False  # a query with no keys
+    return mask if heads > 1 else mask[0]

@@ -4,9 +4,10 @@ What other files already cover, and is not repeated here:
 
 - 1 vs 2 Numba threads and repeated runs: the CSR forward kernel on raw arrays (float32, both
   schedules; ``test_kernels_csr_forward.py``), the BSR forward through ``attention``
-  (``test_kernels_bsr_forward.py``) and the CSR backward (``test_backward.py``);
+  (``test_kernels_bsr_forward.py``) and the CSR backward (``test_kernels_csr_backward.py``);
 - non-finite values against hand-derived expectations (``test_kernels_*_forward.py``) and one NaN
-  query through ``attention``/``attention_backward`` (``test_api.py``, ``test_backward.py``);
+  query through ``attention``/``attention_backward`` (``test_api.py``,
+  ``test_kernels_csr_backward.py``);
 - hypothesis: the CSR forward kernel on raw CSR arrays and the backward on ``from_dense`` masks.
 
 Added here, through the public API and for both storage forms (token CSR and block form):
@@ -45,6 +46,7 @@ import numba
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from helpers import random_inputs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -52,30 +54,19 @@ import sparse_ref
 from sparse_ref import Pattern, blocks, patterns, testing
 
 
-def _inputs(
-    rng: np.random.Generator,
-    shape: tuple[int, int, int, int],
-    kv_heads: int,
-    n_k: int,
-    d_v: int,
-    dtype: Any,
-) -> tuple[np.ndarray, ...]:
-    B, H, n_q, d = shape
-    q = rng.standard_normal((B, H, n_q, d)).astype(dtype)
-    k = rng.standard_normal((B, kv_heads, n_k, d)).astype(dtype)
-    v = rng.standard_normal((B, kv_heads, n_k, d_v)).astype(dtype)
-    dout = rng.standard_normal((B, H, n_q, d_v)).astype(dtype)
-    return q, k, v, dout
-
-
 def _same_bits(a: tuple[np.ndarray, ...], b: tuple[np.ndarray, ...]) -> bool:
     return all(x.dtype == y.dtype and x.tobytes() == y.tobytes() for x, y in zip(a, b, strict=True))
 
 
+def _form(p: Pattern) -> str:
+    """The kernels of the storage the test built (``form="auto"`` could move token CSR to blocks)."""
+    return "csr" if p.block is None else "block"
+
+
 def _run(q: Any, k: Any, v: Any, p: Pattern, dout: Any, **kw: Any) -> tuple[np.ndarray, ...]:
-    """``(out, lse, dq, dk, dv)``."""
-    out, lse = sparse_ref.attention(q, k, v, p, return_lse=True, **kw)
-    return (out, lse, *sparse_ref.attention_backward(q, k, v, p, dout, **kw))
+    """``(out, lse, dq, dk, dv)`` on the pattern's own storage form."""
+    out, lse = sparse_ref.attention(q, k, v, p, return_lse=True, form=_form(p), **kw)
+    return (out, lse, *sparse_ref.attention_backward(q, k, v, p, dout, form=_form(p), **kw))
 
 
 # ------------------------------------------------------------------------- 1. thread counts
@@ -107,7 +98,7 @@ def test_bitwise_identical_for_one_and_two_threads_and_repeated_calls(
         pytest.skip("Numba has a single thread here: cannot compare thread counts")
     n = 333  # several row blocks and key tiles, ragged at the end
     p = FORMS[form](n)
-    q, k, v, dout = _inputs(np.random.default_rng(1), (2, 4, n, 16), 2, n, 8, dtype)
+    q, k, v, dout = random_inputs(np.random.default_rng(1), (2, 4, n, 16), (2, 2, n, 16), 8, dtype)
     before = numba.get_num_threads()
     runs = []
     try:
@@ -153,7 +144,7 @@ def test_token_csr_built_any_way_gives_the_same_bits(dtype: Any) -> None:
     mask = rng.random((70, 90)) < 0.25
     mask |= np.tri(70, 90, 20, dtype=bool) & ~np.tri(70, 90, 5, dtype=bool)
     variants = _token_csr_variants(mask)
-    q, k, v, dout = _inputs(rng, (1, 2, 70, 8), 1, 90, 8, dtype)
+    q, k, v, dout = random_inputs(rng, (1, 2, 70, 8), (1, 1, 90, 8), 8, dtype)
     want = _run(q, k, v, variants["from_dense"], dout)
     for name, p in variants.items():
         assert p.block is None and p == variants["from_dense"], name
@@ -183,7 +174,7 @@ def test_block_form_built_any_way_gives_the_same_bits(dtype: Any) -> None:
             shape=(n, n),
         ),
     }
-    q, k, v, dout = _inputs(np.random.default_rng(6), (2, 2, n, 8), 1, n, 4, dtype)
+    q, k, v, dout = random_inputs(np.random.default_rng(6), (2, 2, n, 8), (2, 1, n, 8), 4, dtype)
     for group in (variants, by_layout):
         first = next(iter(group.values()))
         want = _run(q, k, v, first, dout)
@@ -197,7 +188,9 @@ def test_one_shared_head_equals_that_head_stacked_per_query_head(form: str) -> N
     n = 200
     p = patterns.sinks(n, 4, 50)
     p = p if form == "csr" else p.with_block_form(32)
-    q, k, v, dout = _inputs(np.random.default_rng(7), (2, 4, n, 8), 2, n, 8, np.float32)
+    q, k, v, dout = random_inputs(
+        np.random.default_rng(7), (2, 4, n, 8), (2, 2, n, 8), 8, np.float32
+    )
     shared = _run(q, k, v, p, dout, softcap=3.0)
     stacked = _run(q, k, v, Pattern.stack([p] * 4), dout, softcap=3.0)
     assert _same_bits(shared, stacked)
@@ -208,7 +201,9 @@ def test_a_batch_element_alone_equals_the_same_element_in_a_batch(form: str) -> 
     n = 180
     p = _scattered(n) | patterns.causal_sliding_window(n, 30)
     p = p if form == "csr" else p.with_block_form(24)
-    q, k, v, dout = _inputs(np.random.default_rng(8), (3, 2, n, 8), 1, n, 8, np.float64)
+    q, k, v, dout = random_inputs(
+        np.random.default_rng(8), (3, 2, n, 8), (3, 1, n, 8), 8, np.float64
+    )
     whole = _run(q, k, v, p, dout)
     alone = _run(q[1:2], k[1:2], v[1:2], p, dout[1:2])
     assert _same_bits(tuple(x[1:2] for x in whole), alone)
@@ -276,10 +271,12 @@ def test_non_finite_values_land_exactly_where_the_oracle_puts_them(
     n_q, n_k = 40, 44
     p = Pattern.from_dense(_mask(n_q, n_k))
     p = p if form == "csr" else p.with_block_form(16)
-    q, k, v, dout = _inputs(np.random.default_rng(10), (1, 2, n_q, 8), 1, n_k, 6, dtype)
+    q, k, v, dout = random_inputs(
+        np.random.default_rng(10), (1, 2, n_q, 8), (1, 1, n_k, 8), 6, dtype
+    )
     arrays = {"q": q, "k": k, "v": v, "dout": dout}
     INJECTIONS[injection](arrays)
-    kw = {"softcap": softcap, "check_finite": False}
+    kw = {"softcap": softcap, "check_finite": False, "form": _form(p)}
     out, lse = sparse_ref.attention(q, k, v, p, return_lse=True, **kw)
     testing.assert_close_to_oracle(out, q, k, v, p, lse=lse, softcap=softcap)
     grads = sparse_ref.attention_backward(q, k, v, p, dout, **kw)
@@ -293,7 +290,9 @@ def test_the_injections_reach_the_outputs() -> None:
     cases is vacuous."""
     p = Pattern.from_dense(_mask(40, 44))
     for name, inject in INJECTIONS.items():
-        q, k, v, dout = _inputs(np.random.default_rng(10), (1, 2, 40, 8), 1, 44, 6, np.float64)
+        q, k, v, dout = random_inputs(
+            np.random.default_rng(10), (1, 2, 40, 8), (1, 1, 44, 8), 6, np.float64
+        )
         arrays = {"q": q, "k": k, "v": v, "dout": dout}
         inject(arrays)
         out, lse = sparse_ref.attention(
@@ -355,11 +354,13 @@ def _fuzz(case: dict[str, Any]) -> None:
     if case["block"] is not None:
         p = p.with_block_form(case["block"])
     shape = (16, case["heads"], case["n_q"], case["d"])
-    q, k, v, _ = _inputs(rng, shape, case["kv_heads"], case["n_k"], case["d_v"], case["dtype"])
+    q, k, v, _ = random_inputs(
+        rng, shape, (16, case["kv_heads"], case["n_k"], case["d"]), case["d_v"], case["dtype"]
+    )
     q, k = (x * np.asarray(case["std"], dtype=case["dtype"]) for x in (q, k))
     f = case["scale_factor"]
     kw = {"scale": None if f is None else f / np.sqrt(case["d"]), "softcap": case["softcap"]}
-    out, lse = sparse_ref.attention(q, k, v, p, return_lse=True, **kw)
+    out, lse = sparse_ref.attention(q, k, v, p, return_lse=True, form=_form(p), **kw)
     assert out.dtype == case["dtype"] and out.shape == (*shape[:3], case["d_v"])
     testing.assert_close_to_oracle(out, q, k, v, p, lse=lse, **kw)
 

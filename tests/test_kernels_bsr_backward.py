@@ -6,7 +6,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 import pytest
-from block_cases import BLOCKS, STRUCTURES, random_inputs
+from block_cases import BLOCKS, STRUCTURES
+from helpers import pattern_inputs
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -18,7 +19,7 @@ from sparse_ref.validation import prepare
 
 
 def _inputs(pattern: Pattern, dtype, **kw):
-    return random_inputs(pattern, dtype, with_dout=True, **kw)
+    return pattern_inputs(pattern, dtype, with_dout=True, **kw)
 
 
 def _check(pattern, q, k, v, dout, **kw):

@@ -6,7 +6,7 @@ import numba
 import numpy as np
 import pytest
 from block_cases import BLOCKS, STRUCTURES, layout_pattern
-from block_cases import random_inputs as _inputs
+from helpers import pattern_inputs as _inputs
 
 import sparse_ref
 from sparse_ref import Pattern, blocks, patterns

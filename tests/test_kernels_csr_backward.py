@@ -1,23 +1,22 @@
-"""Gradients: the oracle against finite differences and torch.autograd, the Numba kernels against
-the oracle (DESIGN §9 rule, factor 3), edge cases, and determinism across thread counts."""
+"""The token-CSR backward kernels (:mod:`sparse_ref.kernels.csr_backward`) through
+``attention_backward(..., form="csr")``: against the oracle (DESIGN §9 rule, factor 3) on the
+gather, run and prefix paths, edge cases, non-finite inputs, determinism across thread counts and
+head chunks, and the scratch kept between calls. (The oracle's own gradients: test_oracle.py.)"""
 
-import math
+from functools import partial
 
 import numba
 import numpy as np
 import pytest
+from helpers import random_inputs, random_mask
 from hypothesis import given
 from hypothesis import strategies as st
 
 import sparse_ref
-from sparse_ref import Pattern, oracle, testing
+from sparse_ref import Pattern, testing
 
-
-def random_mask(rng, n_q, n_k, heads=1, density=0.4, empty_row=True):
-    mask = rng.random((heads, n_q, n_k)) < density
-    if empty_row and n_q > 1:
-        mask[:, 1, :] = False  # a query with no keys
-    return mask if heads > 1 else mask[0]
+#: the backward on token CSR whatever the pattern's blocks (form="auto" could pick the block form)
+attention_backward = partial(sparse_ref.attention_backward, form="csr")
 
 
 def structured_mask(kind, n_q, n_k):
@@ -48,78 +47,6 @@ def mask_family(rng, family, n_q, n_k, heads):
     )
 
 
-def random_inputs(rng, shape_q, shape_kv, d_v, dtype=np.float64):
-    """q (*shape_q, d), k (*shape_kv, d), v (*shape_kv[:-1]..., d_v), dout like out."""
-    q = rng.standard_normal(shape_q).astype(dtype)
-    k = rng.standard_normal(shape_kv).astype(dtype)
-    v = rng.standard_normal((*shape_kv[:-1], d_v)).astype(dtype)
-    dout = rng.standard_normal((*shape_q[:-1], d_v)).astype(dtype)
-    return q, k, v, dout
-
-
-# ------------------------------------------------------------------------------------ the oracle
-@pytest.mark.parametrize("softcap", [None, 1.3])
-def test_oracle_matches_central_finite_differences(rng, softcap):
-    """Every entry of dq, dk, dv against (L(x + eps) - L(x - eps)) / 2 eps, L = sum(out * dout)."""
-    q, k, v, dout = random_inputs(rng, (1, 2, 4, 3), (1, 1, 5, 3), 2)
-    mask = random_mask(rng, 4, 5, heads=2, density=0.6)
-    p = Pattern.from_dense(mask)
-    grads = oracle.attention_backward(q, k, v, p, dout, softcap=softcap)
-
-    def loss(q, k, v):
-        return float((oracle.attention(q, k, v, p, softcap=softcap) * dout).sum())
-
-    eps = 1e-6
-    for which, (x, grad) in enumerate(zip((q, k, v), grads)):
-        numeric = np.zeros_like(x)
-        for idx in np.ndindex(x.shape):
-            args_hi, args_lo = [q.copy(), k.copy(), v.copy()], [q.copy(), k.copy(), v.copy()]
-            args_hi[which][idx] += eps
-            args_lo[which][idx] -= eps
-            numeric[idx] = (loss(*args_hi) - loss(*args_lo)) / (2 * eps)
-        np.testing.assert_allclose(
-            grad, numeric, rtol=1e-7, atol=1e-8, err_msg=("dq", "dk", "dv")[which]
-        )
-    assert np.array_equal(grads[0][0, :, 1], np.zeros((2, 3)))  # the empty row
-
-
-def torch_masked_attention(torch, q, k, v, mask, scale, softcap):
-    """float64 dense masked softmax in torch; rows with no keys give 0 (and zero gradients)."""
-    group = q.shape[1] // k.shape[1]
-    kk = k.repeat_interleave(group, dim=1)
-    vv = v.repeat_interleave(group, dim=1)
-    s = scale * q @ kk.transpose(-1, -2)
-    if softcap is not None:
-        s = softcap * torch.tanh(s / softcap)
-    has_key = mask.any(dim=-1, keepdim=True)
-    s = s.masked_fill(~mask, -math.inf).masked_fill(~has_key, 0.0)
-    return (torch.softmax(s, dim=-1) * has_key) @ vv
-
-
-@pytest.mark.parametrize("softcap", [None, 0.8])
-def test_oracle_matches_torch_autograd(rng, softcap):
-    torch = pytest.importorskip("torch", reason="torch not installed: autograd cross-check skipped")
-    q, k, v, dout = random_inputs(rng, (2, 4, 7, 5), (2, 2, 6, 5), 3)
-    mask = random_mask(rng, 7, 6, heads=4)
-    tq, tk, tv = (torch.tensor(x, requires_grad=True) for x in (q, k, v))
-    out = torch_masked_attention(torch, tq, tk, tv, torch.tensor(mask), 0.37, softcap)
-    out.backward(torch.tensor(dout))
-    grads = oracle.attention_backward(
-        q, k, v, Pattern.from_dense(mask), dout, scale=0.37, softcap=softcap
-    )
-    for got, want in zip(grads, (tq.grad, tk.grad, tv.grad)):
-        np.testing.assert_allclose(got, want.numpy(), rtol=1e-11, atol=1e-13)
-
-
-@pytest.mark.parametrize("chunk", [1, 4])
-def test_oracle_chunking_does_not_change_the_gradients(rng, chunk):
-    q, k, v, dout = random_inputs(rng, (2, 9, 4), (1, 7, 4), 3)
-    p = Pattern.from_dense(random_mask(rng, 9, 7))
-    full = oracle.attention_backward(q, k, v, p, dout)
-    for a, b in zip(oracle.attention_backward(q, k, v, p, dout, chunk=chunk), full):
-        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15)
-
-
 # ------------------------------------------------------------------ the kernels against the oracle
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("h_kv", [1, 2, 4])
@@ -130,7 +57,7 @@ def test_numba_matches_oracle(rng, dtype, h_kv, family, softcap):
     causal); n_q != n_k (the first rows of the windows are empty), d != d_v, d % 4 != 0."""
     q, k, v, dout = random_inputs(rng, (2, 4, 21, 6), (2, h_kv, 19, 6), 5, dtype)
     p = Pattern.from_dense(mask_family(rng, family, 21, 19, heads=4))
-    grads = sparse_ref.attention_backward(q, k, v, p, dout, softcap=softcap)
+    grads = attention_backward(q, k, v, p, dout, softcap=softcap)
     assert [g.dtype for g in grads] == [dtype] * 3
     assert [g.shape for g in grads] == [q.shape, k.shape, v.shape]
     testing.assert_grads_close_to_oracle(grads, q, k, v, p, dout, softcap=softcap)
@@ -146,7 +73,7 @@ def test_run_path_on_longer_rows(rng, kind):
             "causal", 150, 141
         )
     p = Pattern.from_dense(mask)
-    grads = sparse_ref.attention_backward(q, k, v, p, dout, softcap=5.0)
+    grads = attention_backward(q, k, v, p, dout, softcap=5.0)
     testing.assert_grads_close_to_oracle(grads, q, k, v, p, dout, softcap=5.0)
 
 
@@ -174,7 +101,7 @@ def test_run_path_with_a_shared_prefix(rng, family, dtype):
         prefix = csr_backward._common_prefix(ptr, idx, 100, csr_backward.GROUP)
         assert prefix > 0 and csr_backward._runs(ptr, idx, 100, csr_backward.GROUP, prefix)[0]
     q, k, v, dout = random_inputs(rng, (2, 2, n, 8), (2, 1, n, 8), 8, dtype)
-    grads = sparse_ref.attention_backward(q, k, v, p, dout, softcap=3.0)
+    grads = attention_backward(q, k, v, p, dout, softcap=3.0)
     testing.assert_grads_close_to_oracle(grads, q, k, v, p, dout, softcap=3.0)
 
 
@@ -183,9 +110,9 @@ def test_out_and_lse_are_optional(rng, backend):
     """Both backends re-derive the softmax statistics: passing the forward's results changes nothing."""
     q, k, v, dout = random_inputs(rng, (3, 11, 4), (3, 11, 4), 4, np.float32)
     p = Pattern.from_dense(random_mask(rng, 11, 11))
-    out, lse = sparse_ref.attention(q, k, v, p, return_lse=True, backend=backend)
-    with_fwd = sparse_ref.attention_backward(q, k, v, p, dout, out=out, lse=lse, backend=backend)
-    without = sparse_ref.attention_backward(q, k, v, p, dout, backend=backend)
+    out, lse = sparse_ref.attention(q, k, v, p, return_lse=True, backend=backend, form="csr")
+    with_fwd = attention_backward(q, k, v, p, dout, out=out, lse=lse, backend=backend)
+    without = attention_backward(q, k, v, p, dout, backend=backend)
     for a, b in zip(with_fwd, without):
         assert a.tobytes() == b.tobytes()
 
@@ -197,9 +124,7 @@ def test_empty_rows_and_unattended_keys_get_zero_gradients(rng, backend):
     mask[3, [2, 4]] = True
     mask[5, 0] = True  # rows 1, 2, 4 have no keys; key 1 and 3 have no queries
     q, k, v, dout = random_inputs(rng, (2, 6, 3), (2, 5, 3), 2, np.float32)
-    dq, dk, dv = sparse_ref.attention_backward(
-        q, k, v, Pattern.from_dense(mask), dout, backend=backend
-    )
+    dq, dk, dv = attention_backward(q, k, v, Pattern.from_dense(mask), dout, backend=backend)
     assert np.array_equal(dq[:, [1, 2, 4]], np.zeros((2, 3, 3)))
     assert np.array_equal(dk[:, [1, 3]], np.zeros((2, 2, 3)))
     assert np.array_equal(dv[:, [1, 3]], np.zeros((2, 2, 2)))
@@ -212,7 +137,7 @@ def test_empty_rows_and_unattended_keys_get_zero_gradients(rng, backend):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_all_empty_pattern(rng, dtype):
     q, k, v, dout = random_inputs(rng, (4, 2), (3, 2), 2, dtype)
-    grads = sparse_ref.attention_backward(q, k, v, Pattern.from_dense(np.zeros((4, 3), bool)), dout)
+    grads = attention_backward(q, k, v, Pattern.from_dense(np.zeros((4, 3), bool)), dout)
     for g, x in zip(grads, (q, k, v)):
         assert np.array_equal(g, np.zeros_like(x))
 
@@ -221,9 +146,7 @@ def test_all_empty_pattern(rng, dtype):
 def test_head_dimension_one(rng, dtype):
     q, k, v, dout = random_inputs(rng, (2, 10, 1), (2, 7, 1), 1, dtype)
     p = Pattern.from_dense(random_mask(rng, 10, 7, density=0.6))
-    testing.assert_grads_close_to_oracle(
-        sparse_ref.attention_backward(q, k, v, p, dout), q, k, v, p, dout
-    )
+    testing.assert_grads_close_to_oracle(attention_backward(q, k, v, p, dout), q, k, v, p, dout)
 
 
 @pytest.mark.parametrize("rank", [2, 3])
@@ -231,7 +154,7 @@ def test_ranks_and_float16(rng, rank):
     lead = () if rank == 2 else (2,)
     q, k, v, dout = random_inputs(rng, (*lead, 8, 4), (*lead, 6, 4), 3, np.float16)
     p = Pattern.from_dense(random_mask(rng, 8, 6))
-    dq, dk, dv = sparse_ref.attention_backward(q, k, v, p, dout)
+    dq, dk, dv = attention_backward(q, k, v, p, dout)
     assert (dq.shape, dk.shape, dv.shape) == (q.shape, k.shape, v.shape)
     assert dq.dtype == dk.dtype == dv.dtype == np.float16
     testing.assert_grads_close_to_oracle((dq, dk, dv), q, k, v, p, dout, dtype=np.float16)
@@ -260,7 +183,7 @@ def test_numba_matches_oracle_on_random_masks(
     q, k, v, dout = random_inputs(rng, (B, H, n_q, d), (B, H_kv, n_k, d), d_v, dtype)
     mask = rng.random((P, n_q, n_k)) < density
     p = Pattern.from_dense(mask if P > 1 else mask[0])
-    grads = sparse_ref.attention_backward(q, k, v, p, dout, softcap=softcap)
+    grads = attention_backward(q, k, v, p, dout, softcap=softcap)
     testing.assert_grads_close_to_oracle(grads, q, k, v, p, dout, softcap=softcap)
 
 
@@ -269,7 +192,7 @@ def test_nan_in_a_query_reaches_exactly_its_keys(rng):
     q, k, v, dout = random_inputs(rng, (7, 3), (6, 3), 2)
     q[2, 1] = np.nan
     p = Pattern.from_dense(random_mask(rng, 7, 6, density=0.5))
-    grads = sparse_ref.attention_backward(q, k, v, p, dout, check_finite=False)
+    grads = attention_backward(q, k, v, p, dout, check_finite=False)
     testing.assert_grads_close_to_oracle(grads, q, k, v, p, dout)  # NaN positions must agree
     keys = p.to_dense()[2]
     assert np.isnan(grads[0][2]).all() == keys.any()
@@ -283,7 +206,7 @@ def test_infinite_value_of_a_key_nobody_attends_does_not_leak(rng):
     k[2] = np.inf
     v[2] = -np.inf
     for backend in ("numba", "oracle"):
-        grads = sparse_ref.attention_backward(
+        grads = attention_backward(
             q, k, v, Pattern.from_dense(mask), dout, check_finite=False, backend=backend
         )
         assert all(np.isfinite(g).all() for g in grads), backend
@@ -306,7 +229,7 @@ def test_non_finite_values_of_a_row_without_gradient_do_not_leak(rng, dtype, fam
     q[0, 0, 5] = np.inf
     dout[0, 0, 5] = -np.inf
     p = Pattern.from_dense(mask)
-    grads = sparse_ref.attention_backward(q, k, v, p, dout, check_finite=False)
+    grads = attention_backward(q, k, v, p, dout, check_finite=False)
     testing.assert_grads_close_to_oracle(grads, q, k, v, p, dout)
     assert all(np.isfinite(g).all() for g in grads)
     assert not grads[0][0, 1, 9].any()
@@ -321,10 +244,10 @@ def test_bitwise_identical_for_any_thread_count(rng):
     before = numba.get_num_threads()
     try:
         numba.set_num_threads(1)
-        one = sparse_ref.attention_backward(q, k, v, p, dout, softcap=3.0)
+        one = attention_backward(q, k, v, p, dout, softcap=3.0)
         numba.set_num_threads(2)
-        two = sparse_ref.attention_backward(q, k, v, p, dout, softcap=3.0)
-        again = sparse_ref.attention_backward(q, k, v, p, dout, softcap=3.0)
+        two = attention_backward(q, k, v, p, dout, softcap=3.0)
+        again = attention_backward(q, k, v, p, dout, softcap=3.0)
     finally:
         numba.set_num_threads(before)
     for a, b, c in zip(one, two, again):
@@ -337,9 +260,9 @@ def test_head_chunks_do_not_change_the_result(rng, monkeypatch):
 
     q, k, v, dout = random_inputs(rng, (3, 4, 40, 8), (3, 2, 40, 8), 8, np.float32)
     p = Pattern.from_dense(mask_family(rng, "mixed", 40, 40, heads=4))
-    whole = sparse_ref.attention_backward(q, k, v, p, dout)
+    whole = attention_backward(q, k, v, p, dout)
     monkeypatch.setattr(csr_backward, "SCRATCH_BYTES", 1)  # one head per call
-    split = sparse_ref.attention_backward(q, k, v, p, dout)
+    split = attention_backward(q, k, v, p, dout)
     for a, b in zip(whole, split):
         assert a.tobytes() == b.tobytes()
 
@@ -350,14 +273,14 @@ def test_reused_scratch_is_never_read_before_written(rng):
 
     q, k, v, dout = random_inputs(rng, (1, 2, 70, 8), (1, 2, 70, 8), 8, np.float32)
     p = Pattern.from_dense(mask_family(rng, "mixed", 70, 70, heads=2))
-    first = sparse_ref.attention_backward(q, k, v, p, dout)
+    first = attention_backward(q, k, v, p, dout)
     kept = _workspace.kept_bytes()
     assert kept > 0
     buffer = _workspace.borrow(kept)
     assert _workspace.kept_bytes() == 0  # taken out while borrowed
     buffer[:] = 0xFF  # NaN in every float lane
     _workspace.give_back(buffer)
-    second = sparse_ref.attention_backward(q, k, v, p, dout)
+    second = attention_backward(q, k, v, p, dout)
     for a, b in zip(first, second):
         assert a.tobytes() == b.tobytes()
 
@@ -397,7 +320,7 @@ def test_lse_may_hold_minus_inf_for_rows_without_keys(rng):
     mask = np.tril(np.ones((4, 4), dtype=bool))
     mask[2] = False
     p = Pattern.from_dense(mask)
-    out, lse = sparse_ref.attention(q, k, v, p, return_lse=True)
+    out, lse = sparse_ref.attention(q, k, v, p, return_lse=True, form="csr")
     assert np.isneginf(lse[2])
-    grads = sparse_ref.attention_backward(q, k, v, p, dout, out=out, lse=lse)
+    grads = attention_backward(q, k, v, p, dout, out=out, lse=lse)
     testing.assert_grads_close_to_oracle(grads, q, k, v, p, dout)

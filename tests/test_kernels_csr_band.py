@@ -1,23 +1,29 @@
 """The band path of the token-CSR backward (``sparse_ref/kernels/_csr_band.py``): which rows it
 takes, and its gradients against the float64 oracle (DESIGN §9 rule, factor 3).
 
-Patterns are held as token CSR only (no block form), so the CSR kernels run. Each oracle test
+Patterns are held as token CSR only (no block form) and run with ``form="csr"``, so the CSR
+kernels run. Each oracle test
 first asserts that the band path is really taken on its pattern (``band_rows_taken``), so a change
 that silently routes everything to the other paths fails here. ``band_min = 1`` (monkeypatched
 ``BAND_MIN_CORE``) sends every band-shaped set of rows through BLAS, even tiny ones.
 """
 
+from functools import partial
+
 import numba
 import numpy as np
 import pytest
+from helpers import random_inputs
 from hypothesis import given
 from hypothesis import strategies as st
-from test_backward import random_inputs
 
 import sparse_ref
 from sparse_ref import Pattern, patterns, testing
 from sparse_ref.kernels import csr_backward
 from sparse_ref.kernels._csr_band import BAND, band_core
+
+#: the backward on token CSR (form="auto" would move block-dense patterns to the block kernels)
+attention_backward = partial(sparse_ref.attention_backward, form="csr")
 
 
 def token_csr(p: Pattern) -> Pattern:
@@ -191,7 +197,7 @@ def test_band_path_matches_oracle(rng, band_min, case, dtype, softcap):
     p, (q, k, v, dout) = CASES[case](rng, dtype)
     assert band_rows_taken(p, band_min) > 0
     assert band_rows_taken(p, band_min, transposed=True) > 0
-    grads = sparse_ref.attention_backward(q, k, v, p, dout, softcap=softcap)
+    grads = attention_backward(q, k, v, p, dout, softcap=softcap)
     testing.assert_grads_close_to_oracle(grads, q, k, v, p, dout, softcap=softcap)
 
 
@@ -203,7 +209,7 @@ def test_small_and_ragged_bands(rng, band_min, n, d):
     for mask in (causal_window(n, n, 3), np.ones((n, n), bool), np.eye(n, dtype=bool)):
         p = token_csr(Pattern.from_dense(mask))
         q, k, v, dout = random_inputs(rng, (2, n, d), (2, n, d), d, np.float64)
-        grads = sparse_ref.attention_backward(q, k, v, p, dout)
+        grads = attention_backward(q, k, v, p, dout)
         testing.assert_grads_close_to_oracle(grads, q, k, v, p, dout)
 
 
@@ -223,13 +229,13 @@ def test_non_finite_values_of_a_dead_row_in_a_band_do_not_leak(rng, band_min, dt
     k[..., 0] = np.abs(k[..., 0]) + 0.5
     q[0, 1, 200] = [-np.inf, 0, 0, 0]  # scores -inf * k0 = -inf for all keys: no gradient
     dout[0, 1, 200, 1] = np.nan
-    grads = sparse_ref.attention_backward(q, k, v, p, dout, check_finite=False)
+    grads = attention_backward(q, k, v, p, dout, check_finite=False)
     testing.assert_grads_close_to_oracle(grads, q, k, v, p, dout)
     assert all(np.isfinite(g).all() for g in grads)
     assert not grads[0][0, 1, 200].any()
 
     q[0, 0, 150, 2] = np.nan
-    grads = sparse_ref.attention_backward(q, k, v, p, dout, check_finite=False)
+    grads = attention_backward(q, k, v, p, dout, check_finite=False)
     testing.assert_grads_close_to_oracle(grads, q, k, v, p, dout)  # NaN positions must agree
     assert np.isnan(grads[0][0, 0, 150]).all()
     assert np.isnan(grads[1][0, 0, :151]).any(axis=1).all()
@@ -246,13 +252,13 @@ def test_band_path_bitwise_identical_for_any_thread_count(rng, case, monkeypatch
     before = numba.get_num_threads()
     try:
         numba.set_num_threads(1)
-        one = sparse_ref.attention_backward(q, k, v, p, dout)
+        one = attention_backward(q, k, v, p, dout)
         numba.set_num_threads(2)
-        two = sparse_ref.attention_backward(q, k, v, p, dout)
+        two = attention_backward(q, k, v, p, dout)
     finally:
         numba.set_num_threads(before)
     monkeypatch.setattr(csr_backward, "SCRATCH_BYTES", 1)  # one head per call of the passes
-    split = sparse_ref.attention_backward(q, k, v, p, dout)
+    split = attention_backward(q, k, v, p, dout)
     for a, b, c in zip(one, two, split):
         assert a.tobytes() == b.tobytes() == c.tobytes()
 
@@ -286,7 +292,7 @@ def test_band_path_matches_oracle_on_random_shapes(
     saved = csr_backward.BAND_MIN_CORE
     csr_backward.BAND_MIN_CORE = 1
     try:
-        grads = sparse_ref.attention_backward(q, k, v, p, dout, softcap=softcap)
+        grads = attention_backward(q, k, v, p, dout, softcap=softcap)
     finally:
         csr_backward.BAND_MIN_CORE = saved
     testing.assert_grads_close_to_oracle(grads, q, k, v, p, dout, softcap=softcap)
