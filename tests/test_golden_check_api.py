@@ -214,3 +214,15 @@ def test_cli_conformance_prints_the_matrix(suite_dir: Path) -> None:
     )
     assert r.exit_code == 0, r.output
     assert "sdpa-math" in r.output and "6 passed, 1 unsupported" in r.output
+
+
+def test_torch_bfloat16_results_are_accepted(suite_dir: Path) -> None:
+    torch = pytest.importorskip("torch")
+
+    def impl(q, k, v, pattern, *, scale, softcap):  # type: ignore[no-untyped-def]
+        out, lse = _oracle(q, k, v, pattern, scale=scale, softcap=softcap)
+        t = torch.from_numpy(out.astype(np.float32)).to(torch.bfloat16).requires_grad_()
+        return t, torch.from_numpy(lse.astype(np.float32))
+
+    report = golden.check(impl, suite_dir, dtype="bfloat16")
+    assert report.passed and report.counts()["pass"] == len(IDS), report.details()

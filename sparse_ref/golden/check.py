@@ -23,6 +23,7 @@ import numpy as np
 from .. import tolerance
 from ..formulations import as_dtype
 from ..pattern import Pattern
+from ..validation import as_cpu_array
 from . import store
 from .store import GoldenFormatError
 from .suites import build_pattern
@@ -533,7 +534,9 @@ def _max_err(actual: np.ndarray, expected: np.ndarray) -> float:
 def _compare(
     case: Case, name: str, got: Any, expected: np.ndarray, tol: float, result: CaseResult
 ) -> None:
-    arr = np.asarray(got)
+    if hasattr(got, "detach"):  # a torch tensor that may require grad
+        got = got.detach()
+    arr = as_cpu_array(got, name)  # NumPy, DLPack (torch bfloat16 included) or __array__
     if name in ("out", "lse"):
         arr = case.select_rows(arr)
     result.tolerances[name] = float(tol)
