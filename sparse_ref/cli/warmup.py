@@ -10,9 +10,6 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .. import warmup as _warmup
-from ..kernels import _compile_notice
-
 
 class DType(StrEnum):
     """The dtypes of ``--dtype``."""
@@ -29,6 +26,9 @@ def warmup(
 ) -> None:
     """Compile every CPU kernel once (15-30 s each in a fresh cache), so that later calls and
     processes load it from Numba's on-disk cache instead of compiling."""
+    from .. import warmup as _warmup  # Numba: imported here so `sparse-ref` runs without it
+    from ..kernels import _compile_notice
+
     names = [DType(t).value for t in dtype] if dtype else list(_warmup.DTYPES)
     console = Console(stderr=True)
     work = [(name, label, call) for name in names for label, call in _warmup.steps(name)]
