@@ -37,7 +37,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from .oracle import auto_chunk
+from .oracle import auto_chunk, sum_allowed
 from .pattern import Pattern
 
 __all__ = [
@@ -176,13 +176,21 @@ def _lse(total: np.ndarray, m: np.ndarray, f: Formulation, pr: _Precision) -> np
 
 
 def _out_lse(
-    p: np.ndarray, total: np.ndarray, m: np.ndarray, v: np.ndarray, f: Formulation, pr: _Precision
+    p: np.ndarray,
+    total: np.ndarray,
+    m: np.ndarray,
+    v: np.ndarray,
+    mask: np.ndarray,
+    f: Formulation,
+    pr: _Precision,
 ) -> tuple[np.ndarray, np.ndarray]:
+    """``out`` and ``lse`` of a row block; P.V sums over the allowed keys only (an excluded key's
+    non-finite ``v`` row must not leak through ``0 * inf``, as in the oracle)."""
     with np.errstate(divide="ignore", invalid="ignore"):
         if f.normalize_first:
-            out = pr.store(p / total[:, None]) @ v
+            out = sum_allowed(pr.store(p / total[:, None]), mask, v)
         else:
-            out = (pr.store(p) @ v) / total[:, None]
+            out = sum_allowed(pr.store(p), mask, v) / total[:, None]
         out = pr.store(np.where(total[:, None] == 0, 0, out).astype(pr.c))
     return out, _lse(total, m, f, pr)
 
@@ -218,9 +226,10 @@ def forward(
             for r0 in range(0, len(rows), chunk):
                 sel = rows[r0 : r0 + chunk]
                 s, _ = _scores(pr.store(q[b, h, sel]), k_bh, sc, cap, formulation, pr)
-                p, total, m = _softmax_parts(s, masks.rows(sel, h), formulation)
+                mask = masks.rows(sel, h)
+                p, total, m = _softmax_parts(s, mask, formulation)
                 out[b, h, r0 : r0 + chunk], lse[b, h, r0 : r0 + chunk] = _out_lse(
-                    p, total, m, v_bh, formulation, pr
+                    p, total, m, v_bh, mask, formulation, pr
                 )
     return out, lse
 
@@ -271,7 +280,7 @@ def backward(
                         P = np.where(live, p / total[:, None], 0)
                     dP = np.where(live, do_r @ v_bh.T, 0)
                     if f.delta_from_out:
-                        out, _ = _out_lse(p, total, m, v_bh, f, pr)
+                        out, _ = _out_lse(p, total, m, v_bh, mask, f, pr)
                         delta = (do_r * out).sum(axis=1)
                     else:
                         delta = (P * dP).sum(axis=1)
@@ -280,12 +289,12 @@ def backward(
                         ds = ds * (1 - t * t)
                 ds = pr.store(np.where(live, ds, 0).astype(pr.c))
                 P = pr.store(P.astype(pr.c))
-                dq[b, h, sel] = (ds @ k_bh) * sc
+                dq[b, h, sel] = sum_allowed(ds, live, k_bh) * sc
                 if f.prescale_q:
-                    dk[b, g] += ds.T @ pr.store(q_r * sc)
+                    dk[b, g] += sum_allowed(ds.T, live.T, pr.store(q_r * sc))
                 else:
-                    dk[b, g] += (ds.T @ q_r) * sc
-                dv[b, g] += P.T @ do_r
+                    dk[b, g] += sum_allowed(ds.T, live.T, q_r) * sc
+                dv[b, g] += sum_allowed(P.T, live.T, do_r)
     return pr.store(dq), pr.store(dk), pr.store(dv)
 
 
@@ -337,7 +346,9 @@ def gradient_magnitudes(
                 live = total > 0
                 with np.errstate(divide="ignore", invalid="ignore"):
                     P = np.where(live[:, None], p / total[:, None], 0)
-                    lse = np.where(live, np.max(np.where(P > 0, s, -np.inf), axis=1), 0)
+                    lse = np.where(
+                        live, np.max(np.where(P > 0, s, -np.inf), axis=1, initial=-np.inf), 0
+                    )
                     lse = np.abs(lse + np.log(np.where(live, total, 1)))
                 out = np.abs(P @ x["v"][b, g])
                 ado = a["dout"][b, h, sel]

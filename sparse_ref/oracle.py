@@ -243,7 +243,7 @@ def _check_chunk(chunk: Any) -> int | None:
 
 
 # ---------------------------------------------------------------------------------------- gradients
-def _sum_allowed(w: np.ndarray, allowed: np.ndarray, x: np.ndarray) -> np.ndarray:
+def sum_allowed(w: np.ndarray, allowed: np.ndarray, x: np.ndarray) -> np.ndarray:
     """``sum_j w[r, j] x[j]`` over the allowed ``j`` of each row ``r`` only.
 
     ``w`` is zero on excluded entries, so ``w @ x`` is exact when ``x`` is finite; otherwise
@@ -290,9 +290,9 @@ def _row_block_backward(
     if softcap is not None:
         ds = ds * (1 - t * t)
     ds = np.where(live, ds, 0).astype(s.dtype)  # a NaN delta must not reach excluded keys
-    dq_rows = _sum_allowed(ds, live, k) * scale
-    dk_part = _sum_allowed(ds.T, live.T, q_rows) * scale
-    dv_part = _sum_allowed(p.T, live.T, dout_rows)
+    dq_rows = sum_allowed(ds, live, k) * scale
+    dk_part = sum_allowed(ds.T, live.T, q_rows) * scale
+    dv_part = sum_allowed(p.T, live.T, dout_rows)
     return dq_rows, dk_part, dv_part
 
 
