@@ -426,7 +426,7 @@ ROWS: list[Row] = [
     Row("cat-fixed-c-above-stride", lambda: patterns.sparse_transformer_fixed(8, 2, 3), ValueError, r"c must be <= stride = 2, got 3"),
     Row("cat-global-token-out-of-range", lambda: patterns.global_local(8, 1, 1, [9]), ValueError, r"global_tokens out of range: 9 is not in \[-8, 8\)"),
     Row("cat-global-token-float", lambda: patterns.global_local(8, 1, 1, [1.5]), TypeError, r"global_tokens must hold ints, got dtype float64"),
-    Row("cat-document-both", lambda: patterns.document([0, 0, 1], lengths=[2, 1]), ValueError, r"pass exactly one of seq_ids and lengths"),
+    Row("cat-document-both", lambda: patterns.document([0, 0, 1], lengths=[2, 1]), ValueError, r"pass exactly one of seq_ids, lengths and cu_seqlens"),
     Row("cat-document-length-negative", lambda: patterns.document(lengths=[2, -1]), ValueError, r"lengths must be >= 0, got lengths\[1\] = -1"),
     Row("cat-document-seq-ids-float", lambda: patterns.document([0.5, 1.0]), TypeError, r"seq_ids must hold ints, got dtype float64"),
     Row("cat-neighborhood-kernel-too-big", lambda: patterns.neighborhood_2d(4, 4, 5), ValueError, r"kernel \* dilation along height must be <= height = 4, got 5 \* 1"),

@@ -22,7 +22,8 @@ def document(
     """``seq_ids[i] == seq_ids[j]``: tokens attend within their own document only.
 
     Packed-sequence (document) masking, as in FlexAttention's ``document_id`` mask_mod and
-    FlashAttention's varlen ``cu_seqlens``. Combine with ``&`` (e.g. ``& causal(n)``).
+    FlashAttention's varlen ``cu_seqlens``. Combine with ``&`` (e.g. ``& causal(n)``). Pass
+    exactly one of ``seq_ids``, ``lengths`` and ``cu_seqlens``.
 
     Args:
         seq_ids (sequence of int): document id per token, shape ``(n,)``. Ids are compared for
@@ -34,8 +35,6 @@ def document(
             ``num_docs + 1`` ints starting at 0 and non-decreasing (a repeated value is an empty
             document); ``n = cu_seqlens[-1]``. A NumPy array or a CPU torch tensor works.
 
-        Pass exactly one of ``seq_ids``, ``lengths`` and ``cu_seqlens``.
-
     Example:
         >>> document(lengths=[1, 2]).to_dense().astype(int).tolist()
         [[1, 0, 0], [0, 1, 1], [0, 1, 1]]
@@ -46,7 +45,7 @@ def document(
                                   ("cu_seqlens", cu_seqlens)) if x is not None]  # fmt: skip
     if len(given) != 1:
         raise ValueError(
-            f"pass exactly one of seq_ids and lengths (or cu_seqlens), got {given or 'none'}"
+            f"pass exactly one of seq_ids, lengths and cu_seqlens, got {given or 'none'}"
         )
     params: dict[str, Any]
     if cu_seqlens is not None:
