@@ -90,11 +90,8 @@ def check_choice(value: Any, name: str, choices: Sequence[str]) -> str:
     return value
 
 
-def check_index_list(values: Any, name: str, n: int) -> np.ndarray:
-    """A sequence of token indices in ``[-n, n)`` -> sorted unique int64 array in ``[0, n)``.
-
-    Negative indices count from the end, as in Python; duplicates are merged.
-    """
+def int_sequence(values: Any, name: str) -> np.ndarray:
+    """A 1-D sequence of ints (not bools, not a string) -> int64 array; ``TypeError`` otherwise."""
     if isinstance(values, str | bytes) or np.ndim(values) != 1:
         raise TypeError(f"{name} must be a 1-D sequence of ints, got {values!r}")
     arr = np.asarray(values)
@@ -102,7 +99,17 @@ def check_index_list(values: Any, name: str, n: int) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
         raise TypeError(f"{name} must hold ints, got dtype {arr.dtype}")
-    arr = arr.astype(np.int64)
+    return arr.astype(np.int64)
+
+
+def check_index_list(values: Any, name: str, n: int) -> np.ndarray:
+    """A sequence of token indices in ``[-n, n)`` -> sorted unique int64 array in ``[0, n)``.
+
+    Negative indices count from the end, as in Python; duplicates are merged.
+    """
+    arr = int_sequence(values, name)
+    if arr.size == 0:
+        return arr
     bad = (arr < -n) | (arr >= n)
     if bad.any():
         raise ValueError(

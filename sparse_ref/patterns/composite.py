@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ..checks import check_bool, check_index_list, check_nonneg_int
+from ..checks import check_bool, check_index_list, check_nonneg_int, int_sequence
 from ..pattern import Pattern, csr_from_arrays, index_dtype
 
 __all__ = ["vertical_slash"]
@@ -14,14 +14,9 @@ __all__ = ["vertical_slash"]
 
 def _offsets(values: Any, name: str, n: int, causal: bool) -> np.ndarray:
     """Diagonal offsets ``i - j`` in ``(-n, n)`` (``[0, n)`` if causal) -> sorted unique int64."""
-    if isinstance(values, str | bytes) or np.ndim(values) != 1:
-        raise TypeError(f"{name} must be a 1-D sequence of ints, got {values!r}")
-    arr = np.asarray(values)
+    arr = int_sequence(values, name)
     if arr.size == 0:
-        return np.zeros(0, dtype=np.int64)
-    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
-        raise TypeError(f"{name} must hold ints, got dtype {arr.dtype}")
-    arr = arr.astype(np.int64)
+        return arr
     lo = 0 if causal else -n + 1
     bad = (arr < lo) | (arr >= max(n, 1))
     if bad.any():
