@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import numba
@@ -22,3 +23,14 @@ def test_import_torch_says_how_to_install_it(monkeypatch):
     with pytest.raises(process.PeerUnavailable, match=r"pip install -e '\.\[torch\]'"):
         process.import_torch()
     assert issubclass(process.PeerUnavailable, NotImplementedError)  # asv: "skipped"
+
+
+def test_passive_openmp_respects_the_user_and_loaded_runtimes(monkeypatch):
+    monkeypatch.setattr(process, "_openmp_loaded", lambda: False)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert process.passive_openmp() == "PASSIVE"
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert process.passive_openmp() == "ACTIVE"  # the user's choice stays
+    monkeypatch.setattr(process, "_openmp_loaded", lambda: True)
+    assert process.passive_openmp() is None  # too late: a runtime keeps its policy

@@ -8,6 +8,9 @@ runs in seconds.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numba
 import pytest
@@ -29,7 +32,10 @@ def fixed_peaks(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _bench(*args: str) -> object:
-    return runner.invoke(app, ["bench", "--n", "512", "--repeat", "1", "--d", "32", *args])
+    # --no-passive-openmp: this test process keeps its environment (see the subprocess test)
+    return runner.invoke(
+        app, ["bench", "--n", "512", "--repeat", "1", "--d", "32", "--no-passive-openmp", *args]
+    )
 
 
 def test_quick_table_writes_json(tmp_path, fixed_peaks):
@@ -52,6 +58,7 @@ def test_quick_table_writes_json(tmp_path, fixed_peaks):
         "threads": 1,
         "peers": False,
         "flex_mask": "create_block_mask",
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
     }
     assert [c["pattern"] for c in data["config"]["cases"]] == list(quick.PATTERN_FORMS)
     machine = data["machine"]
@@ -87,7 +94,9 @@ def test_peers_without_torch_are_skipped_with_the_reason(tmp_path, fixed_peaks, 
         monkeypatch.setattr(module, "import_torch", no_torch)
     out = tmp_path / "bench.json"
     result = runner.invoke(
-        app, ["bench", "--n", "256", "--n", "512", "--repeat", "3", "--json", str(out)]
+        app,
+        ["bench", "--n", "256", "--n", "512", "--repeat", "3", "--no-passive-openmp"]
+        + ["--json", str(out)],
     )
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.replace("│", " ").split())
@@ -135,3 +144,13 @@ def test_help_and_scale_subcommand_still_mounted():
     assert result.exit_code == 0 and "million tokens" in result.output
     result = runner.invoke(app, ["bench", "scale", "--n", "0"])
     assert result.exit_code == 2
+
+
+def test_openmp_threads_sleep_when_idle_in_a_fresh_process(tmp_path):
+    out = tmp_path / "b.json"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    cmd = [sys.executable, "-m", "sparse_ref", "bench", "--n", "256", "--repeat", "1"]
+    cmd += ["--no-peers", "--d", "16", "--json", str(out)]
+    subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    # set before Numba loaded its OpenMP runtime, so in force for it
+    assert json.loads(out.read_text())["config"]["omp_wait_policy"] == "PASSIVE"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -24,6 +25,7 @@ __all__ = [
     "prepare_process",
     "thread_limit",
     "import_torch",
+    "passive_openmp",
 ]
 
 #: default threads for Numba, the BLAS and torch (DESIGN §12: 2 CPU threads)
@@ -124,3 +126,32 @@ def import_torch() -> Any:
         raise PeerUnavailable("torch is not installed: pip install -e '.[torch]'") from None
     torch.set_num_threads(_threads)
     return torch
+
+
+def _openmp_loaded() -> bool:
+    """Whether an OpenMP runtime (GNU, LLVM or Intel) is mapped into this process (Linux; False
+    where ``/proc/self/maps`` cannot be read)."""
+    try:
+        with open("/proc/self/maps") as f:
+            maps = f.read()
+    except OSError:
+        return False
+    return any(name in maps for name in ("libgomp", "libomp", "libiomp"))
+
+
+def passive_openmp() -> str | None:
+    """Make the OpenMP threads of Numba and torch sleep when idle instead of spinning.
+
+    Sets ``OMP_WAIT_POLICY=PASSIVE`` unless the user set a policy; an OpenMP runtime reads it
+    when it is loaded (Numba's with its first parallel kernel, torch's on import), so this must
+    run before either. Spinning threads of two runtimes (or of one runtime and other processes)
+    on the same few cores slow each other: on a loaded 2-core VM our CSR forward at n = 4096 read
+    24-32 ms with spinning threads and 7.5 ms with passive ones, in alternating runs.
+
+    Returns:
+        The policy the runtimes loaded from now on will use (``"PASSIVE"`` or the user's), or
+        None when a runtime is already loaded: it keeps the policy it started with.
+    """
+    if _openmp_loaded():
+        return None
+    return os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

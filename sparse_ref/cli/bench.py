@@ -123,6 +123,13 @@ def quick(
         Path | None,
         typer.Option("--json", help="also write the numbers as JSON to this file", dir_okay=False),
     ] = None,
+    passive_openmp: Annotated[
+        bool,
+        typer.Option(
+            help="OpenMP threads (Numba's, torch's) sleep when idle instead of spinning: "
+            "OMP_WAIT_POLICY=PASSIVE unless set"
+        ),
+    ] = True,
 ) -> None:
     """Benchmarks; without a command, a quick table of our kernels against the peers.
 
@@ -140,7 +147,9 @@ def quick(
     percent of it. GFLOP/s count useful flops (4 nnz d forward, 8 nnz d
     backward); % GEMM peak is against this machine's float32 GEMM, measured
     first the same way; "x Flex" and "x oracle" are the peer's median over
-    ours.
+    ours. OpenMP threads sleep when idle (OMP_WAIT_POLICY=PASSIVE unless
+    set; --no-passive-openmp keeps the runtimes' default): threads spinning
+    on a loaded machine made our CSR forward 3-4x slower and unstable.
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -160,6 +169,8 @@ def quick(
     )
     if json_path is not None:
         _check(json_path.parent.is_dir(), "--json", f"directory {json_path.parent} does not exist")
+    # before Numba's first parallel kernel and torch's import load their OpenMP runtimes
+    wait_policy = process.passive_openmp() if passive_openmp else os.environ.get("OMP_WAIT_POLICY")
     out = console if console.is_terminal else Console(width=160)
     cases = qt.quick_cases(ns)
     t_start = time.perf_counter()
@@ -197,7 +208,8 @@ def quick(
     caption = (
         f"float32 GEMM peak {peaks.gemm_gflops:.0f} GFLOP/s (± {100 * peaks.gemm.spread:.0f}% "
         f"IQR), memory {peaks.memory_gbytes:.1f} GB/s (± {100 * peaks.triad.spread:.0f}%), "
-        f"medians of {qt.PEAK_REPEAT}; GFLOP/s are useful flops (4*nnz*d forward, 8*nnz*d "
+        f"medians of {qt.PEAK_REPEAT}; OpenMP wait policy {wait_policy or 'as loaded'}; "
+        "GFLOP/s are useful flops (4*nnz*d forward, 8*nnz*d "
         "backward); x Flex, x oracle: the peer's median over ours (measured interleaved); wall "
         f"time {wall:.0f} s"
     )
@@ -215,6 +227,7 @@ def quick(
                 "threads": threads,
                 "peers": peers,
                 "flex_mask": qt.FLEX_MASK,
+                "omp_wait_policy": wait_policy,
             },
             "machine": {
                 "gemm_gflops": peaks.gemm_gflops,
