@@ -45,3 +45,18 @@ def test_only_the_cli_package_imports_typer_or_argparse():
         if "cli" not in path.relative_to(PACKAGE).parts[:1] and pattern.search(path.read_text())
     ]
     assert offenders == []
+
+
+def test_errors_keep_install_extras_in_every_group(tmp_path, capsys):
+    """rich reads ``[dask]`` as markup; an error message must print it literally."""
+    from sparse_ref.cli._console import fail
+
+    exit_ = fail("install the extra: pip install 'sparse-ref[dask]'")
+    assert exit_.exit_code == 2
+    assert "pip install 'sparse-ref[dask]'" in capsys.readouterr().out
+    # the golden group's errors go through the same function
+    result = CliRunner().invoke(
+        app, ["golden", "generate", "--out", str(tmp_path), "--suite", "x[y]"]
+    )
+    assert result.exit_code == 2
+    assert "'x[y]'" in result.output, result.output

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from ..golden import store
 from ..golden.suites import SUITES
+from ._console import console, fail
 
 golden_app = typer.Typer(
     help="Golden suites: expected outputs from the float64 oracle, to test other implementations.",
@@ -24,23 +24,7 @@ golden_app = typer.Typer(
 )
 
 
-class _LazyConsole:
-    """A rich Console made at print time: 160 columns when stdout is not a terminal (logs, CI)."""
-
-    def print(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
-        tty = sys.stdout.isatty()
-        Console(width=None if tty else 160).print(*args, **kwargs)
-
-
-console = _LazyConsole()
-
-
 _ONLY_HELP = "only case ids matching this glob (repeatable: a case matching any is kept)"
-
-
-def _fail(message: str) -> typer.Exit:
-    console.print(f"[red]error:[/] {message}", highlight=False)
-    return typer.Exit(2)
 
 
 @golden_app.command()
@@ -64,9 +48,9 @@ def generate(
     from ..golden.generate import generate as run
 
     if suite not in SUITES:
-        raise _fail(f"unknown suite {suite!r}; choose one of {', '.join(SUITES)}")
+        raise fail(f"unknown suite {suite!r}; choose one of {', '.join(SUITES)}")
     if workers is not None and scheduler is not None:
-        raise _fail("pass --workers or --scheduler, not both")
+        raise fail("pass --workers or --scheduler, not both")
     try:
         result = run(
             suite,
@@ -79,7 +63,7 @@ def generate(
             only=only or None,
         )
     except (FileExistsError, ValueError, ImportError) as err:
-        raise _fail(str(err)) from None
+        raise fail(str(err)) from None
     console.print(
         f"suite [bold]{result.suite}[/]: {result.cases} cases in {out} "
         f"({len(result.computed)} computed, {len(result.kept)} kept), "
@@ -104,7 +88,7 @@ def verify(
     try:
         results = run(directory, recompute=recompute, only=only or None)
     except ValueError as err:
-        raise _fail(str(err)) from None
+        raise fail(str(err)) from None
     table = Table(title=f"golden verify {directory}" + (" --recompute" if recompute else ""))
     table.add_column("case")
     table.add_column("result")
@@ -169,7 +153,7 @@ def check(
     from ..golden.check import load_impl
 
     if (impl is None) == (forward_backward is None):
-        raise _fail("pass --impl (with an optional --backward) or --forward-backward")
+        raise fail("pass --impl (with an optional --backward) or --forward-backward")
     if str(Path.cwd()) not in sys.path:  # like `python -m`: modules in the working directory
         sys.path.insert(0, str(Path.cwd()))
     try:
@@ -177,7 +161,7 @@ def check(
         bw = load_impl(backward) if backward else None
         fb = load_impl(forward_backward) if forward_backward else None
     except (ImportError, AttributeError, ValueError, TypeError) as err:
-        raise _fail(f"cannot load implementation: {err}") from None
+        raise fail(f"cannot load implementation: {err}") from None
     try:
         report = run(
             fn,
@@ -190,7 +174,7 @@ def check(
             progress=True,
         )
     except ValueError as err:
-        raise _fail(str(err)) from None
+        raise fail(str(err)) from None
     report.impl = impl or forward_backward or ""
     console.print(report.table())
     for line in report.details():
@@ -227,7 +211,7 @@ def conformance(
     from ..golden import conformance as conf
 
     if device not in ("cpu", "cuda"):
-        raise _fail(f"--device must be cpu or cuda, got {device!r}")
+        raise fail(f"--device must be cpu or cuda, got {device!r}")
 
     def show(name: str, dt: str, report: object) -> None:
         console.print(f"{name} {dt}: {conf.Matrix.cell(report)}", highlight=False)  # type: ignore[arg-type]
@@ -242,9 +226,9 @@ def conformance(
             on_report=show,
         )
     except (ValueError, ImportError) as err:
-        raise _fail(str(err)) from None
+        raise fail(str(err)) from None
     if not matrix.reports:
-        raise _fail(f"no peer is available on {device} (install torch, or cupy for a GPU)")
+        raise fail(f"no peer is available on {device} (install torch, or cupy for a GPU)")
     console.print(matrix.table())
     for (name, dt), report in matrix.reports.items():
         for r in report.failures:
@@ -261,7 +245,7 @@ def list_cases(directory: Annotated[Path, typer.Argument(help="suite directory")
     try:
         manifest = store.read_manifest(directory)
     except ValueError as err:
-        raise _fail(str(err)) from None
+        raise fail(str(err)) from None
     table = Table(
         title=f"suite {manifest['suite']} ({len(manifest['cases'])}/{manifest['planned']} cases, "
         f"sparse-ref {manifest['library']['version']}, {manifest['created_utc']})"

@@ -14,33 +14,20 @@ from __future__ import annotations
 
 import ast
 import shlex
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from .. import analysis, patterns, viz
+from ._console import console, fail
 
 patterns_app = typer.Typer(
     help="Pattern pictures and comparison tables (complexity, density, memory, receptive field).",
     no_args_is_help=True,
     add_completion=False,
 )
-
-
-def _console() -> Console:
-    """160 columns when stdout is not a terminal (logs, CI), so tables are not truncated."""
-    return Console(width=None if sys.stdout.isatty() else 160)
-
-
-def _fail(message: str) -> typer.Exit:
-    """Print ``message`` as an error (escaped: rich would read ``[viz]`` in an install hint as
-    markup and drop it) and return the exit to raise."""
-    _console().print(f"[red]error:[/] {escape(message)}", highlight=False)
-    return typer.Exit(2)
 
 
 def parse_value(text: str) -> Any:
@@ -92,7 +79,7 @@ def list_families() -> None:
         except KeyError:
             text = "(no example parameters)"
         table.add_row(family, escape(text))
-    _console().print(table)
+    console.print(table)
 
 
 @patterns_app.command()
@@ -113,19 +100,18 @@ def show(
     """Build NAME with example parameters (overridable) and show it: a summary and a text picture,
     or a PNG with --png."""
     if name not in patterns.available():
-        raise _fail(f"unknown family {name!r}; available: {', '.join(patterns.available())}")
+        raise fail(f"unknown family {name!r}; available: {', '.join(patterns.available())}")
     for option, value in (("--n", n), ("--max-pixels", max_pixels), ("--width", width)):
         if value < 1:
-            raise _fail(f"{option} must be >= 1, got {value}")
+            raise fail(f"{option} must be >= 1, got {value}")
     if head < 0:
-        raise _fail(f"--head must be >= 0, got {head}")
+        raise fail(f"--head must be >= 0, got {head}")
     try:
         pattern = viz.example(name, n, **parse_params(param))
     except (ValueError, TypeError, KeyError) as err:
-        raise _fail(str(err)) from None
+        raise fail(str(err)) from None
     if pattern.num_heads > 1 and head >= pattern.num_heads:
-        raise _fail(f"--head must be < {pattern.num_heads} (the pattern's heads), got {head}")
-    console = _console()
+        raise fail(f"--head must be < {pattern.num_heads} (the pattern's heads), got {head}")
     block = f", block form {pattern.block}" if pattern.block else ""
     console.print(
         f"[bold]{pattern.family}[/] shape {pattern.shape}, {pattern.num_heads} head(s), "
@@ -148,13 +134,13 @@ def show(
     try:
         viz.require_matplotlib().use("Agg")
     except ImportError as err:
-        raise _fail(str(err)) from None
+        raise fail(str(err)) from None
     ax = viz.plot(pattern, head=head, max_pixels=max_pixels, colorbar=True)
     ax.figure.tight_layout()
     try:
         ax.figure.savefig(png, dpi=150)
     except (OSError, ValueError) as err:  # a missing directory, no permission, unknown format
-        raise _fail(f"--png: cannot write {png}: {err}") from None
+        raise fail(f"--png: cannot write {png}: {err}") from None
     console.print(f"wrote {png}", highlight=False, markup=False)
 
 
@@ -181,7 +167,7 @@ def compare(
     L layers, connected components and diameter (defaults: the literature's configurations)."""
     for option, value, least in (("--n", n, 2), ("--layers", layers, 1), ("--d", d, 1)):
         if value < least:
-            raise _fail(f"{option} must be >= {least}, got {value}")
+            raise fail(f"{option} must be >= {least}, got {value}")
     try:
         if pattern:
             chosen = dict(parse_spec(spec, n) for spec in pattern)
@@ -189,11 +175,10 @@ def compare(
             chosen = analysis.literature_patterns(n, include_dense=dense)
         table = analysis.compare(chosen, layers=layers, d=d)
     except (ValueError, TypeError, KeyError) as err:
-        raise _fail(str(err)) from None
+        raise fail(str(err)) from None
     tables = [table]
     if memory:
         tables.append(analysis.memory_table(sorted({1024, 4096, n, 16384, 65536, 131072})))
-    console = _console()
     for t in tables:
         if markdown:
             console.print(t.to_markdown(), highlight=False, markup=False)
