@@ -74,11 +74,37 @@ def _threadpool_controller() -> Any:
     return ThreadpoolController()
 
 
+def _release_openblas_control() -> None:
+    """Let the calling thread set OpenBLAS's process-wide thread count.
+
+    threadpoolctl (>= 3.6) lets only the first thread that set a pthreads-OpenBLAS limit change it
+    again, until that thread clears its claim, and silently ignores every other thread; a
+    ``limit()`` outside a ``with`` block never clears it. So kernels called from a second thread (a
+    JAX callback, a torch worker) ran every GEMM of their parallel regions on all cores: with
+    torch's libgomp loaded OpenBLAS even printed "Detect OpenMP Loop and this application may
+    hang". This module's own lock serialises its limits, so the claim is released before each.
+    """
+    try:
+        from threadpoolctl import OpenBLASController
+    except ImportError:  # threadpoolctl < 3.6 has no per-thread claim
+        return
+    clear = getattr(OpenBLASController, "clear_controlling_thread", None)
+    if clear is not None:
+        clear(force=True)
+
+
 def _limit_to_one() -> Any:
     """Set every BLAS to one thread; return a callable that restores the previous setting."""
     controller = _threadpool_controller()
     if controller is not None:
-        return controller.limit(limits=1, user_api="blas").restore_original_limits
+        _release_openblas_control()
+        limiter = controller.limit(limits=1, user_api="blas")
+
+        def restore_limits() -> None:
+            limiter.restore_original_limits()
+            _release_openblas_control()
+
+        return restore_limits
     controls = _openblas_controls()
     before = [get() for get, _ in controls]
     for _, set_ in controls:
