@@ -3,7 +3,7 @@
 Token CSR cannot hold this pattern (4.3e9 nonzeros for window 4096: 17 GB of int32 indices); its
 block form is 270k blocks of 128 and two distinct masks, built directly in about 0.2 s. The run:
 
-1. builds ``Pattern.from_bsr(blocks.causal_sliding_window(n, window, block))``;
+1. builds ``patterns.causal_sliding_window(n, window, block=block)`` (the block form only);
 2. draws float32 ``q, k, v`` of shape ``(n, d)`` (B = H = 1) and warms the kernel up on a small
    case;
 3. resets the peak-RSS mark (``/proc/self/clear_refs``), runs ``sparse_ref.attention`` once, and
@@ -26,9 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import blocks, oracle, testing
+from .. import oracle, patterns, testing
 from ..api import attention
-from ..pattern import Pattern
 from .flops import useful_flops
 
 __all__ = ["ScaleResult", "run", "report", "sample_rows", "MEMORY_BUDGET"]
@@ -117,13 +116,13 @@ def run(
 ) -> ScaleResult:
     """Build, run and check the causal-window forward at length ``n`` (see the module docstring)."""
     t0 = time.perf_counter()
-    pattern = Pattern.from_bsr(blocks.causal_sliding_window(n, window, block=block))
+    pattern = patterns.causal_sliding_window(n, window, block=block)
     build_s = time.perf_counter() - t0
     bs = pattern.to_bsr()
 
     rng = np.random.default_rng(seed)
     q, k, v = (rng.standard_normal((n, d), dtype=np.float32) for _ in range(3))
-    small = Pattern.from_bsr(blocks.causal_sliding_window(2 * block, window, block=block))
+    small = patterns.causal_sliding_window(2 * block, window, block=block)
     attention(q[: 2 * block], k[: 2 * block], v[: 2 * block], small)  # compile / load the kernel
 
     exact = _reset_peak() and _status_kib("VmHWM") is not None
