@@ -17,6 +17,22 @@ def _random_pattern(rng, n_q, n_k, heads=1, density=0.4):
     return Pattern.from_dense(mask if heads > 1 else mask[0])
 
 
+# ------------------------------------------------------------------------------------ cache
+def test_cached_builds_once_per_pattern_and_key():
+    builds = []
+
+    def build(value):
+        builds.append(value)
+        return [value]
+
+    p, other = patterns.causal(16), patterns.causal(16)
+    first = metadata.cached(p, ("test", 1), lambda: build("a"))
+    assert metadata.cached(p, ("test", 1), lambda: build("b")) is first == ["a"]
+    assert metadata.cached(p, ("test", 2), lambda: build("c")) == ["c"]  # another key
+    assert metadata.cached(other, ("test", 1), lambda: build("d")) == ["d"]  # another pattern
+    assert builds == ["a", "c", "d"]
+
+
 # ------------------------------------------------------------------------------- transposes
 @pytest.mark.parametrize("heads", [1, 3])
 def test_csr_transpose_matches_pattern_transpose(rng, heads):

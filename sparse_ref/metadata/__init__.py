@@ -17,6 +17,8 @@ Every array is C-contiguous and read-only (one Numba specialization per dtype, s
 :mod:`sparse_ref.kernels._views`) and host-side (NumPy). Each piece is built on first request and
 kept in the pattern's own cache (patterns are immutable, so it never goes stale, and it lives
 exactly as long as the pattern: a training loop that reuses its pattern builds each piece once).
+:func:`cached` is that cache, for other modules too (the CuPy backend keeps its device copies
+there).
 The CSR transpose costs 12 bytes per nonzero (int32 rows, int64 ``perm``) for as long as the
 pattern lives. Numba is imported on the first build, never at import, so the CuPy backend may use
 this module: it copies these arrays to the device once and caches the device copies itself.
@@ -35,8 +37,8 @@ the bits, are always the same.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, NamedTuple, TypeVar
+from collections.abc import Callable, Hashable
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 
@@ -54,6 +56,7 @@ __all__ = [
     "block_fill",
     "block_transpose",
     "blocks",
+    "cached",
     "csr",
     "csr_transpose",
     "kernel_pattern",
@@ -101,9 +104,25 @@ def _readonly(a: np.ndarray) -> np.ndarray:
     return view
 
 
-def _cached(pattern: Pattern, key: Any, build: Callable[[], _T]) -> _T:
-    """``build()`` once per pattern and key, kept in the pattern's metadata cache. Two threads
-    may both build on a first call; the first stored value wins, so every caller sees one."""
+def cached(pattern: Pattern, key: Hashable, build: Callable[[], _T]) -> _T:
+    """The value ``build()`` gives, built on the first call for ``pattern`` and ``key`` and kept
+    in the pattern's kernel-metadata cache; later calls return that same object.
+
+    The cache lives exactly as long as the pattern, which is immutable, so a value derived from
+    the pattern alone never goes stale (one derived from anything else must put that in ``key``).
+    Keys are shared by everything cached on the pattern: this module uses plain strings and
+    tuples whose first item is a string (``"blocks"``, ``("block_form", 64)``); another module
+    uses tuples that start with its own name (the CuPy backend: ``("cupy", device, kind,
+    ...)``). Two threads may both build on a first call; the first stored value wins, so every
+    caller sees one object.
+
+    Example:
+        >>> from sparse_ref import patterns
+        >>> p = patterns.causal(8)
+        >>> a = cached(p, ("doc-example", "rows"), lambda: p.shape[0])
+        >>> a, cached(p, ("doc-example", "rows"), lambda: -1)
+        (8, 8)
+    """
     cache = pattern._kernel_metadata
     if key not in cache:
         cache.setdefault(key, build())
@@ -146,7 +165,7 @@ def csr(pattern: Pattern) -> StackedCSR:
     """All heads' token CSR in one flat form (:class:`StackedCSR`), read-only and contiguous.
 
     A block-only pattern materialises its token CSR (refused above ``CSR_LIMIT``)."""
-    return _cached(pattern, "csr", lambda: StackedCSR(*map(_readonly, pattern.stacked_csr())))
+    return cached(pattern, "csr", lambda: StackedCSR(*map(_readonly, pattern.stacked_csr())))
 
 
 def csr_transpose(pattern: Pattern) -> CSRTranspose:
@@ -159,7 +178,7 @@ def csr_transpose(pattern: Pattern) -> CSRTranspose:
         stacked = csr(pattern)
         return CSRTranspose(*transpose_csr(stacked.indptr, stacked.indices, pattern.shape[1]))
 
-    return _cached(pattern, "csr_transpose", build)
+    return cached(pattern, "csr_transpose", build)
 
 
 def blocks(pattern: Pattern) -> StackedBSR:
@@ -173,7 +192,7 @@ def blocks(pattern: Pattern) -> StackedBSR:
         form = pattern.stacked_bsr()
         return StackedBSR(form.block, *map(_readonly, form[1:]))
 
-    return _cached(pattern, "blocks", build)
+    return cached(pattern, "blocks", build)
 
 
 def block_transpose(pattern: Pattern) -> BlockTranspose:
@@ -187,7 +206,7 @@ def block_transpose(pattern: Pattern) -> BlockTranspose:
         t_indptr, t_rows, t_pos = transpose_csr(form.indptr, form.indices, n_cols)
         return BlockTranspose(t_indptr, _readonly(t_rows.astype(np.int64)), t_pos)
 
-    return _cached(pattern, "block_transpose", build)
+    return cached(pattern, "block_transpose", build)
 
 
 # --------------------------------------------------------------------------------- the form
@@ -202,7 +221,7 @@ def _stored_blocks(pattern: Pattern, block: int) -> tuple[int, int]:
         count, area = stored_blocks(stacked.indptr, stacked.indices, n_q, n_k, block, block)
         return int(count), int(area)
 
-    return _cached(pattern, ("stored_blocks", block), build)
+    return cached(pattern, ("stored_blocks", block), build)
 
 
 def block_fill(pattern: Pattern, block: int) -> float:
@@ -289,7 +308,7 @@ def kernel_pattern(pattern: Pattern, form: str = "auto") -> Pattern:
     if form == "csr":
         if pattern.block is None:
             return pattern
-        return _cached(pattern, "csr_form", lambda: _token_csr_only(pattern))
+        return cached(pattern, "csr_form", lambda: _token_csr_only(pattern))
     if pattern.block is not None:
         return pattern
     block = auto_block(pattern)
@@ -297,4 +316,4 @@ def kernel_pattern(pattern: Pattern, form: str = "auto") -> Pattern:
         if form == "auto":
             return pattern
         block = AUTO_RULE[-1][0]
-    return _cached(pattern, ("block_form", block), lambda: _with_block_form(pattern, block))
+    return cached(pattern, ("block_form", block), lambda: _with_block_form(pattern, block))

@@ -15,7 +15,7 @@ import numpy as np
 
 from ... import metadata as host_metadata
 from ...blocks import from_csr as blocks_from_csr
-from ...metadata import _cached as _on_pattern
+from ...metadata import cached as _on_pattern
 from .runtime import _require
 
 __all__ = [
