@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sparse_ref import Pattern, blocks
+from sparse_ref import Pattern, blocks, patterns
 
 
 def layout_pattern(n_q: int, n_k: int, block) -> Pattern:
@@ -28,19 +28,23 @@ def all_partial(n_q: int, n_k: int, block) -> Pattern:
 # name -> (builder(block) -> Pattern); shapes are ragged for every block size below
 STRUCTURES = {
     "causal_sliding_window": lambda b: Pattern.from_bsr(
-        blocks.causal_sliding_window(300, 45, block=b)
+        patterns.causal_sliding_window(300, 45, block=b).block_form
     ),
-    "sliding_window": lambda b: Pattern.from_bsr(blocks.sliding_window(300, 20, 7, block=b)),
+    "sliding_window": lambda b: Pattern.from_bsr(
+        patterns.sliding_window(300, 20, 7, block=b).block_form
+    ),
     "causal_bottom_right_nq<nk": lambda b: Pattern.from_bsr(
-        blocks.causal(150, 300, "bottom_right", block=b)
+        patterns.causal(150, 300, "bottom_right", block=b).block_form
     ),
-    "causal_top_left_nq>nk": lambda b: Pattern.from_bsr(blocks.causal(300, 200, block=b)),
-    "sinks": lambda b: Pattern.from_bsr(blocks.sinks(300, 4, 40, block=b)),
+    "causal_top_left_nq>nk": lambda b: Pattern.from_bsr(
+        patterns.causal(300, 200, block=b).block_form
+    ),
+    "sinks": lambda b: Pattern.from_bsr(patterns.sinks(300, 4, 40, block=b).block_form),
     "global_local": lambda b: Pattern.from_bsr(
-        blocks.global_local(300, 10, 10, [0, 1, 150, -1], block=b)
+        patterns.global_local(300, 10, 10, [0, 1, 150, -1], block=b).block_form
     ),
-    "prefix_lm": lambda b: Pattern.from_bsr(blocks.prefix_lm(300, 70, block=b)),
-    "dense_all_full": lambda b: Pattern.from_bsr(blocks.dense(100, 170, block=b)),
+    "prefix_lm": lambda b: Pattern.from_bsr(patterns.prefix_lm(300, 70, block=b).block_form),
+    "dense_all_full": lambda b: Pattern.from_bsr(patterns.dense(100, 170, block=b).block_form),
     "layout_empty_rows": lambda b: layout_pattern(290, 250, b),
     "all_partial": lambda b: all_partial(200, 230, b),
 }

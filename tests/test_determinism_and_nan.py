@@ -51,7 +51,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import sparse_ref
-from sparse_ref import Pattern, blocks, patterns, testing
+from sparse_ref import Pattern, patterns, testing
 
 
 def _same_bits(a: tuple[np.ndarray, ...], b: tuple[np.ndarray, ...]) -> bool:
@@ -158,7 +158,9 @@ def test_block_form_built_any_way_gives_the_same_bits(dtype: Any) -> None:
     variants = {
         "with_block_form": token.with_block_form(block),
         "catalog_block": patterns.causal_sliding_window(n, 40, block=block),
-        "from_bsr_blocksparse": Pattern.from_bsr(blocks.causal_sliding_window(n, 40, block=block)),
+        "from_bsr_blocksparse": Pattern.from_bsr(
+            patterns.causal_sliding_window(n, 40, block=block).block_form
+        ),
         "from_bsr_of_to_bsr": Pattern.from_bsr(token.to_bsr(block)),
         "from_bsr_scipy": Pattern.from_bsr(token.to_bsr(block).to_scipy(), shape=(n, n)),
     }

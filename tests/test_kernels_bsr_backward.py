@@ -61,7 +61,7 @@ def test_structures_match_the_oracle(name, block, dtype):
 
 @pytest.mark.parametrize("block", [(16, 64), (64, 16), (128, 32), (3, 5)], ids=str)
 def test_rectangular_and_odd_blocks(block):
-    pattern = Pattern.from_bsr(blocks.sinks(203, 5, 33, block=block))
+    pattern = Pattern.from_bsr(patterns.sinks(203, 5, 33, block=block).block_form)
     _check(pattern, *_inputs(pattern, np.float32, d=32, d_v=48))
 
 
@@ -85,10 +85,10 @@ def test_key_tiles_of_any_width(monkeypatch, tile_keys):
 @pytest.mark.parametrize("per_head", [False, True])
 def test_gqa_batches_and_per_head_patterns(per_head, kv_heads, dtype):
     parts = [
-        blocks.causal_sliding_window(130, 20, block=32),
-        blocks.sinks(130, 3, 9, block=32),
-        blocks.global_local(130, 5, 5, [7], block=32),
-        blocks.causal(130, block=32),
+        patterns.causal_sliding_window(130, 20, block=32).block_form,
+        patterns.sinks(130, 3, 9, block=32).block_form,
+        patterns.global_local(130, 5, 5, [7], block=32).block_form,
+        patterns.causal(130, block=32).block_form,
     ]
     pattern = Pattern.from_bsr(blocks.stack(parts) if per_head else parts[0])
     _check(pattern, *_inputs(pattern, dtype, heads=4, kv_heads=kv_heads, batch=2, d_v=40))
@@ -153,7 +153,7 @@ def test_empty_block_rows_and_unattended_keys_get_zero_gradients():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 def test_pattern_without_entries(dtype):
-    nothing = Pattern.from_bsr(blocks.causal_sliding_window(40, 0, block=16))
+    nothing = Pattern.from_bsr(patterns.causal_sliding_window(40, 0, block=16).block_form)
     q, k, v, dout = _inputs(nothing, dtype, d=8)
     for g, x in zip(sparse_ref.attention_backward(q, k, v, nothing, dout), (q, k, v)):
         assert np.array_equal(g, np.zeros_like(x))
@@ -179,7 +179,7 @@ def test_non_finite_inputs_follow_the_oracle(case, dtype, d):
     """NaN and infinite values of allowed entries give NaN exactly where the oracle does; values
     that only excluded entries would meet do not leak (0 * inf)."""
     name, token, comp, value, grad, finite_rows = NON_FINITE[case]
-    pattern = Pattern.from_bsr(blocks.causal_sliding_window(100, 30, block=16))
+    pattern = Pattern.from_bsr(patterns.causal_sliding_window(100, 30, block=16).block_form)
     arrays = dict(zip(("q", "k", "v", "dout"), _inputs(pattern, dtype, d=d)))
     arrays = {key: np.abs(x) + 0.1 for key, x in arrays.items()}
     arrays[name][0, 0, token, comp] = value
@@ -211,10 +211,10 @@ def test_bitwise_identical_for_any_thread_count_and_across_runs(monkeypatch):
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("Numba has a single thread here: cannot compare thread counts")
     parts = [
-        blocks.global_local(600, 40, 30, [0, 300], block=64),
-        blocks.causal_sliding_window(600, 130, block=64),
-        blocks.sinks(600, 3, 200, block=64),
-        blocks.dense(600, 600, block=64),
+        patterns.global_local(600, 40, 30, [0, 300], block=64).block_form,
+        patterns.causal_sliding_window(600, 130, block=64).block_form,
+        patterns.sinks(600, 3, 200, block=64).block_form,
+        patterns.dense(600, 600, block=64).block_form,
     ]
     pattern = Pattern.from_bsr(blocks.stack(parts)).causal()  # partial blocks on the diagonal
     q, k, v, dout = _inputs(pattern, np.float32, heads=4, kv_heads=2, batch=2, d=32)
@@ -235,7 +235,10 @@ def test_bitwise_identical_for_any_thread_count_and_across_runs(monkeypatch):
 def test_bands_and_head_chunks_keep_the_order_of_the_sums(monkeypatch, per_head):
     """With one head per chunk and one block row per band the partials reach dk/dv in the same
     order (head, then block row) as in a single band: the same bits."""
-    parts = [blocks.sinks(300, 4, 40, block=32), blocks.causal(300, block=32)]
+    parts = [
+        patterns.sinks(300, 4, 40, block=32).block_form,
+        patterns.causal(300, block=32).block_form,
+    ]
     pattern = Pattern.from_bsr(blocks.stack(parts) if per_head else parts[0])
     q, k, v, dout = _inputs(pattern, np.float64, heads=2, kv_heads=1, batch=2, d=16)
     whole = sparse_ref.attention_backward(q, k, v, pattern, dout)
@@ -348,7 +351,7 @@ def test_long_causal_window_without_token_csr(monkeypatch):
     """n = 2**17, causal window 4096, blocks of 128 (1/8 of the million-token run): no token CSR,
     extra memory of the call bounded by the outputs plus the scratch, sampled rows and keys
     against the oracle on the slices they depend on."""
-    from sparse_ref.bench_scale import _reset_peak, _status_kib
+    from sparse_ref.bench.scale import _reset_peak, _status_kib
 
     n, window, d = 1 << 17, 4096, 64
     pattern = patterns.causal_sliding_window(n, window, block=128)

@@ -46,7 +46,7 @@ def test_structures_match_the_oracle(name, block, dtype):
 
 @pytest.mark.parametrize("block", [(16, 64), (64, 16), (128, 32), (3, 5)], ids=str)
 def test_rectangular_and_odd_blocks(block):
-    pattern = Pattern.from_bsr(blocks.sinks(203, 5, 33, block=block))
+    pattern = Pattern.from_bsr(patterns.sinks(203, 5, 33, block=block).block_form)
     q, k, v = _inputs(pattern, np.float32, d=32, d_v=48)
     _check(pattern, q, k, v)
 
@@ -73,7 +73,7 @@ def test_empty_rows_give_zero_and_minus_inf():
     empty = pattern.to_bsr().row_counts() == 0
     assert empty.sum() >= 32 + 2  # block row 1 and the ragged last block row (2 rows)
     assert (out[0, 0, empty] == 0).all() and np.isneginf(lse[0, 0, empty]).all()
-    nothing = Pattern.from_bsr(blocks.causal_sliding_window(40, 0, block=16))
+    nothing = Pattern.from_bsr(patterns.causal_sliding_window(40, 0, block=16).block_form)
     out, lse = sparse_ref.attention(
         q[..., :40, :], k[..., :40, :], v[..., :40, :], nothing, return_lse=True
     )
@@ -86,10 +86,10 @@ def test_empty_rows_give_zero_and_minus_inf():
 def test_gqa_batches_and_per_head_patterns(per_head, kv_heads, dtype):
     heads = 4
     parts = [
-        blocks.causal_sliding_window(130, 20, block=32),
-        blocks.sinks(130, 3, 9, block=32),
-        blocks.global_local(130, 5, 5, [7], block=32),
-        blocks.causal(130, block=32),
+        patterns.causal_sliding_window(130, 20, block=32).block_form,
+        patterns.sinks(130, 3, 9, block=32).block_form,
+        patterns.global_local(130, 5, 5, [7], block=32).block_form,
+        patterns.causal(130, block=32).block_form,
     ]
     pattern = Pattern.from_bsr(blocks.stack(parts) if per_head else parts[0])
     q, k, v = _inputs(pattern, dtype, heads=heads, kv_heads=kv_heads, batch=2)
@@ -116,7 +116,7 @@ def test_two_and_three_dimensional_inputs():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 def test_non_finite_inputs_follow_the_oracle(dtype):
-    pattern = Pattern.from_bsr(blocks.causal_sliding_window(100, 30, block=16))
+    pattern = Pattern.from_bsr(patterns.causal_sliding_window(100, 30, block=16).block_form)
     q, k, v = _inputs(pattern, dtype, d=16)
     q, k, v = (np.abs(x) + 0.1 for x in (q, k, v))
     v[0, 0, 50, 3] = np.inf  # key 50 is masked for rows 48, 49 of its own (diagonal) block
@@ -132,7 +132,7 @@ def test_non_finite_inputs_follow_the_oracle(dtype):
 
 
 def test_deterministic_for_any_thread_count():
-    pattern = Pattern.from_bsr(blocks.global_local(1500, 100, 60, [0, 700], block=64))
+    pattern = Pattern.from_bsr(patterns.global_local(1500, 100, 60, [0, 700], block=64).block_form)
     q, k, v = _inputs(pattern, np.float32, heads=2, batch=2)
     available = numba.config.NUMBA_NUM_THREADS
     before = numba.get_num_threads()
@@ -161,7 +161,7 @@ def test_backend_picks_bsr_for_block_forms_and_csr_otherwise(monkeypatch):
     a = sparse_ref.attention(q, k, v, csr_pattern)
     b = sparse_ref.attention(q, k, v, csr_pattern.with_block_form(32))
     c = sparse_ref.attention(
-        q, k, v, Pattern.from_bsr(blocks.causal_sliding_window(96, 9, block=32))
+        q, k, v, Pattern.from_bsr(patterns.causal_sliding_window(96, 9, block=32).block_form)
     )
     assert calls == ["csr", "bsr", "bsr"]
     np.testing.assert_array_equal(b, c)
@@ -174,7 +174,7 @@ def test_bigbird_like_layout_matches_the_oracle():
 
 
 def test_bench_scale_small_run_meets_memory_and_accuracy():
-    from sparse_ref.bench_scale import report, run
+    from sparse_ref.bench.scale import report, run
 
     result = run(8192, 512, d=32, block=64, rows=24)
     assert result.ok, report(result)
