@@ -77,6 +77,36 @@ def test_block_transpose_lists_each_column_in_block_row_order():
             assert ((t_pos[sel] >= bsr.indptr[p, 0]) & (t_pos[sel] < bsr.indptr[p, -1])).all()
 
 
+@pytest.mark.parametrize("block", [(32, 32), (16, 48)], ids=str)
+def test_block_row_layout_lays_each_block_rows_keys_end_to_end(block):
+    parts = [  # 200 keys: a ragged last block column
+        patterns.global_local(200, 9, 9, [0, 120], block=block).block_form,
+        patterns.causal(200, block=block).block_form,
+    ]
+    pattern = Pattern.from_bsr(blocks.stack(parts))
+    (bq, bk), indptr, indices, _, masks = metadata.blocks(pattern)
+    lay = metadata.block_row_layout(pattern)
+    for p in range(2):
+        for bi in range(indptr.shape[1] - 1):
+            a, z = indptr[p, bi], indptr[p, bi + 1]
+            widths = [min(bk, 200 - int(bj) * bk) for bj in indices[a:z]]
+            assert lay.widths[a:z].tolist() == widths
+            assert lay.wcum[a:z].tolist() == [sum(widths[:i]) for i in range(len(widths))]
+            assert lay.row_keys[p, bi] == sum(widths)
+    assert np.array_equal(lay.masks_t, masks.transpose(0, 2, 1)) and len(masks) > 0
+    assert lay.widths.dtype == lay.wcum.dtype == lay.row_keys.dtype == np.int64
+    assert all(a.flags.c_contiguous and not a.flags.writeable for a in lay)
+    assert metadata.block_row_layout(pattern) is lay  # cached on the pattern
+
+
+def test_block_row_layout_without_partial_blocks_has_one_empty_mask():
+    pattern = patterns.dense(100, 70, block=32)
+    assert len(metadata.blocks(pattern).masks) == 0
+    lay = metadata.block_row_layout(pattern)
+    assert lay.masks_t.shape == (1, 32, 32) and not lay.masks_t.any()
+    assert lay.row_keys.tolist() == [[70] * 4]
+
+
 def test_blocks_refuses_a_pattern_without_a_block_form():
     with pytest.raises(ValueError, match="no block form"):
         metadata.blocks(patterns.causal(8))

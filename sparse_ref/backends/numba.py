@@ -102,7 +102,7 @@ def backward(
     qc, kc, vc, gc = _kernel_inputs(*(np.asarray(x, dtype=ct) for x in (q, k, v, dout)))
     dq, dk, dv = (np.empty(x.shape, dtype=ct) for x in (qc, kc, vc))
     if pattern.block is not None:
-        (bq, bk), indptr, indices, mask_index, masks = metadata.blocks(pattern)
+        (bq, bk), indptr, indices, mask_index, _ = metadata.blocks(pattern)
         by_column = metadata.block_transpose(pattern)
         bsr_backward(
             qc,
@@ -112,7 +112,7 @@ def backward(
             indptr,
             indices,
             mask_index,
-            masks,
+            metadata.block_row_layout(pattern),
             bq,
             bk,
             by_column.indptr,

@@ -57,7 +57,8 @@ only ``reassoc``/``contract``/``arcp``.
 Inputs are trusted (validated in ``api.py`` and by :class:`~sparse_ref.blocks.BlockSparse`): q
 ``(B, H, n_q, d)``, k ``(B, H_kv, n_k, d)``, v ``(B, H_kv, n_k, d_v)``, dout ``(B, H, n_q, d_v)``,
 C-contiguous, one float dtype that is also the accumulation dtype; the block form as
-:meth:`Pattern.stacked_bsr` gives it.
+:meth:`Pattern.stacked_bsr` gives it, with its row layout from
+:func:`sparse_ref.metadata.block_row_layout` (built once per pattern, not per call).
 """
 
 from __future__ import annotations
@@ -591,7 +592,7 @@ def bsr_backward(  # type: ignore[no-untyped-def]
     indptr,
     indices,
     mask_index,
-    masks,
+    layout,
     bq,
     bk,
     t_indptr,
@@ -608,8 +609,11 @@ def bsr_backward(  # type: ignore[no-untyped-def]
     Args:
         q, k, v, dout: ``(B, H, n_q, d)``, ``(B, H_kv, n_k, d)``, ``(B, H_kv, n_k, d_v)``,
             ``(B, H, n_q, d_v)``, C-contiguous, float32 or float64 (the compute dtype).
-        indptr, indices, mask_index, masks, bq, bk: the block form (:class:`StackedBSR`, ``masks``
-            the deduplicated mask table); ragged last block row/column allowed.
+        indptr, indices, mask_index, bq, bk: the block form (:class:`StackedBSR`); ragged last
+            block row/column allowed.
+        layout: the same block form as the row tasks read it
+            (``sparse_ref.metadata.block_row_layout``: block widths, their offsets within each
+            block row, keys per block row, the masks key-major), built once per pattern.
         t_indptr, t_rows, t_pos: the stored blocks of each key block column
             (``sparse_ref.metadata.block_transpose``: ``t_indptr (P, nbk + 1)`` absolute offsets,
             block rows ascending, storage positions).
@@ -618,25 +622,19 @@ def bsr_backward(  # type: ignore[no-untyped-def]
 
     Extra memory: two band buffers of partial ``dk``/``dv`` (:data:`SCRATCH_BYTES` together,
     unless one block row of one head needs more), per thread the scores and ``dp`` of one block
-    row (and the softcap derivative), and O(nblocks) index arrays.
+    row (and the softcap derivative), and per band the key block columns it touches and the
+    offsets of its slots. (The O(nblocks) layout arrays are the pattern's, built once.)
     """
     B, H, n_q, d = q.shape
-    n_k, d_v = v.shape[2], v.shape[3]
+    d_v = v.shape[3]
     dt = q.dtype.type
     P = indptr.shape[0]
     dk[...] = 0
     dv[...] = 0
-    masks_t = np.ascontiguousarray(np.asarray(masks, dtype=np.bool_).transpose(0, 2, 1))
-    if masks_t.shape[0] == 0:
-        masks_t = np.zeros((1, bk, bq), dtype=np.bool_)
     indptr = np.ascontiguousarray(indptr, dtype=np.int64)
     indices = np.ascontiguousarray(indices, dtype=np.int32)
     mask_index = np.ascontiguousarray(mask_index, dtype=np.int32)
-    # block widths, their running sum within each block row, keys per block row
-    widths = np.minimum(bk, n_k - indices.astype(np.int64) * bk)
-    cw = np.concatenate([[0], np.cumsum(widths)])
-    wcum = cw[:-1] - np.repeat(cw[indptr[:, :-1].ravel()], np.diff(indptr, axis=1).ravel())
-    row_keys = cw[indptr[:, 1:]] - cw[indptr[:, :-1]]  # (P, nbq)
+    widths, wcum, row_keys, masks_t = layout  # row_keys: (P, nbq)
     per_key = (d + d_v) * q.dtype.itemsize
     plan = bands(row_keys, H, B, max(1, SCRATCH_BYTES // (2 * per_key)))
     if not plan:

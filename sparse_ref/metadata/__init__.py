@@ -10,6 +10,8 @@ What the kernels consume besides q, k and v, in the role of JAX splash attention
   ``indices``, ``mask_index``, ``masks``);
 - :func:`block_transpose`: the backward column tasks: the stored blocks of each key block column
   (:class:`BlockTranspose`);
+- :func:`block_row_layout`: the backward row tasks: where each stored block's keys sit in its
+  block row, and the masks key-major (:class:`BlockRowLayout`, built by :mod:`.row_layout`);
 - :func:`kernel_pattern`: the form the kernels run on (``form="auto" | "csr" | "block"``, the rule
   below).
 
@@ -44,16 +46,19 @@ import numpy as np
 
 from ..blocks import MASK_LIMIT, BlockSparse, StackedBSR
 from ..pattern import Pattern, StackedCSR
+from .row_layout import BlockRowLayout, row_layout_of
 
 __all__ = [
     "AUTO_RULE",
     "FORMS",
+    "BlockRowLayout",
     "BlockTranspose",
     "CSRTranspose",
     "StackedBSR",
     "StackedCSR",
     "auto_block",
     "block_fill",
+    "block_row_layout",
     "block_transpose",
     "blocks",
     "cached",
@@ -207,6 +212,18 @@ def block_transpose(pattern: Pattern) -> BlockTranspose:
         return BlockTranspose(t_indptr, _readonly(t_rows.astype(np.int64)), t_pos)
 
     return cached(pattern, "block_transpose", build)
+
+
+def block_row_layout(pattern: Pattern) -> BlockRowLayout:
+    """The pattern's own block form as the backward's row tasks read it (:class:`BlockRowLayout`:
+    block widths, where they start in their block row, keys per block row, masks key-major),
+    read-only; built once per pattern, not on every backward call."""
+
+    def build() -> BlockRowLayout:
+        layout = row_layout_of(blocks(pattern), pattern.shape[1])
+        return BlockRowLayout(*map(_readonly, layout))
+
+    return cached(pattern, "block_row_layout", build)
 
 
 # --------------------------------------------------------------------------------- the form
