@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from .. import tolerance
+from ..kernels._blas_threads import single_threaded_blas
 from ..validation import prepare
 from . import store
 from .suites import CaseSpec, Suite, build_pattern, build_suite, pattern_shape
@@ -124,18 +125,18 @@ def _compute(
 @contextlib.contextmanager
 def _single_threaded_blas() -> Iterator[None]:
     """Run BLAS on one thread: OpenBLAS/MKL round differently with different thread counts, and
-    a dask worker (one thread) must produce the same bytes as a run in this process."""
+    a dask worker (one thread) must produce the same bytes as a run in this process. The kernels'
+    limit, shared by all threads: threadpoolctl's own, taken per dask worker thread, let the second
+    of two overlapping threads run on two BLAS threads, and left the process on one after them."""
     try:
-        from threadpoolctl import threadpool_limits
+        import threadpoolctl  # noqa: F401  (without it only OpenBLAS is limited)
     except ImportError:  # pragma: no cover - threadpoolctl is a dependency
         warnings.warn(
             "threadpoolctl is not installed: golden case bytes may depend on the BLAS thread count",
             RuntimeWarning,
             stacklevel=3,
         )
-        yield
-        return
-    with threadpool_limits(limits=1, user_api="blas"):
+    with single_threaded_blas():
         yield
 
 
