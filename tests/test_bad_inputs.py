@@ -490,7 +490,7 @@ ROWS: list[Row] = [
     Row("torch-csr-not-pattern", lambda: _ti().to_torch_sparse_csr("causal"), TypeError, r"pattern must be a sparse_ref.Pattern, got str", "torch"),
     Row("torch-from-not-tensor", lambda: _ti().from_torch_sparse_csr(np.eye(3)), TypeError, r"t must be a torch.Tensor, got ndarray", "torch"),
     Row("torch-from-1d", lambda: _ti().from_torch_sparse_csr(_torch().ones(3)), ValueError, r"t must be a 2-D or batched 3-D tensor, got 1-D", "torch"),
-    Row("torch-from-bad-crow", lambda: _ti().from_torch_sparse_csr(_torch_csr([0, 2, 1], [0, 1], (2, 3))), ValueError, r"t.crow_indices\(\) must start at 0, be non-decreasing .*row 1", "torch"),
+    Row("torch-from-bad-crow", lambda: _ti().from_torch_sparse_csr(_torch_csr([0, 2, 1], [0, 1], (2, 3))), ValueError, r"t \(indptr = crow_indices\(\), indices = col_indices\(\)\): indptr must be non-decreasing: .*\(row 1\)", "torch"),
     Row("torch-from-bad-col", lambda: _ti().from_torch_sparse_csr(_torch_csr([0, 1, 2], [0, 7], (2, 3))), ValueError, r"indices out of range: row 1 has key 7", "torch"),
     Row("torch-flex-block-zero", lambda: _ti().to_flex_block_mask(patterns.causal(8), 0), ValueError, r"block must be >= 1, got 0", "torch"),
     Row("torch-flex-not-pattern", lambda: _ti().to_flex_block_mask(np.eye(8, dtype=bool), 4), TypeError, r"pattern must be a sparse_ref.Pattern, got ndarray", "torch"),

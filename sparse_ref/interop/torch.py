@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from ..blocks import BlockSparse, check_block
-from ..checks import check_nonneg_int, check_pos_int
+from ..checks import check_compressed, check_nonneg_int, check_pos_int
 from ..pattern import Pattern
 
 __all__ = [
@@ -431,21 +431,21 @@ def _check_pattern(pattern: Any) -> None:
         raise TypeError(f"pattern must be a sparse_ref.Pattern, got {type(pattern).__name__}")
 
 
-def _check_crow(crow: np.ndarray, nnz: int, n_q: int, batch: int) -> None:
-    """torch builds CSR tensors without checks (``check_invariants=False``): check the row
-    offsets before using them (column indices are checked by ``Pattern.from_csr``)."""
-    where = f" (batch {batch})" if batch else ""
-    if len(crow) != n_q + 1:
+def _check_csr(
+    crow: np.ndarray, col: np.ndarray, shape: tuple[int, int], batch: int | None
+) -> None:
+    """torch builds CSR tensors without checks (``check_invariants=False``): check one (batch
+    element's) ``crow_indices``/``col_indices`` with :func:`~sparse_ref.checks.check_compressed`
+    before using them (unsorted rows allowed: ``Pattern.from_csr`` sorts). Errors name ``t`` (and
+    the batch) and say that ``indptr``/``indices`` are its ``crow_indices()``/``col_indices()``."""
+    at = "" if batch is None else f" (batch {batch})"
+    if len(crow) != shape[0] + 1:
         raise ValueError(
-            f"t.crow_indices(){where} must have length n_q + 1 = {n_q + 1}, got {len(crow)}"
+            f"t.crow_indices(){at} must have length n_q + 1 = {shape[0] + 1}, got {len(crow)}"
         )
-    steps = np.diff(crow.astype(np.int64))
-    if crow[0] != 0 or (steps < 0).any() or crow[-1] != nnz:
-        row = int(np.argmax(steps < 0)) if (steps < 0).any() else None
-        at = f"; row {row} ends before it starts" if row is not None else ""
-        raise ValueError(
-            f"t.crow_indices(){where} must start at 0, be non-decreasing and end at nnz = {nnz}{at}"
-        )
+    names = "indptr = crow_indices(), indices = col_indices()"
+    where = f"t ({names}): " if batch is None else f"t (batch {batch}; {names}): "
+    check_compressed(crow.astype(np.int64)[None], col, shape[1], require_sorted=False, where=where)
 
 
 def to_torch_sparse_csr(pattern: Pattern, head: int | None = None, *, dtype: Any = None) -> Any:
@@ -516,12 +516,12 @@ def from_torch_sparse_csr(t: Any) -> Pattern:
     col = t.col_indices().numpy()
     vals = t.values()
     nonzero = (vals != 0).numpy() if vals.dtype != torch.bool else vals.numpy()
-    shape = tuple(int(s) for s in t.shape[-2:])
+    shape = (int(t.shape[-2]), int(t.shape[-1]))
     if t.ndim == 2:
         crow, col, nonzero = crow[None], col[None], nonzero[None]
     heads = []
     for b in range(crow.shape[0]):
-        _check_crow(crow[b], len(col[b]), shape[0], b)
+        _check_csr(crow[b], col[b], shape, b if t.ndim == 3 else None)
         keep = nonzero[b].astype(bool)
         rows = np.repeat(np.arange(shape[0]), np.diff(crow[b]))[keep]
         indptr = np.zeros(shape[0] + 1, dtype=np.int64)
