@@ -94,4 +94,26 @@ __device__ __forceinline__ double shfl_xor(double x, int m) { return __shfl_xor_
 
 static constexpr int BIG_INDEX = 0x7fffffff;
 
+// The rows a CTA owns in a kernel over a block form (forward, backward dq) or its transpose
+// (backward dk/dv). blockIdx.x runs over (sub-tile, head) with heads fastest; each block row is
+// `subs` sub-tiles of BM rows, and block rows come in `order` (each head's block rows sorted by
+// stored blocks, heaviest first, so the longest CTAs start first); blockIdx.y is the batch
+// element. order has one row of nb entries per head, or one for all heads when planes == 1.
+// Rows [row0, row0 + nrows) of block row `brow`; nrows <= 0 (uniform over the CTA): nothing to do.
+template <int BM>
+struct BlockRowTile {
+  int head, batch, nb, sub, brow, row0, nrows;
+  __device__ __forceinline__ BlockRowTile(const int* __restrict__ order, int heads, int planes,
+                                          int n, int blen, int subs) {
+    head = blockIdx.x % heads;
+    batch = blockIdx.y;
+    nb = (n + blen - 1) / blen;
+    const int rest = blockIdx.x / heads;
+    sub = rest % subs;
+    brow = order[(long long)(planes == 1 ? 0 : head) * nb + rest / subs];
+    row0 = brow * blen + sub * BM;
+    nrows = min(BM, min(brow * blen + blen, n) - row0);
+  }
+};
+
 }  // namespace sparse_ref

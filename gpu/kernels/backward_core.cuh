@@ -130,6 +130,47 @@ struct Bwd {
   }
 };
 
+// One walk over the tiles of `walk` (from walk.begin(sm, h)), the loop both backward kernels run
+// (the dq kernel twice): per tile, the BN rows at the tile's first index of y0 (K, or Q) and y1
+// (V, or dO) go to sm.y0 / sm.y1 (d and dv columns), stage(j0, nk) stages whatever else the tile
+// needs (nk valid rows), then this thread's S = x0 y0^T and dP = x1 y1^T, the next tile's bitmap is
+// built, and body(mask, s, dp) consumes the tile with `mask` its bitmap; a barrier follows.
+template <typename T, typename A, int TM, int TN, int DMAX, typename Walk, typename Stage,
+          typename Body>
+__device__ __forceinline__ void walk_tiles(const typename Bwd<T, A, TM, TN, DMAX>::Smem& sm,
+                                           Walk& walk, int h, const T* y0, const T* y1, int d,
+                                           int dv, Stage&& stage, Body&& body) {
+  using W = Bwd<T, A, TM, TN, DMAX>;
+  using C = typename W::C;
+  constexpr int BM = W::BM, BN = W::BN, MW = W::MW;
+  const int tid = threadIdx.x, ty = tid >> 4, tx = tid & 15;
+  int j0 = walk.begin(sm, h);
+  for (int t = 0; j0 != BIG_INDEX; ++t) {
+    const unsigned* mask_t = sm.mask + (t & 1) * BM * MW;
+    unsigned* mask_n = sm.mask + ((t + 1) & 1) * BM * MW;
+    const int j1 = walk.next(sm);
+    const int nk = walk.width(j0);
+    C::template load_tile<BN>(sm.y0, y0, j0, nk, d);
+    C::template load_tile<BN>(sm.y1, y1, j0, nk, dv);
+    cp_async_commit();
+    stage(j0, nk);
+    walk.stage(sm, j1);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    A s[TM][TN], dp[TM][TN];
+    W::product_nt(sm.x0, sm.y0, s, ty, tx);
+    W::product_nt(sm.x1, sm.y1, dp, ty, tx);
+    cp_async_wait<0>();
+    __syncwarp();
+    walk.build(sm, mask_n, j1);
+    body(mask_t, s, dp);
+    __syncthreads();
+    walk.step();
+    j0 = j1;
+  }
+}
+
 // dq (and each row's m, r, delta) of query rows [r0, r0 + nrows) of head h: qb, gb (q, dout) and
 // dqb point at head (b, h), kb, vb at its kv head, st_* at the head's statistics (n_q rows).
 template <typename T, typename A, int TM, int TN, int DMAX, typename Walk>
@@ -139,7 +180,7 @@ __device__ __forceinline__ void backward_dq_rows(
     A scale, A softcap, bool sc, bool finite) {
   using W = Bwd<T, A, TM, TN, DMAX>;
   using C = typename W::C;
-  constexpr int BM = W::BM, BN = W::BN, MW = W::MW, LDP = W::LDP, NO = W::NO;
+  constexpr int BM = W::BM, LDP = W::LDP, NO = W::NO;
   constexpr int OC = W::OC, OV = W::OV;
   const int tid = threadIdx.x, ty = tid >> 4, tx = tid & 15;
   const A NEG = -num<A>::inf();
@@ -156,25 +197,9 @@ __device__ __forceinline__ void backward_dq_rows(
     l[i] = (A)0;
     dl[i] = (A)0;
   }
-  int j0 = walk.begin(sm, h);
-  for (int t = 0; j0 != BIG_INDEX; ++t) {
-    const unsigned* mask_t = sm.mask + (t & 1) * BM * MW;
-    unsigned* mask_n = sm.mask + ((t + 1) & 1) * BM * MW;
-    const int j1 = walk.next(sm);
-    const int nk = walk.width(j0);
-    C::template load_tile<BN>(sm.y0, kb, j0, nk, d);
-    C::template load_tile<BN>(sm.y1, vb, j0, nk, dv);
-    cp_async_commit();
-    walk.stage(sm, j1);
-    cp_async_commit();
-    cp_async_wait<1>();
-    __syncthreads();
-    A s[TM][TN], dp[TM][TN];
-    W::product_nt(sm.x0, sm.y0, s, ty, tx);
-    W::product_nt(sm.x1, sm.y1, dp, ty, tx);
-    cp_async_wait<0>();
-    __syncwarp();
-    walk.build(sm, mask_n, j1);
+  const auto no_stage = [](int, int) {};
+  walk_tiles<T, A, TM, TN, DMAX>(
+      sm, walk, h, kb, vb, d, dv, no_stage, [&](const unsigned* mask_t, auto& s, auto& dp) {
 #pragma unroll
     for (int i = 0; i < TM; ++i) {
       const int r = ty + 16 * i;
@@ -205,10 +230,7 @@ __device__ __forceinline__ void backward_dq_rows(
       l[i] = l[i] * alpha + le;
       dl[i] = dl[i] * alpha + dle;
     }
-    __syncthreads();
-    walk.step();
-    j0 = j1;
-  }
+  });
 
   // ---- row statistics: m (0 for rows without finite max), r = 1/l (0: no gradient), delta
   A mrow[TM], rrow[TM], drow[TM];
@@ -239,25 +261,8 @@ __device__ __forceinline__ void backward_dq_rows(
   for (int i = 0; i < TM; ++i)
 #pragma unroll
     for (int c = 0; c < NO; ++c) acc[i][c] = (A)0;
-  j0 = walk.begin(sm, h);
-  for (int t = 0; j0 != BIG_INDEX; ++t) {
-    const unsigned* mask_t = sm.mask + (t & 1) * BM * MW;
-    unsigned* mask_n = sm.mask + ((t + 1) & 1) * BM * MW;
-    const int j1 = walk.next(sm);
-    const int nk = walk.width(j0);
-    C::template load_tile<BN>(sm.y0, kb, j0, nk, d);
-    C::template load_tile<BN>(sm.y1, vb, j0, nk, dv);
-    cp_async_commit();
-    walk.stage(sm, j1);
-    cp_async_commit();
-    cp_async_wait<1>();
-    __syncthreads();
-    A s[TM][TN], dp[TM][TN];
-    W::product_nt(sm.x0, sm.y0, s, ty, tx);
-    W::product_nt(sm.x1, sm.y1, dp, ty, tx);
-    cp_async_wait<0>();
-    __syncwarp();
-    walk.build(sm, mask_n, j1);
+  walk_tiles<T, A, TM, TN, DMAX>(
+      sm, walk, h, kb, vb, d, dv, no_stage, [&](const unsigned* mask_t, auto& s, auto& dp) {
 #pragma unroll
     for (int i = 0; i < TM; ++i) {
       const int r = ty + 16 * i;
@@ -273,10 +278,7 @@ __device__ __forceinline__ void backward_dq_rows(
     }
     __syncthreads();
     W::product_acc(sm.w0, sm.y0, mask_t, finite, acc, ty, tx);
-    __syncthreads();
-    walk.step();
-    j0 = j1;
-  }
+  });
 
 #pragma unroll
   for (int i = 0; i < TM; ++i) {
@@ -305,7 +307,7 @@ __device__ __forceinline__ void backward_dkdv_rows(
     bool finite) {
   using W = Bwd<T, A, TM, TN, DMAX>;
   using C = typename W::C;
-  constexpr int BM = W::BM, BN = W::BN, MW = W::MW, LDP = W::LDP, NO = W::NO;
+  constexpr int BM = W::BM, BN = W::BN, LDP = W::LDP, NO = W::NO;
   constexpr int OC = W::OC, OV = W::OV;
   const int tid = threadIdx.x, ty = tid >> 4, tx = tid & 15;
 
@@ -328,31 +330,16 @@ __device__ __forceinline__ void backward_dkdv_rows(
     const T* qb = q + bh * n_q * d;
     const T* gb = dout + bh * n_q * dv;
     const long long so = bh * n_q;
-    int i0 = walk.begin(sm, h);
-    for (int t = 0; i0 != BIG_INDEX; ++t) {
-      const unsigned* mask_t = sm.mask + (t & 1) * BM * MW;
-      unsigned* mask_n = sm.mask + ((t + 1) & 1) * BM * MW;
-      const int i1 = walk.next(sm);
-      const int ni = walk.width(i0);
-      C::template load_tile<BN>(sm.y0, qb, i0, ni, d);
-      C::template load_tile<BN>(sm.y1, gb, i0, ni, dv);
-      cp_async_commit();
+    const auto stage_stats = [&](int i0, int ni) {  // the tile's query rows' m, r, delta
       if (tid < BN) {
         const bool ok = tid < ni;
         sm.stat[tid] = ok ? st_m[so + i0 + tid] : (A)0;
         sm.stat[BN + tid] = ok ? st_r[so + i0 + tid] : (A)0;
         sm.stat[2 * BN + tid] = ok ? st_d[so + i0 + tid] : (A)0;
       }
-      walk.stage(sm, i1);
-      cp_async_commit();
-      cp_async_wait<1>();
-      __syncthreads();
-      A s[TM][TN], dp[TM][TN];
-      W::product_nt(sm.x0, sm.y0, s, ty, tx);
-      W::product_nt(sm.x1, sm.y1, dp, ty, tx);
-      cp_async_wait<0>();
-      __syncwarp();
-      walk.build(sm, mask_n, i1);
+    };
+    walk_tiles<T, A, TM, TN, DMAX>(
+        sm, walk, h, qb, gb, d, dv, stage_stats, [&](const unsigned* mask_t, auto& s, auto& dp) {
 #pragma unroll
       for (int i = 0; i < TM; ++i) {
         const int r = ty + 16 * i;
@@ -371,10 +358,7 @@ __device__ __forceinline__ void backward_dkdv_rows(
       __syncthreads();
       W::product_acc(sm.w0, sm.y1, mask_t, finite, acc_v, ty, tx);
       W::product_acc(sm.w1, sm.y0, mask_t, finite, acc_k, ty, tx);
-      __syncthreads();
-      walk.step();
-      i0 = i1;
-    }
+    });
   }
 
 #pragma unroll

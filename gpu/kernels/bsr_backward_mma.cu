@@ -154,14 +154,10 @@ bsr_backward_mma_dq(const T* __restrict__ q, const T* __restrict__ k, const T* _
   T* sV = sK + 2 * BN * LDS;
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t4 = lane & 3;
-  // CTA x -> (head, sub-tile, block row), heaviest block rows first (as bsr_forward_mma)
-  const int h = blockIdx.x % H, b = blockIdx.y;
-  const int nbq = (n_q + bq - 1) / bq;
-  const int rest = blockIdx.x / H, sub = rest % subs;
-  const int bi = order[(long long)(P == 1 ? 0 : h) * nbq + rest / subs];
-  const int r0 = bi * bq + sub * BM;
-  const int nrows = min(BM, min(bi * bq + bq, n_q) - r0);
-  if (nrows <= 0) return;  // uniform over the CTA
+  const BlockRowTile<BM> tile(order, H, P, n_q, bq, subs);
+  if (tile.nrows <= 0) return;
+  const int h = tile.head, b = tile.batch, nbq = tile.nb, sub = tile.sub, bi = tile.brow;
+  const int r0 = tile.row0, nrows = tile.nrows;
   const int hk = h / (H / Hkv);
   const long long bh = (long long)b * H + h, bhk = (long long)b * Hkv + hk;
   const T* kb = k + bhk * n_k * d;
@@ -197,14 +193,7 @@ bsr_backward_mma_dq(const T* __restrict__ q, const T* __restrict__ k, const T* _
   zero(acc);
 
   for (long long t = 0; t < total; ++t) {
-    if (t + 1 < total) {
-      load(t + 1, (int)((t + 1) & 1));
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
+    await_step(load, t, total);
     long long c0;
     int nk, mi, c;
     walk.chunk(t, c0, nk, mi, c);
@@ -261,13 +250,10 @@ bsr_backward_mma_dkdv(const T* __restrict__ q, const T* __restrict__ k, const T*
   float* sD = sL + 2 * BN;
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t4 = lane & 3;
-  const int hk = blockIdx.x % Hkv, b = blockIdx.y;
-  const int nbk = (n_k + bk - 1) / bk;
-  const int rest = blockIdx.x / Hkv, sub = rest % subs;
-  const int bj = order[(long long)(P == 1 ? 0 : hk) * nbk + rest / subs];
-  const int k0 = bj * bk + sub * BM;
-  const int nkeys = min(BM, min(bj * bk + bk, n_k) - k0);
-  if (nkeys <= 0) return;  // uniform over the CTA
+  const BlockRowTile<BM> tile(order, Hkv, P, n_k, bk, subs);  // keys of a block column
+  if (tile.nrows <= 0) return;
+  const int hk = tile.head, b = tile.batch, nbk = tile.nb, sub = tile.sub, bj = tile.brow;
+  const int k0 = tile.row0, nkeys = tile.nrows;
   const int group = H / Hkv;
   const long long bhk = (long long)b * Hkv + hk;
   const int cpb = (bq + BN - 1) / BN;
@@ -323,14 +309,7 @@ bsr_backward_mma_dkdv(const T* __restrict__ q, const T* __restrict__ k, const T*
   zero(adv);
 
   for (long long u = 0; u < total; ++u) {
-    if (u + 1 < total) {
-      load(u + 1, (int)((u + 1) & 1));
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
+    await_step(load, u, total);
     int hh;
     long long t, c0;
     int nq, mi, c;

@@ -41,13 +41,10 @@ bsr_backward_dq(const T* __restrict__ q, const T* __restrict__ k, const T* __res
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const typename W::Smem sm = W::carve(smem_raw);
 
-  const int h = blockIdx.x % H, b = blockIdx.y;
-  const int nbq = (n_q + bq - 1) / bq;
-  const int rest = blockIdx.x / H, sub = rest % subs;
-  const int bi = order[(long long)(P == 1 ? 0 : h) * nbq + rest / subs];
-  const int r0 = bi * bq + sub * BM;
-  const int nrows = min(BM, min(bi * bq + bq, n_q) - r0);
-  if (nrows <= 0) return;  // uniform over the CTA
+  const BlockRowTile<BM> tile(order, H, P, n_q, bq, subs);
+  if (tile.nrows <= 0) return;
+  const int h = tile.head, b = tile.batch, nbq = tile.nb, sub = tile.sub, bi = tile.brow;
+  const int r0 = tile.row0, nrows = tile.nrows;
   const int hk = h / (H / Hkv);
   const long long bh = (long long)b * H + h, bhk = (long long)b * Hkv + hk;
   BlockWalk<BM, BN> walk{indptr, bcols, mask_index, mbits, P, nbq, bi, sub * BM, nrows, bq, bk,
@@ -74,13 +71,10 @@ bsr_backward_dkdv(const T* __restrict__ q, const T* __restrict__ k, const T* __r
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const typename W::Smem sm = W::carve(smem_raw);
 
-  const int g = blockIdx.x % Hkv, b = blockIdx.y;
-  const int nbk = (n_k + bk - 1) / bk;
-  const int rest = blockIdx.x / Hkv, sub = rest % subs;
-  const int bj = order[(long long)(PO == 1 ? 0 : g) * nbk + rest / subs];
-  const int c0 = bj * bk + sub * BM;
-  const int nrows = min(BM, min(bj * bk + bk, n_k) - c0);
-  if (nrows <= 0) return;  // uniform over the CTA
+  const BlockRowTile<BM> tile(order, Hkv, PO, n_k, bk, subs);  // keys of a block column
+  if (tile.nrows <= 0) return;
+  const int g = tile.head, b = tile.batch, nbk = tile.nb, sub = tile.sub, bj = tile.brow;
+  const int c0 = tile.row0, nrows = tile.nrows;
   const long long bhk = (long long)b * Hkv + g;
   BlockWalk<BM, BN> walk{t_indptr, t_brows, t_mask_index, t_mbits, P, nbk, bj, sub * BM, nrows,
                          bk, bq, t_mwords, n_q, 0, 0, 0, 0};

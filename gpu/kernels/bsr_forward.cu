@@ -36,15 +36,10 @@ bsr_forward_simt(const T* __restrict__ q, const T* __restrict__ k, const T* __re
   const typename C::Smem sm = C::carve(smem_raw);
 
   const int tid = threadIdx.x, ty = tid >> 4, tx = tid & 15;
-  // CTA x -> (head, sub-tile, block row): heads vary fastest and block rows come heaviest first
-  // (order[] sorts each head's block rows by stored blocks), so the longest CTAs start first.
-  const int h = blockIdx.x % H, b = blockIdx.y;
-  const int nbq = (n_q + bq - 1) / bq;
-  const int rest = blockIdx.x / H, sub = rest % subs;
-  const int bi = order[(long long)(P == 1 ? 0 : h) * nbq + rest / subs];
-  const int r0 = bi * bq + sub * C::BM;
-  const int nrows = min(C::BM, min(bi * bq + bq, n_q) - r0);
-  if (nrows <= 0) return;  // uniform over the CTA
+  const BlockRowTile<C::BM> tile(order, H, P, n_q, bq, subs);
+  if (tile.nrows <= 0) return;
+  const int h = tile.head, b = tile.batch, nbq = tile.nb, sub = tile.sub, bi = tile.brow;
+  const int r0 = tile.row0, nrows = tile.nrows;
   const int hk = h / (H / Hkv);
   const long long bh = (long long)b * H + h, bhk = (long long)b * Hkv + hk;
   const T* kb = k + bhk * n_k * d;
@@ -134,15 +129,10 @@ bsr_forward_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __res
   T* sV = sK + 2 * BN * LDS;
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t4 = lane & 3;
-  // CTA x -> (head, sub-tile, block row): heads vary fastest and block rows come heaviest first
-  // (order[] sorts each head's block rows by stored blocks), so the longest CTAs start first.
-  const int h = blockIdx.x % H, b = blockIdx.y;
-  const int nbq = (n_q + bq - 1) / bq;
-  const int rest = blockIdx.x / H, sub = rest % subs;
-  const int bi = order[(long long)(P == 1 ? 0 : h) * nbq + rest / subs];
-  const int r0 = bi * bq + sub * BM;
-  const int nrows = min(BM, min(bi * bq + bq, n_q) - r0);
-  if (nrows <= 0) return;  // uniform over the CTA
+  const BlockRowTile<BM> tile(order, H, P, n_q, bq, subs);
+  if (tile.nrows <= 0) return;
+  const int h = tile.head, b = tile.batch, nbq = tile.nb, sub = tile.sub, bi = tile.brow;
+  const int r0 = tile.row0, nrows = tile.nrows;
   const int hk = h / (H / Hkv);
   const long long bh = (long long)b * H + h, bhk = (long long)b * Hkv + hk;
   const T* qb = q + bh * n_q * d;
@@ -189,14 +179,7 @@ bsr_forward_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __res
   const bool sc = use_softcap != 0;
 
   for (long long t = 0; t < total; ++t) {
-    if (t + 1 < total) {
-      load(t + 1, (int)((t + 1) & 1));
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
+    await_step(load, t, total);
     long long c0;
     int nk, mi, c;
     walk.chunk(t, c0, nk, mi, c);

@@ -161,4 +161,18 @@ __device__ __forceinline__ void chunk_mask(unsigned (&mw)[2][2], const unsigned*
     }
 }
 
+// Double buffering over the steps of a walk: issue step t + 1's loads (load(t + 1, its buffer))
+// before waiting for step t's, then a barrier, after which step t's buffer (t & 1) is ready.
+template <typename Load>
+__device__ __forceinline__ void await_step(Load& load, long long t, long long total) {
+  if (t + 1 < total) {
+    load(t + 1, (int)((t + 1) & 1));
+    cp_async_commit();
+    cp_async_wait<1>();
+  } else {
+    cp_async_wait<0>();
+  }
+  __syncthreads();
+}
+
 }  // namespace sparse_ref
