@@ -409,7 +409,7 @@ def test_block_form_matches_oracle(
     ("dtype", "tiles"), [("float32", (2, 2)), ("float32", (1, 2)), ("float64", (1, 2))]
 )
 def test_block_form_tile_shapes(dtype: str, tiles: tuple[int, int]) -> None:
-    pattern = _block_random(3, 2, 170, 150, (64, 64))
+    pattern = _block_random(3, 4, 170, 150, (64, 64))
     rng = seeded("block-tiles", dtype, tiles)
     q, k, v, g = make_inputs(rng, dtype, 1, 4, 2, 170, 150, 64, 64)
     check(q, k, v, g, pattern, scale=0.15, softcap=None, kernel="bsr_simt", tiles=tiles)
@@ -476,3 +476,25 @@ def test_block_form_deterministic(dtype: str) -> None:
         )
         for a, b in zip(first, again, strict=True):
             assert bool(cupy.array_equal(a, b))
+
+
+@needs_gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("kernel", ["csr", "bsr_simt", "bsr_mma"])
+def test_pattern_with_wrong_head_count_is_refused_before_launch(kernel: str) -> None:
+    """A 2-head pattern with H = 4 used to read past indptr on the device (illegal address, the
+    CUDA context lost); every path now refuses it, and the device stays usable."""
+    import cupy
+
+    dtype = "float16" if kernel == "bsr_mma" else "float32"
+    pattern = _block_random(5, 2, 96, 96, (32, 32))
+    q, k, v, g = (
+        cupy.asarray(x) for x in make_inputs(seeded("heads"), dtype, 1, 4, 2, 96, 96, 32, 32)
+    )
+    with pytest.raises(ValueError, match="pattern has 2 heads; expected 1"):
+        gpu.backward(q, k, v, pattern, g, None, None, 0.2, None, kernel=kernel)
+    with pytest.raises(ValueError, match="pattern has 2 heads; expected 1"):
+        gpu.forward(q, k, v, pattern, 0.2, None, kernel="csr" if kernel == "csr" else "bsr")
+    good = _block_random(5, 4, 96, 96, (32, 32))
+    grads = gpu.backward(q, k, v, good, g, None, None, 0.2, None, kernel=kernel)
+    assert all(bool(cupy.isfinite(x).all()) for x in grads)

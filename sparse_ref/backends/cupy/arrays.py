@@ -63,10 +63,32 @@ def _aligned(x: Any) -> Any:
     return x if x.data.ptr % 16 == 0 else x.copy()
 
 
-def _geometry(q: Any, k: Any, v: Any) -> tuple[int, int, int, int, int, int, int]:
+def _geometry(q: Any, k: Any, v: Any, form: Any) -> tuple[int, int, int, int, int, int, int, int]:
+    """``(B, H, H_kv, n_q, n_k, d, d_v, P)`` of a launch, after checking everything the kernels
+    index with (they do no bounds checks): q, k, v 4-d of one batch size, v's rows those of k,
+    ``H`` a multiple of ``H_kv``, and the device pattern ``form`` (``indptr (P, ...)``, ``n_q``,
+    ``n_k``) of the inputs' lengths with ``P`` 1 (shared by every head) or ``H``."""
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if len(x.shape) != 4:
+            raise ValueError(f"{name} must be 4-d (B, heads, n, dim), got shape {tuple(x.shape)}")
     B, H, n_q, d = (int(s) for s in q.shape)
     Hkv, n_k, dv = int(k.shape[1]), int(k.shape[2]), int(v.shape[3])
-    return B, H, Hkv, n_q, n_k, d, dv
+    if int(k.shape[0]) != B or int(k.shape[3]) != d:
+        raise ValueError(f"k must have shape (B={B}, H_kv, n_k, d={d}), got {tuple(k.shape)}")
+    if tuple(int(s) for s in v.shape[:3]) != (B, Hkv, n_k):
+        raise ValueError(f"v must have shape {(B, Hkv, n_k)} + (d_v,), got {tuple(v.shape)}")
+    if Hkv == 0 or H % Hkv:
+        raise ValueError(f"H = {H} query heads must be a multiple of H_kv = {Hkv} kv heads")
+    if (form.n_q, form.n_k) != (n_q, n_k):
+        raise ValueError(
+            f"the pattern has shape {(form.n_q, form.n_k)}, but q and k give {(n_q, n_k)}"
+        )
+    P = int(form.indptr.shape[0])
+    if P not in (1, H):
+        raise ValueError(
+            f"the pattern has {P} heads; expected 1 (shared) or H = {H} (one per query head)"
+        )
+    return B, H, Hkv, n_q, n_k, d, dv, P
 
 
 def _outputs(cp: Any, q: Any, dtype: str, B: int, H: int, n_q: int, dv: int) -> tuple[Any, Any]:

@@ -54,11 +54,9 @@ def backward_bsr(
         ``(dq, dk, dv)`` shaped and typed like ``(q, k, v)``.
     """
     cp = _require()
-    B, H, Hkv, n_q, n_k, d, dv = _geometry(q, k, v)
+    B, H, Hkv, n_q, n_k, d, dv, P = _geometry(q, k, v, bsr)
     if tuple(dout.shape) != (B, H, n_q, dv):
         raise ValueError(f"dout must have shape {(B, H, n_q, dv)}, got {tuple(dout.shape)}")
-    if (bsr.n_q, bsr.n_k) != (n_q, n_k):
-        raise ValueError(f"bsr has shape {(bsr.n_q, bsr.n_k)}, but q and k give {(n_q, n_k)}")
     if tbsr.block != bsr.block or (tbsr.n_q, tbsr.n_k) != (bsr.n_q, bsr.n_k):
         raise ValueError("tbsr must be device_bsr_transpose(bsr)")
     dq, dk, dvo = cp.empty_like(q), cp.empty_like(k), cp.empty_like(v)
@@ -74,7 +72,6 @@ def backward_bsr(
     stats = cp.empty((3, B * H * n_q), dtype=cp.float64 if dtype == "float64" else cp.float32)
     bm = 16 * tm
     bq, bk = bsr.block
-    P = int(bsr.indptr.shape[0])
     tail = (
         _scalar(dtype, scale), _scalar(dtype, softcap or 1.0), np.int32(softcap is not None),
         np.int32(bool(finite)),

@@ -54,7 +54,7 @@ def backward_csr(
     accumulations; otherwise they are skipped). Returns ``(dq, dk, dv)`` shaped and typed like
     ``(q, k, v)``."""
     cp = _require()
-    B, H, Hkv, n_q, n_k, d, dv = _geometry(q, k, v)
+    B, H, Hkv, n_q, n_k, d, dv, P = _geometry(q, k, v, csr)
     if tuple(dout.shape) != (B, H, n_q, dv):
         raise ValueError(f"dout must have shape {(B, H, n_q, dv)}, got {tuple(dout.shape)}")
     dq, dk, dvo = cp.empty_like(q), cp.empty_like(k), cp.empty_like(v)
@@ -68,7 +68,6 @@ def backward_csr(
     kdq, kdkdv = compiled("csr_backward.cu", bwd_kernel_names(dtype, dmax, (tm, tn)), smem)
     stats = cp.empty((3, B * H * n_q), dtype=cp.float64 if dtype == "float64" else cp.float32)
     bm = 16 * tm
-    P = int(csr.indptr.shape[0])
     common = (
         np.int32(n_q), np.int32(n_k), np.int32(d), np.int32(dv), _scalar(dtype, scale),
         _scalar(dtype, softcap or 1.0), np.int32(softcap is not None), np.int32(bool(finite)),
@@ -90,13 +89,6 @@ def backward_csr(
         )  # fmt: skip
         kdkdv((Hkv * -(-n_k // bm), B), (256,), targs, shared_mem=smem)
     return dq, dk, dvo
-
-
-# The block-form SIMT backward (bsr_backward_simt.cu) compiles for sm_90 (nvcc and NVRTC, in the
-# test suite) but has not run on a GPU yet: the session that wrote it had no device time left.
-# Until tests/test_gpu_backward.py and gpu/bitwise_check.py pass on one, kernel="auto" keeps the
-# token-CSR backward that the H100 ran, and the block form is opt-in (kernel="bsr_simt").
-BSR_SIMT_BY_DEFAULT = False
 
 
 def backward(
@@ -130,8 +122,7 @@ def backward(
         kernel: ``"auto"`` (float16/bfloat16 with finite inputs and ``d, d_v <= 128``, multiples
             of 8, and no ``tiles``: the tensor-core kernels of ``bsr_backward_mma.cu`` over the
             pattern's block form; else a pattern that carries a block form: the SIMT block-form
-            kernels of ``bsr_backward_simt.cu`` once ``BSR_SIMT_BY_DEFAULT`` is on; else the
-            SIMT CSR kernels), ``"csr"``,
+            kernels of ``bsr_backward_simt.cu``; else the SIMT CSR kernels), ``"csr"``,
             ``"bsr_simt"`` (over the pattern's block form, or its ``DEFAULT_BLOCK`` form when it
             has none) or ``"bsr_mma"``.
 
@@ -156,7 +147,7 @@ def backward(
         )
         return back(dq), back(dk), back(dv)
     nblock = native_block(pattern)
-    if kernel == "bsr_simt" or (kernel == "auto" and BSR_SIMT_BY_DEFAULT and nblock is not None):
+    if kernel == "bsr_simt" or (kernel == "auto" and nblock is not None):
         blk = nblock or DEFAULT_BLOCK
         dq, dk, dv = backward_bsr(
             qa, ka, va, ga, _pattern_bsr(pattern, blk), _pattern_bsr_t(pattern, blk), scale,

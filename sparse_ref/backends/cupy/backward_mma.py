@@ -184,7 +184,7 @@ def backward_bsr_mma(
     out) must be finite: entries outside the pattern inside a stored block meet a weight of
     exactly 0. ``warps``: CTA size override (default ``MMA_BWD_WARPS``)."""
     cp = _require()
-    B, H, Hkv, n_q, n_k, d, dv = _geometry(q, k, v)
+    B, H, Hkv, n_q, n_k, d, dv, P = _geometry(q, k, v, bsr)
     if dtype not in ("float16", "bfloat16"):
         raise TypeError(f"the tensor-core backward needs float16 or bfloat16, got {dtype}")
     D = _mma_d(d, dv)
@@ -228,7 +228,6 @@ def backward_bsr_mma(
         np.int32(bq), np.int32(bk),
     )  # fmt: skip
     tail = (np.float32(scale), np.float32(softcap or 1.0), np.int32(softcap is not None))
-    P = int(bsr.indptr.shape[0])
     subs = -(-bq // bm)
     args = (
         q, k, v, dout, lse2, delta, dq, bsr.indptr, bsr.bcols, bsr.mask_index, bsr.mbits,

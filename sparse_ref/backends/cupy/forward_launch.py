@@ -42,7 +42,7 @@ def forward_csr(
 ) -> tuple[Any, Any]:
     """``csr_forward_simt`` on CuPy arrays (bfloat16 as uint16 with ``dtype='bfloat16'``)."""
     cp = _require()
-    B, H, Hkv, n_q, n_k, d, dv = _geometry(q, k, v)
+    B, H, Hkv, n_q, n_k, d, dv, P = _geometry(q, k, v, csr)
     out, lse = _outputs(cp, q, dtype, B, H, n_q, dv)
     if out.size == 0 and lse.size == 0:
         return out, lse
@@ -51,7 +51,6 @@ def forward_csr(
     smem = _simt_smem(dtype, dmax, cfg)
     kern = _kernel("csr_forward.cu", _simt_name("csr_forward_simt", dtype, dmax, cfg), smem)
     bm = 16 * cfg.tm
-    P = int(csr.indptr.shape[0])
     args = (
         q, k, v, out, lse, csr.indptr, csr.indices, _csr_order(csr, bm),
         np.int32(H), np.int32(Hkv), np.int32(P), np.int32(n_q), np.int32(n_k), np.int32(d),
@@ -80,12 +79,11 @@ def forward_bsr(
     """A BSR kernel on CuPy arrays: tensor cores for float16/bfloat16 when ``mma`` (default: when
     the dtype and head dims allow and ``v_finite``), else the SIMT kernel."""
     cp = _require()
-    B, H, Hkv, n_q, n_k, d, dv = _geometry(q, k, v)
+    B, H, Hkv, n_q, n_k, d, dv, P = _geometry(q, k, v, bsr)
     out, lse = _outputs(cp, q, dtype, B, H, n_q, dv)
     if out.size == 0 and lse.size == 0:
         return out, lse
     bq, bk = bsr.block
-    P = int(bsr.indptr.shape[0])
     mwords = int(bsr.mbits.shape[-1])
     D = _mma_d(d, dv) if dtype in ("float16", "bfloat16") else None
     if mma is None:
