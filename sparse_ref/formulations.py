@@ -1,8 +1,8 @@
-"""Legitimate same-precision formulations of sparse attention: the baseline of tolerance rule v2.
+"""Legitimate same-precision formulations of sparse attention: the tolerance rule's baseline.
 
 The tolerance rule (DESIGN §9, :mod:`sparse_ref.tolerance`) measures how far a straightforward
 implementation in dtype ``T`` lands from the float64 oracle. Real kernels order the same arithmetic
-differently, and each order rounds differently; rule v2 takes the worst of this small, documented
+differently, and each order rounds differently; the rule takes the worst of this small, documented
 family, so that none of these legitimate choices is rejected:
 
 ==========================  =====================================================================
@@ -18,6 +18,12 @@ the backward's ``P``        kept from the forward or recomputed as ``exp(s - lse
 the exponential             ``exp(s - m)``, or ``exp2`` of scores scaled by ``scale * log2(e)`` with
                             the natural-log ``lse`` stored and multiplied back by ``log2(e)``
                             (FlashAttention-2, torch's CPU flash kernels)
+how the keys are visited    the whole row at once, or an online softmax over blocks of
+                            ``key_block`` keys: per block ``m' = max(m, rowmax(s_blk))``,
+                            ``a = exp(m - m')``, ``l = l a + rowsum(p_blk)``,
+                            ``acc = acc a + p_blk,T . v_blk``; finally ``out = acc / l``,
+                            ``lse = m + log(l)`` (FlashAttention-2, torch's memory-efficient SDPA,
+                            FlexAttention's Triton kernel)
 ==========================  =====================================================================
 
 ``x_T`` is ``x`` rounded to ``T``. For ``T`` = float16/bfloat16 every formulation computes in float32
@@ -44,6 +50,7 @@ __all__ = [
     "Formulation",
     "FORWARD_FORMULATIONS",
     "BACKWARD_FORMULATIONS",
+    "FLASH_KEY_BLOCKS",
     "HALF_DTYPES",
     "as_dtype",
     "compute_dtype",
@@ -72,7 +79,11 @@ def compute_dtype(dtype: Any) -> np.dtype:
 
 @dataclass(frozen=True)
 class Formulation:
-    """One legitimate order of the same arithmetic (see the module doc for each flag)."""
+    """One legitimate order of the same arithmetic (see the module doc for each flag).
+
+    ``key_block`` is the number of keys per block of the online softmax, 0 for the whole row at
+    once; P can be normalised before P . V (``normalize_first``) only with the whole row.
+    """
 
     name: str
     prescale_q: bool = False
@@ -80,15 +91,31 @@ class Formulation:
     delta_from_out: bool = False
     p_from_lse: bool = False
     exp2: bool = False
+    key_block: int = 0
+
+    def __post_init__(self) -> None:
+        if self.key_block < 0:
+            raise ValueError(f"key_block must be >= 0 (0: the whole row), got {self.key_block}")
+        if self.normalize_first and self.key_block:
+            raise ValueError("normalize_first needs the whole row's sum: key_block must be 0")
 
 
-#: The forward family: scale on scores or on q, times P normalised after or before P . V.
+#: Keys per block of the online-softmax forwards: the tile widths of FlashAttention-2's forward
+#: (64 or 128 keys, by head dimension), torch's memory-efficient SDPA and FlexAttention's Triton
+#: kernel (``BLOCK_N`` 64 or 128). Where the running maximum moves between blocks, the two widths
+#: round differently, and neither is the worse on every case.
+FLASH_KEY_BLOCKS = (64, 128)
+
+#: The forward family: scale on scores or on q, times P normalised after or before P . V; the
+#: exp2 form over the whole row; and FlashAttention-2's forward (exp2 with the scale folded,
+#: online softmax over key blocks) for each width of :data:`FLASH_KEY_BLOCKS`.
 FORWARD_FORMULATIONS = (
     Formulation("scores"),
     Formulation("q_prescaled", prescale_q=True),
     Formulation("p_normalized", normalize_first=True),
     Formulation("q_prescaled_p_normalized", prescale_q=True, normalize_first=True),
     Formulation("exp2", exp2=True),
+    *(Formulation(f"flash2_bn{n}", exp2=True, key_block=n) for n in FLASH_KEY_BLOCKS),
 )
 
 #: The backward family: each choice alone, and FlashAttention-2's combination of all three.
@@ -153,15 +180,20 @@ def _scores(
         return softcap * t * (log2e if f.exp2 else 1), t
 
 
+def _shifted_exp(s: np.ndarray, m: np.ndarray, f: Formulation) -> tuple[np.ndarray, np.ndarray]:
+    """``exp(s - m)`` per row (``exp2`` for base-2 scores) and the shift ``m``, 0 where ``m`` is
+    ``-inf`` (rows without an allowed key so far). ``s (R, n)`` is ``-inf`` on excluded keys."""
+    m_safe = np.where(m == -np.inf, 0, m).astype(s.dtype)
+    return (np.exp2 if f.exp2 else np.exp)(s - m_safe[:, None]), m_safe
+
+
 def _softmax_parts(
     s: np.ndarray, mask: np.ndarray, f: Formulation
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``p = exp(s - m)`` (``exp2`` for base-2 scores) over allowed keys (0 elsewhere), row sums
     ``l`` and safe row maxima ``m``."""
     s = np.where(mask, s, -np.inf)
-    m = s.max(axis=1, initial=-np.inf)
-    m_safe = np.where(m == -np.inf, 0, m).astype(s.dtype)
-    p = (np.exp2 if f.exp2 else np.exp)(s - m_safe[:, None])
+    p, m_safe = _shifted_exp(s, s.max(axis=1, initial=-np.inf), f)
     return p, p.sum(axis=1), m_safe
 
 
@@ -176,23 +208,37 @@ def _lse(total: np.ndarray, m: np.ndarray, f: Formulation, pr: _Precision) -> np
 
 
 def _out_lse(
-    p: np.ndarray,
-    total: np.ndarray,
-    m: np.ndarray,
-    v: np.ndarray,
-    mask: np.ndarray,
-    f: Formulation,
-    pr: _Precision,
+    s: np.ndarray, mask: np.ndarray, v: np.ndarray, f: Formulation, pr: _Precision
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``out`` and ``lse`` of a row block; P.V sums over the allowed keys only (an excluded key's
-    non-finite ``v`` row must not leak through ``0 * inf``, as in the oracle)."""
+    """``out (R, d_v)`` and ``lse (R,)`` of a row block from its scores ``s (R, n_k)`` (base 2 for
+    ``exp2``), ``mask (R, n_k)`` and ``v (n_k, d_v)``, all in the compute dtype.
+
+    The online softmax over key blocks of ``f.key_block`` keys (one block of the whole row when
+    0, which is the plain softmax: the running terms start at 0). P.V sums over the allowed keys
+    only (an excluded key's non-finite ``v`` row must not leak through ``0 * inf``, as in the
+    oracle).
+    """
+    s = np.where(mask, s, -np.inf)
+    rows, n_k = s.shape
+    m = np.full(rows, -np.inf, dtype=pr.c)
+    total = np.zeros(rows, dtype=pr.c)
+    acc = np.zeros((rows, v.shape[1]), dtype=pr.c)
     with np.errstate(divide="ignore", invalid="ignore"):
-        if f.normalize_first:
-            out = sum_allowed(pr.store(p / total[:, None]), mask, v)
-        else:
-            out = sum_allowed(pr.store(p), mask, v) / total[:, None]
+        width = f.key_block or max(n_k, 1)
+        for j0 in range(0, n_k, width):
+            blk = slice(j0, j0 + width)
+            m_new = np.maximum(m, s[:, blk].max(axis=1, initial=-np.inf))
+            p, shift = _shifted_exp(s[:, blk], m_new, f)
+            alpha = (np.exp2 if f.exp2 else np.exp)(m - shift)  # 0 while m is -inf
+            total = total * alpha + p.sum(axis=1)
+            if f.normalize_first:  # one block (key_block 0): total is the whole row's already
+                acc = sum_allowed(pr.store(p / total[:, None]), mask[:, blk], v[blk])
+            else:
+                acc = acc * alpha[:, None] + sum_allowed(pr.store(p), mask[:, blk], v[blk])
+            m = m_new
+        out = acc if f.normalize_first else acc / total[:, None]
         out = pr.store(np.where(total[:, None] == 0, 0, out).astype(pr.c))
-    return out, _lse(total, m, f, pr)
+    return out, _lse(total, np.where(m == -np.inf, 0, m).astype(pr.c), f, pr)
 
 
 def forward(
@@ -227,9 +273,8 @@ def forward(
                 sel = rows[r0 : r0 + chunk]
                 s, _ = _scores(pr.store(q[b, h, sel]), k_bh, sc, cap, formulation, pr)
                 mask = masks.rows(sel, h)
-                p, total, m = _softmax_parts(s, mask, formulation)
                 out[b, h, r0 : r0 + chunk], lse[b, h, r0 : r0 + chunk] = _out_lse(
-                    p, total, m, v_bh, mask, formulation, pr
+                    s, mask, v_bh, formulation, pr
                 )
     return out, lse
 
@@ -280,7 +325,7 @@ def backward(
                         P = np.where(live, p / total[:, None], 0)
                     dP = np.where(live, do_r @ v_bh.T, 0)
                     if f.delta_from_out:
-                        out, _ = _out_lse(p, total, m, v_bh, mask, f, pr)
+                        out, _ = _out_lse(s, mask, v_bh, f, pr)
                         delta = (do_r * out).sum(axis=1)
                     else:
                         delta = (P * dP).sum(axis=1)
@@ -309,7 +354,7 @@ def gradient_magnitudes(
     *,
     masks: MaskCache | None = None,
 ) -> dict[str, float]:
-    """The largest single term of each gradient's sums, in float64 (rule v2's gradient floor).
+    """The largest single term of each gradient's sums, in float64 (the rule's gradient floor).
 
     With exact probabilities ``P``, ``out = P . v``, ``dP_ij = dout_i . v_j`` and
     ``delta_i = P_i . dP_i``: a kernel that recomputes ``P`` in the backward gets it with a relative

@@ -1,6 +1,6 @@
 """Assertions for testing any implementation against the oracle by the tolerance rule (DESIGN §9).
 
-The rule itself (version 2) lives in :mod:`sparse_ref.tolerance`: an implementation working in dtype
+The rule itself lives in :mod:`sparse_ref.tolerance`: an implementation working in dtype
 ``T`` passes when, over the finite entries, ``max|x - ref| <= factor * E_T + atol_T`` with ``ref``
 the float64 oracle (``numpy.longdouble`` for ``T`` = float64), ``E_T`` the worst error of the
 legitimate same-precision formulations of :mod:`sparse_ref.formulations` run in ``T``, ``factor``
@@ -71,7 +71,7 @@ def oracle_reference(
     scale: float | None = None,
     softcap: float | None = None,
 ) -> Tolerance:
-    """Reference ``out``/``lse`` (in the caller's rank) and rule v2's tolerances for ``dtype``."""
+    """Reference ``out``/``lse`` (in the caller's rank) and the rule's tolerances for ``dtype``."""
     prep = prepare(q, k, v, pattern, scale=scale, softcap=softcap, check_finite=False)
     ref, tols = forward_reference(
         prep.q, prep.k, prep.v, pattern, prep.scale, prep.softcap, [as_dtype(dtype).name]
@@ -159,7 +159,7 @@ def oracle_grad_reference(
     scale: float | None = None,
     softcap: float | None = None,
 ) -> GradTolerance:
-    """Reference gradients and rule v2's tolerances (factor 3, gradient floor) for ``dtype``."""
+    """Reference gradients and the rule's tolerances (factor 3, gradient floor) for ``dtype``."""
     prep = prepare(
         q, k, v, pattern, scale=scale, softcap=softcap, check_finite=False, extra={"dout": dout}
     )

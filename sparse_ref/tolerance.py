@@ -1,4 +1,4 @@
-"""The tolerance rule, version 2 (DESIGN §9): when does an implementation in dtype ``T`` agree?
+"""The tolerance rule, version 3 (DESIGN §9): when does an implementation in dtype ``T`` agree?
 
 For each tensor ``x`` (``out``, ``lse``, ``dq``, ``dk``, ``dv``) an implementation passes when, over
 the entries finite in the reference, ``max|x - ref| <= factor * E_T + atol_T``, with NaN and
@@ -7,7 +7,9 @@ infinite entries exactly where the reference has them, and:
 - ``ref``: the oracle in float64 (in ``numpy.longdouble`` for ``T`` = float64, where that is wider);
 - ``E_T``: the worst ``max|f_T - ref|`` over the legitimate formulations ``f`` of
   :mod:`sparse_ref.formulations` run in ``T`` (scale on the scores or on q; P normalised before or
-  after P . V; ``delta`` from ``P . dP`` or from ``dout . out``; P kept or recomputed from lse);
+  after P . V; the softmax over the whole row or online over key blocks of 64 or 128 keys, as
+  FlashAttention-2 does; ``delta`` from ``P . dP`` or from ``dout . out``; P kept or recomputed
+  from lse);
 - ``factor``: 2 for ``out`` and ``lse``, 3 for the gradients (FlashAttention's test rule);
 - ``atol_T``: the rounding floor of ``ref`` in ``T`` (:func:`rounding_floor`); for the gradients at
   least :data:`GRADIENT_FLOOR_FACTOR` ``* u_C * M``, where ``u_C`` is the unit roundoff of the
@@ -16,7 +18,9 @@ infinite entries exactly where the reference has them, and:
   exactly 0 (a row with one key) does not collapse the tolerance. docs/conventions.md derives it.
 
 Version 1 (suites written before this module) used the plain oracle run in ``T`` as the only
-formulation and no gradient floor; its stored tolerances are still read and applied as stored.
+formulation and no gradient floor; version 2 had the family without the online-softmax
+forwards. Suites of every version are read and checked with the tolerances they store;
+``golden verify --recompute`` compares the stored tolerances only under the current version.
 """
 
 from __future__ import annotations
@@ -46,18 +50,19 @@ __all__ = [
     "assert_matches",
 ]
 
-RULE_VERSION = 2
+RULE_VERSION = 3
 FORWARD_FACTOR = 2.0
 GRADIENT_FACTOR = 3.0
 #: Two roundings (of ``dP`` and of ``delta``), each of size up to ``u_C * M``.
 GRADIENT_FLOOR_FACTOR = 2.0
 
 RULE_TEXT = (
-    "Tolerance rule v2 (sparse-ref DESIGN section 9, docs/conventions.md). An implementation in dtype "
+    "Tolerance rule v3 (sparse-ref DESIGN section 9, docs/conventions.md). An implementation in dtype "
     "T passes a case if max|x - ref| <= factor * E_T + atol_T for each stored tensor x, where ref "
     "is the stored expected tensor (the oracle in float64, or numpy.longdouble for float64 cases), "
     "E_T the worst max|f_T - ref| over the legitimate formulations f run in T (scale on scores or "
-    "on q; P normalised before or after P.V; delta = sum(P*dP) or rowsum(dout*out); P kept or "
+    "on q; P normalised before or after P.V; the softmax over the whole row or online over blocks "
+    "of 64 or 128 keys in base 2 (FlashAttention-2); delta = sum(P*dP) or rowsum(dout*out); P kept or "
     "recomputed from lse; float16/bfloat16 computed in float32 and rounded at the inputs, P, dS and "
     "the outputs), factor 2 for out and lse and 3 for dq, dk, dv, atol_T = max(2 * max|(ref + 0.3) "
     "- 0.3 - ref| in T, ulp(0.3 + max|ref|) in T) and, for gradients, at least 2 * u_C * M with u_C "

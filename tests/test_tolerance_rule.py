@@ -1,4 +1,4 @@
-"""Tolerance rule v2: legitimate implementations pass in every dtype; the rule's parts behave.
+"""Tolerance rule v3: legitimate implementations pass in every dtype; the rule's parts behave.
 
 The legitimate implementations are written here independently of ``sparse_ref.formulations``:
 a FlashAttention-2 style NumPy kernel (key blocks, online softmax in base 2 with the scale folded
@@ -58,9 +58,10 @@ def _precision(dtype: Any) -> tuple[Any, Any]:
     return dt.type, lambda x: x.astype(dt)
 
 
-def flash2(q, k, v, pattern, dout, *, scale, softcap, block=8):  # type: ignore[no-untyped-def]
+def flash2(q, k, v, pattern, dout, *, scale, softcap, block=8, rescale=True):  # type: ignore[no-untyped-def]
     """FlashAttention-2 in NumPy: key blocks, exp2 with the scale folded, lse stored, P
-    recomputed from lse in the backward, delta = rowsum(dout * out)."""
+    recomputed from lse in the backward, delta = rowsum(dout * out). ``rescale=False`` plants
+    the classic online-softmax bug: the accumulator is not rescaled when the running max moves."""
     ct, rnd = _precision(q.dtype)
     log2e = ct(math.log2(math.e))
     group = q.shape[1] // k.shape[1]
@@ -86,7 +87,7 @@ def flash2(q, k, v, pattern, dout, *, scale, softcap, block=8):  # type: ignore[
         p = np.exp2(s - safe[..., None])
         alpha = np.exp2(np.where(m == -np.inf, -np.inf, m - safe))
         l_sum = l_sum * alpha + p.sum(axis=-1)
-        acc = acc * alpha[..., None] + np.einsum(
+        acc = acc * (alpha[..., None] if rescale else 1) + np.einsum(
             "bhqk,bhkd->bhqd", rnd(p), vc[:, :, j0 : j0 + block]
         )
         m = m_new
@@ -215,10 +216,10 @@ def test_bfloat16_rounding_floor_uses_bfloat16_spacing() -> None:
     )
 
 
-def test_manifest_names_rule_version_2(hard_dir: Path) -> None:
+def test_manifest_names_rule_version_3(hard_dir: Path) -> None:
     manifest = store.read_manifest(hard_dir)
-    assert manifest["tolerance_rule"]["version"] == tolerance.RULE_VERSION == 2
-    assert store.rule_version(manifest) == 2
+    assert manifest["tolerance_rule"]["version"] == tolerance.RULE_VERSION == 3
+    assert store.rule_version(manifest) == 3
     for entry in manifest["cases"]:
         want = {"float16", "bfloat16", entry["dtype"]} | (
             {"float32"} if entry["dtype"] == "float64" else set()
@@ -226,26 +227,36 @@ def test_manifest_names_rule_version_2(hard_dir: Path) -> None:
         assert set(entry["tolerances"]) == want
 
 
-def test_version_1_suites_are_still_read_and_checked(hard_dir: Path, tmp_path: Path) -> None:
-    """A suite written under rule v1 (tolerance_rule a string, no bfloat16 tolerances)."""
+def _rewrite_suite(src: Path, dest: Path, rule: Any, edit: Any) -> None:
+    """Copy the suite ``src`` to ``dest`` as an older writer left it: ``tolerance_rule`` set to
+    ``rule`` and each entry's tolerances changed by ``edit(tolerances)`` (in place), in the
+    manifest and in the case files that embed their entry, with the sha256 updated."""
     import shutil
 
-    old = tmp_path / "v1"
-    shutil.copytree(hard_dir, old)
-    manifest = json.loads((old / "manifest.json").read_text())
-    manifest["tolerance_rule"] = "An implementation in dtype T passes a case if ..."
+    shutil.copytree(src, dest)
+    manifest = json.loads((dest / "manifest.json").read_text())
+    manifest["tolerance_rule"] = rule
     for entry in manifest["cases"]:
-        entry["tolerances"].pop("bfloat16")
-    # the case files embed their entry: keep them in agreement, as a v1 writer did
-    for entry in manifest["cases"]:
-        path = old / entry["file"]
+        edit(entry["tolerances"])
+        path = dest / entry["file"]
         tensors, meta = store.decode_case(path.read_bytes(), entry["id"])
         inner = json.loads(meta[store.METADATA_KEY])
         inner["tolerances"] = entry["tolerances"]
         data = store.encode_case({n: np.array(a) for n, a in tensors.items()}, inner)
         path.write_bytes(data)
         entry["sha256"], entry["bytes"] = store.sha256_hex(data), len(data)
-    (old / "manifest.json").write_text(json.dumps(manifest))
+    (dest / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_version_1_suites_are_still_read_and_checked(hard_dir: Path, tmp_path: Path) -> None:
+    """A suite written under rule v1 (tolerance_rule a string, no bfloat16 tolerances)."""
+    old = tmp_path / "v1"
+    _rewrite_suite(
+        hard_dir,
+        old,
+        "An implementation in dtype T passes a case if ...",
+        lambda t: t.pop("bfloat16"),
+    )
     assert store.rule_version(store.read_manifest(old)) == 1
     report = golden.check(None, old, forward_backward=flash2, dtype="float16")
     assert report.passed and not report.skipped
@@ -255,6 +266,36 @@ def test_version_1_suites_are_still_read_and_checked(hard_dir: Path, tmp_path: P
     )
     results = golden.verify(old, recompute=True, only="n1-dense-f32")
     assert all(r.ok for r in results), [r.message for r in results]
+
+
+def _widen_forward(tolerances: dict[str, dict[str, float]]) -> None:
+    for per_dtype in tolerances.values():
+        per_dtype["out"] *= 1.1
+        per_dtype["lse"] *= 1.1
+
+
+def test_version_2_suites_are_read_and_their_tolerances_applied_as_stored(
+    hard_dir: Path, tmp_path: Path
+) -> None:
+    """Rule v2's family had no online-softmax forward, so its stored forward tolerances differ
+    from v3's: read, checked with the stored numbers, and not flagged by verify --recompute;
+    the same numbers under the current version are flagged."""
+    v2 = tmp_path / "v2"
+    _rewrite_suite(hard_dir, v2, {"version": 2, "text": "Tolerance rule v2 ..."}, _widen_forward)
+    assert store.rule_version(store.read_manifest(v2)) == 2
+    stored = {e["id"]: e["tolerances"] for e in store.read_manifest(v2)["cases"]}
+    report = golden.check(None, v2, forward_backward=flash2, dtype="float32")
+    assert report.passed and not report.skipped
+    for result in report.results:
+        assert result.tolerances["out"] == pytest.approx(stored[result.id]["float32"]["out"])
+    results = golden.verify(v2, recompute=True, only="n1-dense-f32")
+    assert all(r.ok for r in results), [r.message for r in results]
+
+    v3 = tmp_path / "v3"
+    rule = {"version": tolerance.RULE_VERSION, "text": tolerance.RULE_TEXT}
+    _rewrite_suite(hard_dir, v3, rule, _widen_forward)
+    (result,) = golden.verify(v3, recompute=True, only="n1-dense-f32")
+    assert not result.ok and "tolerance" in result.message
 
 
 def test_files_are_written_as_the_umask_allows(tmp_path: Path) -> None:

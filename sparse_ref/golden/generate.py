@@ -101,7 +101,7 @@ def _compute(
     rows: np.ndarray | None,
     gradients: bool,
 ) -> tuple[dict[str, np.ndarray], dict[str, dict[str, float]]]:
-    """Reference tensors (in the case's reference dtype) and rule v2's tolerances per dtype."""
+    """Reference tensors (in the case's reference dtype) and the rule's tolerances per dtype."""
     dt = np.dtype(spec.dtype)
     q, k, v = (inputs[n].astype(dt) for n in ("q", "k", "v"))
     first = pattern[0] if isinstance(pattern, list) else pattern  # per-batch: one shape
