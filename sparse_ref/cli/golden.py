@@ -14,6 +14,7 @@ import typer
 from rich.table import Table
 
 from ..golden import store
+from ..golden.conformance import PEERS
 from ..golden.suites import SUITES
 from ._console import console, fail
 
@@ -192,8 +193,7 @@ def conformance(
     peer: Annotated[
         list[str] | None,
         typer.Option(
-            help="sdpa, sdpa-math, flex, flex-compiled, cupy (repeatable; default: every "
-            "importable peer for the device)"
+            help=f"{', '.join(PEERS)} (repeatable; default: every importable peer for the device)"
         ),
     ] = None,
     dtype: Annotated[
