@@ -6,7 +6,8 @@ the timed function (nothing is cached between calls), so ``time_`` covers index 
 ``csr_array`` wrapper, including its ``nnz`` bool ``data`` array. Families: the windows, dilated,
 global_local and random by token CSR (``w``: window or keys per row), BigBird by its block form of
 64-blocks (no window: only ``w = 256`` runs, the other is skipped), and the causal window built
-directly in block form up to n = 2**20 (4.3e9 nnz, which token CSR cannot hold).
+directly in block form up to n = 2**20 (4.3e9 nnz, which token CSR cannot hold). ``GlobalLocalRuns``
+times global_local against the number of its global runs (scattered global tokens).
 
 Warm-ups: ``setup`` sets 2 threads and makes ``malloc`` keep freed memory (see ``_common``), so
 the arrays of one build reuse the pages that the previous build freed: asv's warm-up calls (before
@@ -23,6 +24,7 @@ from sparse_ref import patterns
 from . import _common as common
 
 NUM_GLOBAL = 16  # global_local: tokens 0..14 and n - 1 (a CLS-style prefix plus the last token)
+GLOBAL_RUNS_N = 65536  # GlobalLocalRuns: the sequence length
 
 
 def _build(family: str, n: int, w: int):
@@ -105,3 +107,36 @@ class BlockFormBuild:
 
     def peakmem_causal_sliding_window_4096(self, n, block):
         patterns.causal_sliding_window(n, 4096, block=block)
+
+
+def _global_runs(runs: int):
+    n = GLOBAL_RUNS_N
+    tokens = [round(k * (n - 1) / max(runs - 1, 1)) for k in range(runs)]  # single tokens, spread
+    return patterns.global_local(n, 256, 256, tokens)
+
+
+class GlobalLocalRuns:
+    """``global_local(65536, 256, 256, G)``, ``G`` = ``runs`` single tokens spread over the sequence.
+
+    The token CSR merges the global columns once, not once per row and run: its cost per key must
+    stay flat as ``runs`` grows (it grew with ``n * runs`` before: 0.9 s for 50 runs at n = 100k,
+    against 0.15 s for one). ``track_ns_per_key`` is the build time per stored key.
+    """
+
+    params = [1, 16, 64, 256]
+    param_names = ["runs"]
+    timeout = 300
+
+    def setup(self, runs):
+        common.prepare_process()
+
+    def time_build(self, runs):
+        _global_runs(runs)
+
+    def peakmem_build(self, runs):
+        _global_runs(runs)
+
+    @common.unit("ns/key")
+    def track_ns_per_key(self, runs):
+        nnz = _global_runs(runs).nnz  # warm-up
+        return common.best_time(lambda: _global_runs(runs), 5) / nnz * 1e9
