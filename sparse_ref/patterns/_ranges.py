@@ -242,8 +242,9 @@ def terms_csr(terms: Sequence[Term], shape: tuple[int, int]) -> tuple[np.ndarray
     all_count = np.zeros((n_q, width), dtype=np.int64)
     for rows, g_start, g_count in tables:
         w = g_start.shape[1]
-        if len(rows) == n_q:  # one group: no scatter
-            all_start[:, :w], all_count[:, :w] = g_start, g_count
+        if len(rows) and rows[-1] - rows[0] == len(rows) - 1:  # consecutive rows: no scatter
+            r = slice(int(rows[0]), int(rows[-1]) + 1)
+            all_start[r, :w], all_count[r, :w] = g_start, g_count
         else:
             all_start[rows, :w], all_count[rows, :w] = g_start, g_count
     return progressions_csr(
