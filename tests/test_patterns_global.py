@@ -21,7 +21,7 @@ from sparse_ref.patterns import _ranges, global_local
 FILL_PATHS = {
     "default": {"_MIN_KEYS_PER_CALL": _ranges._MIN_KEYS_PER_CALL},
     "rectangles": {"_MIN_KEYS_PER_CALL": 1},
-    "ragged": {"_MIN_KEYS_PER_CALL": 1 << 60, "_RAGGED_CHUNK": 7},
+    "ragged": {"_MIN_KEYS_PER_CALL": 1 << 40, "_RAGGED_CHUNK": 7},
 }
 
 
