@@ -58,6 +58,7 @@ __all__ = [
     "backward",
     "gradient_magnitudes",
     "MaskCache",
+    "fixed_order_matmul",
 ]
 
 #: The 16-bit dtypes: computed in float32, rounded at the kernel's rounding points.
@@ -133,6 +134,18 @@ _LOG2E = 1.4426950408889634
 _LN2 = 0.6931471805599453
 
 
+def fixed_order_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` (``a`` of shape ``(m, k)`` or ``(k,)``, ``b`` ``(k, n)``) summed in an order that
+    does not depend on the machine: NumPy's own einsum loop, not BLAS, whose kernels (picked per
+    CPU) accumulate in different orders. Every product of the formulations goes through it, so the
+    baseline errors, and the tolerances a suite stores, are the same wherever it is generated."""
+    return np.einsum("...j,jk->...k", a, b, optimize=False)
+
+
+def _sum_allowed(w: np.ndarray, allowed: np.ndarray, x: np.ndarray) -> np.ndarray:
+    return sum_allowed(w, allowed, x, matmul=fixed_order_matmul)
+
+
 class MaskCache:
     """Dense row masks of a pattern, built once per (head, rows) and shared by every formulation
     and dtype of one case (building them dominated the generation of small suites)."""
@@ -172,8 +185,12 @@ def _scores(
     log2e = pr.c.type(_LOG2E)
     with np.errstate(invalid="ignore", over="ignore"):
         if f.exp2 and softcap is None:  # the scale folded into one factor, as FlashAttention-2
-            return (q_rows @ k.T) * (scale * log2e), None
-        s = pr.store(q_rows * scale) @ k.T if f.prescale_q else (q_rows @ k.T) * scale
+            return fixed_order_matmul(q_rows, k.T) * (scale * log2e), None
+        s = (
+            fixed_order_matmul(pr.store(q_rows * scale), k.T)
+            if f.prescale_q
+            else fixed_order_matmul(q_rows, k.T) * scale
+        )
         if softcap is None:
             return s, None
         t = np.tanh(s / softcap)
@@ -232,9 +249,9 @@ def _out_lse(
             alpha = (np.exp2 if f.exp2 else np.exp)(m - shift)  # 0 while m is -inf
             total = total * alpha + p.sum(axis=1)
             if f.normalize_first:  # one block (key_block 0): total is the whole row's already
-                acc = sum_allowed(pr.store(p / total[:, None]), mask[:, blk], v[blk])
+                acc = _sum_allowed(pr.store(p / total[:, None]), mask[:, blk], v[blk])
             else:
-                acc = acc * alpha[:, None] + sum_allowed(pr.store(p), mask[:, blk], v[blk])
+                acc = acc * alpha[:, None] + _sum_allowed(pr.store(p), mask[:, blk], v[blk])
             m = m_new
         out = acc if f.normalize_first else acc / total[:, None]
         out = pr.store(np.where(total[:, None] == 0, 0, out).astype(pr.c))
@@ -323,7 +340,7 @@ def backward(
                         P = np.where(live, exp(np.where(live, s, 0) - lse[:, None]), 0)
                     else:
                         P = np.where(live, p / total[:, None], 0)
-                    dP = np.where(live, do_r @ v_bh.T, 0)
+                    dP = np.where(live, fixed_order_matmul(do_r, v_bh.T), 0)
                     if f.delta_from_out:
                         out, _ = _out_lse(s, mask, v_bh, f, pr)
                         delta = (do_r * out).sum(axis=1)
@@ -334,12 +351,12 @@ def backward(
                         ds = ds * (1 - t * t)
                 ds = pr.store(np.where(live, ds, 0).astype(pr.c))
                 P = pr.store(P.astype(pr.c))
-                dq[b, h, sel] = sum_allowed(ds, live, k_bh) * sc
+                dq[b, h, sel] = _sum_allowed(ds, live, k_bh) * sc
                 if f.prescale_q:
-                    dk[b, g] += sum_allowed(ds.T, live.T, pr.store(q_r * sc))
+                    dk[b, g] += _sum_allowed(ds.T, live.T, pr.store(q_r * sc))
                 else:
-                    dk[b, g] += sum_allowed(ds.T, live.T, q_r) * sc
-                dv[b, g] += sum_allowed(P.T, live.T, do_r)
+                    dk[b, g] += _sum_allowed(ds.T, live.T, q_r) * sc
+                dv[b, g] += _sum_allowed(P.T, live.T, do_r)
     return pr.store(dq), pr.store(dk), pr.store(dv)
 
 
@@ -395,13 +412,16 @@ def gradient_magnitudes(
                         live, np.max(np.where(P > 0, s, -np.inf), axis=1, initial=-np.inf), 0
                     )
                     lse = np.abs(lse + np.log(np.where(live, total, 1)))
-                out = np.abs(P @ x["v"][b, g])
+                out = np.abs(fixed_order_matmul(P, x["v"][b, g]))
                 ado = a["dout"][b, h, sel]
-                dP = x["dout"][b, h, sel] @ x["v"][b, g].T
+                dP = fixed_order_matmul(x["dout"][b, h, sel], x["v"][b, g].T)
                 delta = (P * dP).sum(axis=1)
-                c = abs(scale) * (a["q"][b, h, sel] @ a["k"][b, g].T) + lse[:, None]
+                c = (
+                    abs(scale) * fixed_order_matmul(a["q"][b, h, sel], a["k"][b, g].T)
+                    + lse[:, None]
+                )
                 R = P * (
-                    ado @ a["v"][b, g].T
+                    fixed_order_matmul(ado, a["v"][b, g].T)
                     + (ado * out).sum(axis=1)[:, None]
                     + c * np.abs(dP - delta[:, None])
                 )

@@ -27,7 +27,7 @@ for GQA, dk/dv of a kv head sum over the query heads of its group.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import numpy as np
@@ -243,17 +243,23 @@ def _check_chunk(chunk: Any) -> int | None:
 
 
 # ---------------------------------------------------------------------------------------- gradients
-def sum_allowed(w: np.ndarray, allowed: np.ndarray, x: np.ndarray) -> np.ndarray:
+def sum_allowed(
+    w: np.ndarray,
+    allowed: np.ndarray,
+    x: np.ndarray,
+    matmul: Callable[[np.ndarray, np.ndarray], np.ndarray] = np.matmul,
+) -> np.ndarray:
     """``sum_j w[r, j] x[j]`` over the allowed ``j`` of each row ``r`` only.
 
     ``w`` is zero on excluded entries, so ``w @ x`` is exact when ``x`` is finite; otherwise
     ``0 * inf`` would leak NaN from an excluded row of ``x``, so sum over the allowed entries alone.
+    ``matmul`` computes the products (the tolerance baseline passes a fixed-order one).
     """
     if np.isfinite(x).all():
-        return w @ x
+        return matmul(w, x)
     out = np.zeros((w.shape[0], x.shape[1]), dtype=w.dtype)
     for r in range(w.shape[0]):
-        out[r] = w[r, allowed[r]] @ x[allowed[r]]
+        out[r] = matmul(w[r, allowed[r]], x[allowed[r]])
     return out
 
 

@@ -9,7 +9,8 @@ infinite entries exactly where the reference has them, and:
   :mod:`sparse_ref.formulations` run in ``T`` (scale on the scores or on q; P normalised before or
   after P . V; the softmax over the whole row or online over key blocks of 64 or 128 keys, as
   FlashAttention-2 does; ``delta`` from ``P . dP`` or from ``dout . out``; P kept or recomputed
-  from lse);
+  from lse), every product summed in a fixed order (NumPy's einsum loop, not BLAS, whose
+  CPU-dependent kernels would make the stored tolerances depend on the machine);
 - ``factor``: 2 for ``out`` and ``lse``, 3 for the gradients (FlashAttention's test rule);
 - ``atol_T``: the rounding floor of ``ref`` in ``T`` (:func:`rounding_floor`); for the gradients at
   least :data:`GRADIENT_FLOOR_FACTOR` ``* u_C * M``, where ``u_C`` is the unit roundoff of the
@@ -63,7 +64,8 @@ RULE_TEXT = (
     "E_T the worst max|f_T - ref| over the legitimate formulations f run in T (scale on scores or "
     "on q; P normalised before or after P.V; the softmax over the whole row or online over blocks "
     "of 64 or 128 keys in base 2 (FlashAttention-2); delta = sum(P*dP) or rowsum(dout*out); P kept or "
-    "recomputed from lse; float16/bfloat16 computed in float32 and rounded at the inputs, P, dS and "
+    "recomputed from lse; products summed in a fixed order, not by BLAS; float16/bfloat16 computed "
+    "in float32 and rounded at the inputs, P, dS and "
     "the outputs), factor 2 for out and lse and 3 for dq, dk, dv, atol_T = max(2 * max|(ref + 0.3) "
     "- 0.3 - ref| in T, ulp(0.3 + max|ref|) in T) and, for gradients, at least 2 * u_C * M with u_C "
     "the unit roundoff of the compute dtype and M the largest single term of the gradient's sums, "

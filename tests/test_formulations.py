@@ -200,3 +200,51 @@ def test_flash2_passes_the_multiblock_cases(dtype: str, multiblock_dir: Path) ->
     """The correct FlashAttention-2 kernel beside the bugs: the failures above are the bugs."""
     report = golden.check(None, multiblock_dir, forward_backward=FLASH64, dtype=dtype)
     assert report.passed and report.counts()["pass"] == len(MULTIBLOCK.cases), report.details()
+
+
+_BLAS_PROBE = """
+import hashlib, sys
+import numpy as np
+from sparse_ref import formulations, patterns
+
+rng = np.random.default_rng(7)
+q, k, v, g = (rng.standard_normal(s) for s in [(1, 2, 150, 64), (1, 1, 150, 64), (1, 1, 150, 32), (1, 2, 150, 32)])
+pattern = patterns.causal_sliding_window(150, 100)
+digest = hashlib.sha256()
+digest.update((q[0, 0].astype(np.float32) @ k[0, 0].astype(np.float32).T).tobytes())
+print(digest.hexdigest())  # control: BLAS, which follows OPENBLAS_CORETYPE
+digest = hashlib.sha256()
+for f in formulations.FORWARD_FORMULATIONS:
+    for x in formulations.forward(q, k, v, pattern, 0.125, None, "float32", f):
+        digest.update(x.tobytes())
+for f in formulations.BACKWARD_FORMULATIONS:
+    for x in formulations.backward(q, k, v, pattern, g, 0.125, None, "float32", f):
+        digest.update(x.tobytes())
+print(digest.hexdigest())
+"""
+
+
+def test_baseline_does_not_depend_on_the_blas_kernel() -> None:
+    """The formulations' float32 results, hence the tolerances a suite stores, are the same bits
+    whichever BLAS kernel the CPU selects (simulated with OpenBLAS's ``OPENBLAS_CORETYPE``): with
+    BLAS products, 587 of the default suite's 1890 tolerances moved by more than 1% (up to 2.5x)."""
+    import os
+    import subprocess
+    import sys
+
+    digests = []
+    for core in ("Haswell", "Prescott"):
+        env = dict(os.environ, OPENBLAS_CORETYPE=core)
+        res = subprocess.run(
+            [sys.executable, "-c", _BLAS_PROBE],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert res.returncode == 0, res.stderr
+        digests.append(res.stdout.split())
+    (control_a, ours_a), (control_b, ours_b) = digests
+    if control_a == control_b:
+        pytest.skip("this BLAS ignores OPENBLAS_CORETYPE: both runs used the same kernel")
+    assert ours_a == ours_b
