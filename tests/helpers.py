@@ -6,6 +6,7 @@ Each helper is owned by the tests that use it; add new ones under a heading nami
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import numpy as np
@@ -128,3 +129,74 @@ def random_mask(
     if empty_row and n_q > 1:
         mask[:, 1, :] = False  # a query with no keys
     return mask if heads > 1 else mask[0]
+
+
+def precision(dtype: Any) -> tuple[Any, Any]:
+    """(compute dtype, rounding to the implementation dtype)."""
+    dt = np.dtype(dtype)
+    if dt.itemsize == 2:
+        return np.float32, lambda x: x.astype(dt).astype(np.float32)
+    return dt.type, lambda x: x.astype(dt)
+
+
+def flash2(q, k, v, pattern, dout, *, scale, softcap, block=8, rescale=True):  # type: ignore[no-untyped-def]
+    """FlashAttention-2 in NumPy: key blocks, exp2 with the scale folded, lse stored, P
+    recomputed from lse in the backward, delta = rowsum(dout * out). ``rescale=False`` plants
+    the classic online-softmax bug: the accumulator is not rescaled when the running max moves."""
+    ct, rnd = precision(q.dtype)
+    log2e = ct(math.log2(math.e))
+    group = q.shape[1] // k.shape[1]
+    qc, kc, vc = (x.astype(ct) for x in (q, np.repeat(k, group, 1), np.repeat(v, group, 1)))
+    mask = np.broadcast_to(pattern.to_dense(), (q.shape[0], q.shape[1], *pattern.shape))
+    n_k = k.shape[2]
+
+    def scores(j0: int, j1: int) -> np.ndarray:
+        s = np.einsum("bhqd,bhkd->bhqk", qc, kc[:, :, j0:j1])
+        if softcap is not None:
+            s = ct(softcap) * np.tanh(s * ct(scale) / ct(softcap)) * log2e
+        else:
+            s = s * ct(scale * math.log2(math.e))
+        return np.where(mask[..., j0:j1], s, -np.inf)
+
+    m = np.full(q.shape[:3], -np.inf, dtype=ct)
+    l_sum = np.zeros(q.shape[:3], dtype=ct)
+    acc = np.zeros((*q.shape[:3], v.shape[3]), dtype=ct)
+    for j0 in range(0, n_k, block):
+        s = scores(j0, j0 + block)
+        m_new = np.maximum(m, s.max(axis=-1))
+        safe = np.where(m_new == -np.inf, 0, m_new)
+        p = np.exp2(s - safe[..., None])
+        alpha = np.exp2(np.where(m == -np.inf, -np.inf, m - safe))
+        l_sum = l_sum * alpha + p.sum(axis=-1)
+        acc = acc * (alpha[..., None] if rescale else 1) + np.einsum(
+            "bhqk,bhkd->bhqd", rnd(p), vc[:, :, j0 : j0 + block]
+        )
+        m = m_new
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.where(l_sum[..., None] > 0, acc / l_sum[..., None], 0).astype(ct)
+        lse = np.where(l_sum > 0, (m + np.log2(l_sum)) / log2e, -np.inf).astype(ct)
+    out = rnd(out)
+    if dout is None:
+        return out.astype(q.dtype), lse, None, None, None
+    do = dout.astype(ct)
+    delta = (do * out.astype(ct)).sum(axis=-1)
+    lse2 = np.where(np.isfinite(lse), lse * log2e, 0)
+    dq = np.zeros(qc.shape, dtype=ct)
+    dk = np.zeros(kc.shape, dtype=ct)
+    dv = np.zeros(vc.shape, dtype=ct)
+    for j0 in range(0, n_k, block):
+        sl = slice(j0, j0 + block)
+        p = np.where(mask[..., sl], np.exp2(scores(j0, j0 + block) - lse2[..., None]), 0)
+        dp = np.einsum("bhqd,bhkd->bhqk", do, vc[:, :, sl])
+        ds = p * (dp - delta[..., None])
+        if softcap is not None:
+            t = np.tanh(np.einsum("bhqd,bhkd->bhqk", qc, kc[:, :, sl]) * ct(scale) / ct(softcap))
+            ds = ds * (1 - t * t)
+        ds = rnd(np.where(mask[..., sl], ds, 0))
+        dq += np.einsum("bhqk,bhkd->bhqd", ds, kc[:, :, sl]) * ct(scale)
+        dk[:, :, sl] = np.einsum("bhqk,bhqd->bhkd", ds, qc) * ct(scale)
+        dv[:, :, sl] = np.einsum("bhqk,bhqd->bhkd", rnd(p), do)
+    b, hkv = k.shape[0], k.shape[1]
+    dk = dk.reshape(b, hkv, group, *dk.shape[2:]).sum(axis=2)
+    dv = dv.reshape(b, hkv, group, *dv.shape[2:]).sum(axis=2)
+    return out.astype(q.dtype), lse, *(x.astype(q.dtype) for x in (dq, dk, dv))

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_tolerance_rule import flash2
+from helpers import flash2
 
 from sparse_ref import golden, oracle, patterns
 from sparse_ref.formulations import (
