@@ -1,5 +1,5 @@
-"""The checks every CuPy launch makes before a kernel indexes anything (``arrays._geometry``), on
-the host: no GPU needed. The kernels do no bounds checks, so a pattern with the wrong number of
+"""The checks every CuPy launch makes before a kernel indexes anything (``arrays._geometry``, and
+``arrays._check_backward`` for the backward), on the host: no GPU needed. The kernels do no bounds checks, so a pattern with the wrong number of
 heads or the wrong shape must be a ValueError here, never an illegal memory access there."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pytest
 
-from sparse_ref.backends.cupy.arrays import _geometry
+from sparse_ref.backends.cupy.arrays import _check_backward, _geometry
 
 
 class Form(NamedTuple):
@@ -65,3 +65,32 @@ def test_input_shapes_are_checked(shapes: tuple[tuple[int, ...], ...], message: 
     q, k, v = (np.zeros(s, np.float32) for s in shapes)
     with pytest.raises(ValueError, match=message):
         _geometry(q, k, v, Form(np.zeros((1, 5)), 30, 20))
+
+
+class BlockForm(NamedTuple):
+    """The fields of a device block form (or its transpose) that the checks read."""
+
+    indptr: Any
+    n_q: int
+    n_k: int
+    block: tuple[int, int]
+
+
+def test_backward_checks_dout_and_the_transpose() -> None:
+    dout = np.zeros((1, 4, 30, 8), np.float32)
+    bsr = BlockForm(np.zeros((4, 3)), 30, 20, (16, 16))
+    what = "tbsr must be device_bsr_transpose(bsr)"
+    _check_backward(dout, (1, 4, 30, 8), bsr, bsr, (30, 20), what)  # a valid pair passes
+    with pytest.raises(ValueError, match=r"dout must have shape \(1, 4, 30, 16\)"):
+        _check_backward(dout, (1, 4, 30, 16), bsr, bsr, (30, 20), what)
+    for bad in (
+        BlockForm(np.zeros((1, 3)), 30, 20, (16, 16)),  # another pattern's heads
+        BlockForm(np.zeros((4, 3)), 30, 21, (16, 16)),  # another shape
+        BlockForm(np.zeros((4, 3)), 30, 20, (16, 32)),  # another block
+    ):
+        with pytest.raises(ValueError, match=r"tbsr must be device_bsr_transpose\(bsr\)"):
+            _check_backward(dout, (1, 4, 30, 8), bsr, bad, (30, 20), what)
+    csr, tcsr = Form(np.zeros((4, 31)), 30, 20), Form(np.zeros((4, 21)), 20, 30)
+    _check_backward(dout, (1, 4, 30, 8), csr, tcsr, (20, 30), "tcsr")  # swapped shape
+    with pytest.raises(ValueError, match="tcsr"):
+        _check_backward(dout, (1, 4, 30, 8), csr, csr, (20, 30), "tcsr")

@@ -91,6 +91,19 @@ def _geometry(q: Any, k: Any, v: Any, form: Any) -> tuple[int, int, int, int, in
     return B, H, Hkv, n_q, n_k, d, dv, P
 
 
+def _check_backward(
+    dout: Any, shape: tuple[int, ...], form: Any, tform: Any, tshape: tuple[int, int], what: str
+) -> None:
+    """What a backward launch reads besides :func:`_geometry`'s: ``dout`` of ``shape`` and
+    ``tform`` the transpose of ``form`` (its shape ``tshape``, the same heads and block), as
+    ``what`` says it must be built (the dk/dv kernels index it per head)."""
+    if tuple(dout.shape) != shape:
+        raise ValueError(f"dout must have shape {shape}, got {tuple(dout.shape)}")
+    same = (tform.n_q, tform.n_k) == tshape and tform.indptr.shape[0] == form.indptr.shape[0]
+    if not same or getattr(tform, "block", None) != getattr(form, "block", None):
+        raise ValueError(what)
+
+
 def _outputs(cp: Any, q: Any, dtype: str, B: int, H: int, n_q: int, dv: int) -> tuple[Any, Any]:
     out = cp.empty((B, H, n_q, dv), dtype=q.dtype)
     lse = cp.empty((B, H, n_q), dtype=cp.float64 if dtype == "float64" else cp.float32)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .arrays import _geometry, _scalar, _without_dead_non_finite_rows
+from .arrays import _check_backward, _geometry, _scalar, _without_dead_non_finite_rows
 from .backward_mma import DeviceBSRT, _kv_block_order, device_bsr_transpose
 from .metadata import DeviceBSR
 from .runtime import _require
@@ -55,10 +55,9 @@ def backward_bsr(
     """
     cp = _require()
     B, H, Hkv, n_q, n_k, d, dv, P = _geometry(q, k, v, bsr)
-    if tuple(dout.shape) != (B, H, n_q, dv):
-        raise ValueError(f"dout must have shape {(B, H, n_q, dv)}, got {tuple(dout.shape)}")
-    if tbsr.block != bsr.block or (tbsr.n_q, tbsr.n_k) != (bsr.n_q, bsr.n_k):
-        raise ValueError("tbsr must be device_bsr_transpose(bsr)")
+    _check_backward(
+        dout, (B, H, n_q, dv), bsr, tbsr, (n_q, n_k), "tbsr must be device_bsr_transpose(bsr)"
+    )
     dq, dk, dvo = cp.empty_like(q), cp.empty_like(k), cp.empty_like(v)
     if B == 0 or H == 0:
         dk.fill(0)

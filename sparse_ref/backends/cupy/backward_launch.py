@@ -10,6 +10,7 @@ import numpy as np
 
 from .arrays import (
     _all_finite,
+    _check_backward,
     _geometry,
     _scalar,
     _to_kernel_arrays,
@@ -55,8 +56,9 @@ def backward_csr(
     ``(q, k, v)``."""
     cp = _require()
     B, H, Hkv, n_q, n_k, d, dv, P = _geometry(q, k, v, csr)
-    if tuple(dout.shape) != (B, H, n_q, dv):
-        raise ValueError(f"dout must have shape {(B, H, n_q, dv)}, got {tuple(dout.shape)}")
+    _check_backward(
+        dout, (B, H, n_q, dv), csr, tcsr, (n_k, n_q), "tcsr must be device_csr_transpose(csr)"
+    )
     dq, dk, dvo = cp.empty_like(q), cp.empty_like(k), cp.empty_like(v)
     if B == 0 or H == 0:
         dk.fill(0)

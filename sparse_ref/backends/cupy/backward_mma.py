@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .arrays import _geometry
+from .arrays import _check_backward, _geometry
 from .forward_launch import forward_bsr
 from .metadata import DeviceBSR, _cached, _pattern_bsr, pack_masks
 from .runtime import _require
@@ -192,10 +192,9 @@ def backward_bsr_mma(
         raise ValueError(
             f"the tensor-core backward needs d, d_v <= 128 and multiples of 8, got d={d}, d_v={dv}"
         )
-    if tuple(dout.shape) != (B, H, n_q, dv):
-        raise ValueError(f"dout must have shape {(B, H, n_q, dv)}, got {tuple(dout.shape)}")
-    if tbsr.block != bsr.block or (tbsr.n_q, tbsr.n_k) != (bsr.n_q, bsr.n_k):
-        raise ValueError("tbsr must be device_bsr_transpose(bsr)")
+    _check_backward(
+        dout, (B, H, n_q, dv), bsr, tbsr, (n_q, n_k), "tbsr must be device_bsr_transpose(bsr)"
+    )
     dq, dk, dvo = cp.empty_like(q), cp.empty_like(k), cp.empty_like(v)
     if B * H * n_q == 0 or n_k == 0:
         for x in (dq, dk, dvo):
