@@ -1,8 +1,10 @@
-"""Tuning run for the tensor-core backward (``bsr_backward_mma.cu``) on the bench cases of
-``gpu/bench.py`` (B=1, H=16, d=128, bfloat16): times the whole backward per CTA size, next to the
-forward (and optionally an older forward source) and FlexAttention's backward, and checks dq on
-sampled rows against float64 and dk/dv against FlexAttention's. ``--once`` runs one forward and
-backward for a profiler (``ncu -k regex:bsr_ ... --once --no-flex`` gives each kernel's time).
+"""Tuning run for the tensor-core kernels (``bsr_forward.cu``'s ``bsr_forward_mma``,
+``bsr_backward_mma.cu``) on the bench cases of ``gpu/bench.py`` (B=1, H=16, d=128, bfloat16): times
+the forward per CTA shape (and optionally an older forward source) and the whole backward per CTA
+size, with the dq kernel on the caller's stream and on a side stream, next to FlexAttention's
+forward and backward; checks out and dq on sampled rows against float64 and dk/dv against
+FlexAttention's. ``--once`` runs one forward and backward for a profiler (``ncu -k regex:bsr_ ...
+--once --no-flex`` gives each kernel's time).
 
     PYTHONPATH=. python gpu/tune_backward_mma.py [--cases window1k bigbird] [--warps 4 8]
     python gpu/tune_backward_mma.py --write-ref a81de5f .tune/fw_orig.cu   # here, with git
@@ -35,7 +37,9 @@ def _bench() -> Any:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cases", nargs="+", default=["window1k", "bigbird"])
-    ap.add_argument("--warps", nargs="+", type=int, default=[4, 8])
+    ap.add_argument("--warps", nargs="+", type=int, default=[4, 8], help="backward CTA sizes")
+    ap.add_argument("--fwd-shapes", nargs="+", default=["4x2", "8x1"],
+                    help="forward CTA shapes WARPSxMT")  # fmt: skip
     ap.add_argument("--no-flex", action="store_true")
     ap.add_argument("--once", action="store_true", help="one forward and backward, no timing")
     ap.add_argument(
@@ -101,25 +105,41 @@ def run_case(bench: Any, case: Any, args: Any, stream: Any, gen: Any) -> None:
             )  # fmt: skip
         torch.cuda.synchronize()
         return
-    ms, _ = bench.timed(fwd, torch)
-    print(f"  forward mma                 {ms:8.3f} ms", flush=True)
+    fwd_flops = 4.0 * case.nnz() * H * D
+    for shape in args.fwd_shapes:
+        w, m = (int(x) for x in shape.split("x"))
+
+        def fwd_shape(w: int = w, m: int = m) -> Any:
+            with stream:
+                return gpu.forward_bsr(
+                    *views[:3], bsr, scale, None, dtype="bfloat16", mma=True, warps=w, mt=m
+                )
+
+        ms, _ = bench.timed(fwd_shape, torch)
+        o_s = torch.from_dlpack(fwd_shape()[0].view(cp.int16)).view(torch.bfloat16)
+        rows = torch.randint(0, n, (64,), device="cuda", generator=gen)
+        ref = bench.sampled_reference(case, q, k, v, rows, torch)
+        err = (o_s[0][:, rows].double() - ref).abs().max().item()
+        print(f"  forward mma {shape:4s}            {ms:8.3f} ms  {fwd_flops / ms / 1e9:6.1f} "
+              f"TFLOP/s useful  out err64 {err:.2e}", flush=True)  # fmt: skip
     if args.ref_forward:
         ref = ref_forward(args.ref_forward, views, bsr, scale, stream)
         ms, _ = bench.timed(ref, torch)
         o2, l2 = ref()
         same = bool((o2 == out).all()) and bool((l2 == lse).all())
         print(f"  forward mma (reference src) {ms:8.3f} ms  same bits: {same}", flush=True)
-    for warps in args.warps:
+    for warps, side in ((w, c) for w in args.warps for c in (False, True)):
 
-        def bwd(w: int = warps) -> Any:
+        def bwd(w: int = warps, c: bool = side) -> Any:
             with stream:
                 return backward_mma.backward_bsr_mma(
                     *views[:3], views[3], bsr, tbsr, scale, None, dtype="bfloat16", out=out,
-                    lse=lse, warps=w,
+                    lse=lse, warps=w, concurrent_dq=c,
                 )  # fmt: skip
 
         ms, _ = bench.timed(bwd, torch)
-        print(f"  backward mma warps={warps}       {ms:8.3f} ms  {flops / ms / 1e9:6.1f} "
+        label = f"warps={warps}{' side dq' if side else ''}"
+        print(f"  backward mma {label:16s}{ms:8.3f} ms  {flops / ms / 1e9:6.1f} "
               "TFLOP/s useful", flush=True)  # fmt: skip
         grads = [torch.from_dlpack(g.view(cp.int16)).view(torch.bfloat16) for g in bwd()]
         rows = torch.randint(0, n, (64,), device="cuda", generator=gen)
@@ -132,6 +152,8 @@ def run_case(bench: Any, case: Any, args: Any, stream: Any, gen: Any) -> None:
             bench.make_mask_mod(case), None, None, n, n, device="cuda", BLOCK_SIZE=128,
             _compile=True,
         )  # fmt: skip
+        ms, _ = bench.timed(lambda: flex(q, k, v, block_mask=bm, scale=scale), torch)
+        print(f"  FlexAttention forward       {ms:8.3f} ms", flush=True)
         qg, kg, vg = (x.detach().requires_grad_() for x in (q, k, v))
         out_f = flex(qg, kg, vg, block_mask=bm, scale=scale)
         ms, _ = bench.timed(

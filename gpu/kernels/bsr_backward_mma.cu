@@ -79,8 +79,9 @@ struct BwdMmaCfg {
 };
 
 // p and ds of one 16 x 64 tile from the scores s (q.k) and dp (dO.v), in place: s <- p, dp <- ds.
-// lse2/delta of element e: lse2_of(e, col), delta_of(e, col); ok(e, col): allowed and in range.
-template <int NT, typename Ok, typename Stat>
+// lse2/delta of element e: stat(e, col, lse2, delta); ok(e, col): allowed and in range, not asked
+// when FULL (a full block's chunk of 64 in-range keys or queries).
+template <bool FULL, int NT, typename Ok, typename Stat>
 __device__ __forceinline__ void p_and_ds(float (&s)[NT][4], float (&dp)[NT][4], Ok ok, Stat stat,
                                          float scale, float softcap, bool sc, int t4) {
   constexpr float LOG2E = 1.4426950408889634f;
@@ -93,19 +94,39 @@ __device__ __forceinline__ void p_and_ds(float (&s)[NT][4], float (&dp)[NT][4], 
       float l2, dl;
       stat(e, col, l2, dl);
       const float x = s[nt][e];
-      float t = 0.f, sv;
+      float t = 0.f, p;
       if (sc) {
         t = tanhf(x * scale / softcap);
-        sv = softcap * t * LOG2E;
+        p = ex2(softcap * t * LOG2E - l2);
       } else {
-        sv = x * sl2;
+        p = ex2(fmaf(x, sl2, -l2));
       }
-      const float p = ok(e, col) ? exp2f(sv - l2) : 0.f;
+      if (!FULL && !ok(e, col)) p = 0.f;
       float ds = p * (dp[nt][e] - dl);
       if (sc) ds *= 1.f - t * t;
       s[nt][e] = p;
       dp[nt][e] = ds;
     }
+}
+
+// p_and_ds over chunk ch: without a mask when ch is a full block's whole chunk, else with the
+// mask words of rows row and row + 8 of its block (rows of them, words per row).
+template <int NT, typename Stat>
+__device__ __forceinline__ void chunk_p_and_ds(float (&s)[NT][4], float (&dp)[NT][4], const Chunk& ch,
+                                               const unsigned* __restrict__ mbits, int row, int rows,
+                                               int words, Stat stat, float scale, float softcap,
+                                               bool sc, int t4) {
+  if (ch.mi < 0 && ch.nvalid == 8 * NT) {
+    p_and_ds<true, NT>(s, dp, [](int, int) { return true; }, stat, scale, softcap, sc, t4);
+    return;
+  }
+  unsigned mw[2][2];
+  chunk_mask(mw, mbits, ch.mi, row, rows, words, ch.c);
+  const int nv = ch.nvalid;
+  p_and_ds<false, NT>(
+      s, dp,
+      [&](int e, int col) { return col < nv && ((mw[e >> 1][col >> 5] >> (col & 31)) & 1u); },
+      stat, scale, softcap, sc, t4);
 }
 
 template <int N>
@@ -163,22 +184,20 @@ bsr_backward_mma_dq(const T* __restrict__ q, const T* __restrict__ k, const T* _
   const T* kb = k + bhk * n_k * d;
   const T* vb = v + bhk * n_k * dv;
   const long long* ip = indptr + (long long)(P == 1 ? 0 : h) * (nbq + 1) + bi;
-  const int cpb = (bk + BN - 1) / BN;
-  const ChunkWalk walk{bcols, mask_index, ip[0], cpb, bk, n_k};
-  const long long total = (ip[1] - ip[0]) * cpb;
+  ChunkCursor walk(bcols, mask_index, ip, 0, 1, bk, n_k);
+  const int total = (int)walk.total();
   const int wrow = warp * 16;
 
   tile_async<BM, D, THREADS>(sQ, q + bh * n_q * d, r0, nrows, d, tid);
   tile_async<BM, D, THREADS>(sG, dout + bh * n_q * dv, r0, nrows, dv, tid);
   cp_async_commit();
-  auto load = [&](long long t, int buf) {
-    long long c0;
-    int nk, mi, c;
-    walk.chunk(t, c0, nk, mi, c);
-    tile_async<BN, D, THREADS>(sK + buf * BN * LDS, kb, c0, nk, d, tid);
-    tile_async<BN, D, THREADS>(sV + buf * BN * LDS, vb, c0, nk, dv, tid);
+  Chunk next;  // the chunk whose tiles were loaded last
+  auto load = [&](int buf) {
+    next = walk.next();
+    tile_async<BN, D, THREADS>(sK + buf * BN * LDS, kb, next.c0, next.nvalid, d, tid);
+    tile_async<BN, D, THREADS>(sV + buf * BN * LDS, vb, next.c0, next.nvalid, dv, tid);
   };
-  if (total > 0) load(0, 0);
+  if (total > 0) load(0);
   cp_async_commit();
 
   float l2r[2], dlr[2];  // this thread's rows wrow + g, wrow + g + 8
@@ -192,11 +211,9 @@ bsr_backward_mma_dq(const T* __restrict__ q, const T* __restrict__ k, const T* _
   float acc[ND][4];
   zero(acc);
 
-  for (long long t = 0; t < total; ++t) {
+  for (int t = 0; t < total; ++t) {
+    const Chunk ch = next;
     await_step(load, t, total);
-    long long c0;
-    int nk, mi, c;
-    walk.chunk(t, c0, nk, mi, c);
     const T* K = sK + (t & 1) * BN * LDS;
     const T* V = sV + (t & 1) * BN * LDS;
 
@@ -205,11 +222,8 @@ bsr_backward_mma_dq(const T* __restrict__ q, const T* __restrict__ k, const T* _
     zero(dp);
     warp_abt<T, LDS, NT, KS>(s, sQ, wrow, K, lane);
     warp_abt<T, LDS, NT, KS>(dp, sG, wrow, V, lane);
-    unsigned mw[2][2];
-    chunk_mask(mw, mbits, mi, sub * BM + wrow + g, bq, mwords, c);
-    p_and_ds<NT>(
-        s, dp,
-        [&](int e, int col) { return col < nk && ((mw[e >> 1][col >> 5] >> (col & 31)) & 1u); },
+    chunk_p_and_ds<NT>(
+        s, dp, ch, mbits, sub * BM + wrow + g, bq, mwords,
         [&](int e, int, float& l2, float& dl) {
           l2 = l2r[e >> 1];
           dl = dlr[e >> 1];
@@ -256,43 +270,21 @@ bsr_backward_mma_dkdv(const T* __restrict__ q, const T* __restrict__ k, const T*
   const int k0 = tile.row0, nkeys = tile.nrows;
   const int group = H / Hkv;
   const long long bhk = (long long)b * Hkv + hk;
-  const int cpb = (bq + BN - 1) / BN;
   const int wrow = warp * 16;
-
-  // the query heads hk*group .. of the group, one after the other: head hh's chunks follow those
-  // of heads before it
-  auto head_ptr = [&](int hh) {
-    return t_indptr + (long long)(P == 1 ? 0 : hk * group + hh) * (nbk + 1) + bj;
-  };
-  auto head_chunks = [&](int hh) {
-    const long long* ip = head_ptr(hh);
-    return (ip[1] - ip[0]) * cpb;
-  };
-  long long total = 0;
-  for (int hh = 0; hh < group; ++hh) total += head_chunks(hh);
-  // chunk u of the flattened walk -> head hh (within the group), walk over its blocks, chunk t
-  auto locate = [&](long long u, int& hh, long long& t) {
-    hh = 0;
-    t = u;
-    for (;;) {
-      const long long n = head_chunks(hh);
-      if (t < n) return;
-      t -= n;
-      ++hh;
-    }
-  };
+  // the query heads hk*group .. of the group one after the other, a segment of the walk each
+  ChunkCursor walk(t_brows, t_mask_index,
+                   t_indptr + (long long)(P == 1 ? 0 : hk * group) * (nbk + 1) + bj,
+                   P == 1 ? 0 : nbk + 1, group, bq, n_q);
+  const int total = (int)walk.total();
 
   tile_async<BM, D, THREADS>(sK, k + bhk * n_k * d, k0, nkeys, d, tid);
   tile_async<BM, D, THREADS>(sV, v + bhk * n_k * dv, k0, nkeys, dv, tid);
   cp_async_commit();
-  auto load = [&](long long u, int buf) {
-    int hh;
-    long long t, c0;
-    int nq, mi, c;
-    locate(u, hh, t);
-    const ChunkWalk walk{t_brows, t_mask_index, head_ptr(hh)[0], cpb, bq, n_q};
-    walk.chunk(t, c0, nq, mi, c);
-    const long long bh = (long long)b * H + hk * group + hh;
+  Chunk next;  // the chunk whose tiles were loaded last
+  auto load = [&](int buf) {
+    next = walk.next();
+    const int nq = next.nvalid;
+    const long long c0 = next.c0, bh = (long long)b * H + hk * group + next.seg;
     tile_async<BN, D, THREADS>(sQ + buf * BN * LDS, q + bh * n_q * d, c0, nq, d, tid);
     tile_async<BN, D, THREADS>(sG + buf * BN * LDS, dout + bh * n_q * dv, c0, nq, dv, tid);
     for (int i = tid; i < BN; i += THREADS) {
@@ -300,7 +292,7 @@ bsr_backward_mma_dkdv(const T* __restrict__ q, const T* __restrict__ k, const T*
       sD[buf * BN + i] = i < nq ? delta[bh * n_q + c0 + i] : 0.f;
     }
   };
-  if (total > 0) load(0, 0);
+  if (total > 0) load(0);
   cp_async_commit();
 
   const bool sc = use_softcap != 0;
@@ -308,15 +300,10 @@ bsr_backward_mma_dkdv(const T* __restrict__ q, const T* __restrict__ k, const T*
   zero(adk);
   zero(adv);
 
-  for (long long u = 0; u < total; ++u) {
+  for (int u = 0; u < total; ++u) {
+    const Chunk ch = next;
     await_step(load, u, total);
-    int hh;
-    long long t, c0;
-    int nq, mi, c;
-    locate(u, hh, t);
-    const ChunkWalk walk{t_brows, t_mask_index, head_ptr(hh)[0], cpb, bq, n_q};
-    walk.chunk(t, c0, nq, mi, c);
-    const int buf = (int)(u & 1);
+    const int buf = u & 1;
     const T* Q = sQ + buf * BN * LDS;
     const T* G = sG + buf * BN * LDS;
     const float* L = sL + buf * BN;
@@ -327,11 +314,8 @@ bsr_backward_mma_dkdv(const T* __restrict__ q, const T* __restrict__ k, const T*
     zero(dp);
     warp_abt<T, LDS, NT, KS>(s, sK, wrow, Q, lane);   // S^T = K Q^T
     warp_abt<T, LDS, NT, KS>(dp, sV, wrow, G, lane);  // dP^T = V dO^T
-    unsigned mw[2][2];
-    chunk_mask(mw, t_mbits, mi, sub * BM + wrow + g, bk, twords, c);
-    p_and_ds<NT>(
-        s, dp,
-        [&](int e, int col) { return col < nq && ((mw[e >> 1][col >> 5] >> (col & 31)) & 1u); },
+    chunk_p_and_ds<NT>(
+        s, dp, ch, t_mbits, sub * BM + wrow + g, bk, twords,
         [&](int, int col, float& l2, float& dl) {
           l2 = L[col];
           dl = DL[col];

@@ -139,23 +139,20 @@ bsr_forward_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __res
   const T* kb = k + bhk * n_k * d;
   const T* vb = v + bhk * n_k * dv;
   const long long* ip = indptr + (long long)(P == 1 ? 0 : h) * (nbq + 1) + bi;
-  const long long kb0 = ip[0], kb1 = ip[1];
-  const int cpb = (bk + BN - 1) / BN;
-  const long long total = (kb1 - kb0) * cpb;
+  ChunkCursor walk(bcols, mask_index, ip, 0, 1, bk, n_k);
+  const int total = (int)walk.total();
   const int wrow = warp * 16 * MT;  // first row of this warp within the CTA
 
   tile_async<BM, D, THREADS>(sQ, qb, r0, nrows, d, tid);
   cp_async_commit();
 
-  const ChunkWalk walk{bcols, mask_index, kb0, cpb, bk, n_k};
-  auto load = [&](long long t, int buf) {
-    long long c0;
-    int nk, mi, c;
-    walk.chunk(t, c0, nk, mi, c);
-    tile_async<BN, D, THREADS>(sK + buf * BN * LDS, kb, c0, nk, d, tid);
-    tile_async<BN, D, THREADS>(sV + buf * BN * LDS, vb, c0, nk, dv, tid);
+  Chunk next;  // the chunk whose tiles were loaded last
+  auto load = [&](int buf) {
+    next = walk.next();
+    tile_async<BN, D, THREADS>(sK + buf * BN * LDS, kb, next.c0, next.nvalid, d, tid);
+    tile_async<BN, D, THREADS>(sV + buf * BN * LDS, vb, next.c0, next.nvalid, dv, tid);
   };
-  if (total > 0) load(0, 0);
+  if (total > 0) load(0);
   cp_async_commit();
   cp_async_wait<0>();
   __syncthreads();
@@ -175,14 +172,17 @@ bsr_forward_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __res
     m2[mt][0] = m2[mt][1] = -INF;
     l[mt][0] = l[mt][1] = 0.f;
   }
+  // Scores enter the softmax as s * mul in log2 units. With a positive scale and no softcap, s is
+  // the raw q.k and mul = scale log2(e), so the row max is taken before scaling and each weight is
+  // one fma and one ex2: p = 2^(s mul - m). Otherwise s is transformed in place first
+  // (softcap tanh(scale s / softcap) log2(e), or s scale log2(e)) and mul = 1.
   const float sl2 = scale * LOG2E;
-  const bool sc = use_softcap != 0;
+  const bool sc = use_softcap != 0, pre = sc || !(sl2 > 0.f);
+  const float mul = pre ? 1.f : sl2;
 
-  for (long long t = 0; t < total; ++t) {
+  for (int t = 0; t < total; ++t) {
+    const Chunk ch = next;
     await_step(load, t, total);
-    long long c0;
-    int nk, mi, c;
-    walk.chunk(t, c0, nk, mi, c);
     const T* K = sK + (t & 1) * BN * LDS;
     const T* V = sV + (t & 1) * BN * LDS;
 
@@ -217,21 +217,35 @@ bsr_forward_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __res
       }
     }
 
+    if (pre) {
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const float x = s[mt][nt][e];
+            s[mt][nt][e] = sc ? softcap * tanhf(x * scale / softcap) * LOG2E : x * sl2;
+          }
+    }
+    if (ch.mi >= 0 || ch.nvalid < BN) {  // a partial block or a chunk past n: mask (uniform)
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        unsigned mw[2][2];
+        chunk_mask(mw, mbits, ch.mi, sub * BM + wrow + 16 * mt + g, bq, mwords, ch.c);
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int col = nt * 8 + 2 * t4 + (e & 1);
+            const bool ok = col < ch.nvalid && ((mw[e >> 1][nt >> 2] >> (col & 31)) & 1u);
+            if (!ok) s[mt][nt][e] = -INF;
+          }
+      }
+    }
+
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
-      unsigned mw[2][2];
-      chunk_mask(mw, mbits, mi, sub * BM + wrow + 16 * mt + g, bq, mwords, c);
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int col = nt * 8 + 2 * t4 + (e & 1);
-          float x = s[mt][nt][e];
-          x = sc ? softcap * tanhf(x * scale / softcap) * LOG2E : x * sl2;
-          const bool ok = col < nk && ((mw[e >> 1][nt >> 2] >> (col & 31)) & 1u);
-          s[mt][nt][e] = ok ? x : -INF;
-        }
-
 #pragma unroll
       for (int hh = 0; hh < 2; ++hh) {
         float mx = -INF;
@@ -240,14 +254,15 @@ bsr_forward_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __res
           mx = fmaxf(mx, fmaxf(s[mt][nt][2 * hh], s[mt][nt][2 * hh + 1]));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        const float mnew = fmaxf(m2[mt][hh], mx);
+        const float mnew = fmaxf(m2[mt][hh], mx * mul);
         const float mu = (mnew == -INF) ? 0.f : mnew;
-        const float alpha = exp2f(m2[mt][hh] - mu);
+        const float alpha = ex2(m2[mt][hh] - mu);
         m2[mt][hh] = mnew;
         float rs = 0.f;
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
-          const float p0 = exp2f(s[mt][nt][2 * hh] - mu), p1 = exp2f(s[mt][nt][2 * hh + 1] - mu);
+          const float p0 = ex2(fmaf(s[mt][nt][2 * hh], mul, -mu));
+          const float p1 = ex2(fmaf(s[mt][nt][2 * hh + 1], mul, -mu));
           s[mt][nt][2 * hh] = p0;
           s[mt][nt][2 * hh + 1] = p1;
           rs += p0 + p1;

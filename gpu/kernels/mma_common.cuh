@@ -124,27 +124,80 @@ __device__ __forceinline__ void tile_async(T* dst, const T* src, long long r0, i
   }
 }
 
-// The stored blocks [b0, b1) of one block row (block column of the transposed form), each cut
-// into chunks of 64 along its other axis: chunk t starts at index c0 of that axis, holds nvalid
-// in-range indices (0 for a chunk wholly past n), uses mask mi (-1: full) and is chunk c of its
-// block.
-struct ChunkWalk {
-  const int* idx;         // block index along the other axis, per stored block
-  const int* mask_index;  // per stored block
-  long long b0;           // first stored block
-  int cpb;                // chunks per block: ceil(blen / 64)
-  int blen;               // block length along the other axis
-  int n;                  // extent of the other axis
-  __device__ __forceinline__ void chunk(long long t, long long& c0, int& nvalid, int& mi, int& c) const {
-    const long long bi = b0 + t / cpb;
-    c = (int)(t % cpb);
-    mi = mask_index[bi];
-    const long long start = (long long)idx[bi] * blen;
-    c0 = start + (long long)c * 64;
-    const long long end = min(start + blen, (long long)n);
-    nvalid = (int)max(0LL, min(64LL, end - c0));
+// One step of a walk: indices [c0, c0 + nvalid) of the other axis (nvalid is 0 for a chunk wholly
+// past n), mask mi (-1: full block), chunk c of its block, segment seg of the walk.
+struct Chunk {
+  long long c0;
+  int nvalid, mi, c, seg;
+};
+
+// The walk over the stored blocks of one block row (block column of the transposed form), each cut
+// into chunks of 64 along its other axis, in nseg segments one after another: segment s holds the
+// stored blocks [ptr[s * stride], ptr[s * stride + 1]) (the query heads of a kv head's group in the
+// dk/dv kernel; one segment elsewhere). next() gives the chunks in order, with no division per
+// step and few live registers (two pointers and two counters advance); call it at most total()
+// times.
+struct ChunkCursor {
+  const int* idx0;         // block index along the other axis, per stored block
+  const int* mask_index0;  // per stored block
+  const long long* ptr;    // segment s's range at ptr[s * stride]
+  long long stride;
+  int nseg, cpb, blen, n;  // segments; chunks per block, ceil(blen / 64); block length; extent
+  const int* idx;          // the current stored block's entries
+  const int* mi;
+  int left, seg, c;        // blocks left in the segment (the current one included); chunk in block
+
+  __device__ __forceinline__ ChunkCursor(const int* idx_, const int* mask_index_,
+                                         const long long* ptr_, long long stride_, int nseg_,
+                                         int blen_, int n_)
+      : idx0(idx_), mask_index0(mask_index_), ptr(ptr_), stride(stride_), nseg(nseg_),
+        cpb((blen_ + 63) / 64), blen(blen_), n(n_), idx(idx_), mi(mask_index_), seg(-1), c(0) {
+    enter_next_segment();
+  }
+  // the number of chunks (under 2^31: a block row of 2^31 chunks of 64 would span 2^37 keys)
+  __device__ __forceinline__ long long total() const {
+    long long t = 0;
+    for (int s = 0; s < nseg; ++s) t += (ptr[s * stride + 1] - ptr[s * stride]) * cpb;
+    return t;
+  }
+  __device__ __forceinline__ Chunk next() {
+    Chunk ch;
+    ch.mi = *mi;
+    const long long start = (long long)*idx * blen;
+    ch.c0 = start + (long long)c * 64;
+    ch.nvalid = (int)max(0LL, min(64LL, min(start + blen, (long long)n) - ch.c0));
+    ch.c = c;
+    ch.seg = seg;
+    if (++c == cpb) {
+      c = 0;
+      ++idx;
+      ++mi;
+      if (--left == 0) enter_next_segment();
+    }
+    return ch;
+  }
+
+ private:
+  // move to the next segment that holds blocks (stay at the end when none is left)
+  __device__ __forceinline__ void enter_next_segment() {
+    left = 0;
+    while (left == 0 && seg + 1 < nseg) {
+      ++seg;
+      const long long b0 = ptr[seg * stride];
+      left = (int)(ptr[seg * stride + 1] - b0);
+      idx = idx0 + b0;
+      mi = mask_index0 + b0;
+    }
   }
 };
+
+// 2^x on the MUFU unit, subnormal results flushed to zero (exp2f adds a rescaling around it for
+// them). p = 2^(s - m) below 2^-126 against a row sum >= 1 is far below every tolerance.
+__device__ __forceinline__ float ex2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
 
 // The packed mask words of rows row and row + 8 (of a block of `rows` rows) for the 64 columns of
 // chunk c: mw[hh][w] covers columns 32 w.. of the chunk. Full blocks (mi < 0) give all ones.
@@ -161,12 +214,12 @@ __device__ __forceinline__ void chunk_mask(unsigned (&mw)[2][2], const unsigned*
     }
 }
 
-// Double buffering over the steps of a walk: issue step t + 1's loads (load(t + 1, its buffer))
-// before waiting for step t's, then a barrier, after which step t's buffer (t & 1) is ready.
+// Double buffering over the steps of a walk: issue step t + 1's loads (load(its buffer)) before
+// waiting for step t's, then a barrier, after which step t's buffer (t & 1) is ready.
 template <typename Load>
-__device__ __forceinline__ void await_step(Load& load, long long t, long long total) {
+__device__ __forceinline__ void await_step(Load& load, int t, int total) {
   if (t + 1 < total) {
-    load(t + 1, (int)((t + 1) & 1));
+    load((t + 1) & 1);
     cp_async_commit();
     cp_async_wait<1>();
   } else {
