@@ -244,6 +244,7 @@ bsr_forward_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __res
       }
     }
 
+    float alpha[MT][2];  // rescale factors of the running sums
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
@@ -256,7 +257,7 @@ bsr_forward_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __res
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
         const float mnew = fmaxf(m2[mt][hh], mx * mul);
         const float mu = (mnew == -INF) ? 0.f : mnew;
-        const float alpha = ex2(m2[mt][hh] - mu);
+        alpha[mt][hh] = ex2(m2[mt][hh] - mu);
         m2[mt][hh] = mnew;
         float rs = 0.f;
 #pragma unroll
@@ -267,13 +268,21 @@ bsr_forward_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __res
           s[mt][nt][2 * hh + 1] = p1;
           rs += p0 + p1;
         }
-        l[mt][hh] = l[mt][hh] * alpha + rs;
-#pragma unroll
-        for (int nd = 0; nd < ND; ++nd) {
-          o[mt][nd][2 * hh] *= alpha;
-          o[mt][nd][2 * hh + 1] *= alpha;
-        }
+        l[mt][hh] = l[mt][hh] * alpha[mt][hh] + rs;
       }
+    }
+    // Rescale the accumulators only where a row max moved (alpha == 1 leaves them bitwise as
+    // they are): past the first chunks of a long row this skips 4 MT ND multiplies per step.
+    bool moved = false;
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) moved |= (alpha[mt][0] != 1.f) | (alpha[mt][1] != 1.f);
+    if (__any_sync(0xffffffffu, moved)) {
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int nd = 0; nd < ND; ++nd)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) o[mt][nd][e] *= alpha[mt][e >> 1];
     }
 
 #pragma unroll
