@@ -287,9 +287,14 @@ bsr_backward_mma_dkdv(const T* __restrict__ q, const T* __restrict__ k, const T*
     const long long c0 = next.c0, bh = (long long)b * H + hk * group + next.seg;
     tile_async<BN, D, THREADS>(sQ + buf * BN * LDS, q + bh * n_q * d, c0, nq, d, tid);
     tile_async<BN, D, THREADS>(sG + buf * BN * LDS, dout + bh * n_q * dv, c0, nq, dv, tid);
-    for (int i = tid; i < BN; i += THREADS) {
-      sL[buf * BN + i] = i < nq ? lse2[bh * n_q + c0 + i] : INF;
-      sD[buf * BN + i] = i < nq ? delta[bh * n_q + c0 + i] : 0.f;
+    for (int i = tid; i < BN; i += THREADS) {  // asynchronous too: no global round trip here
+      if (i < nq) {
+        cp_async4(sL + buf * BN + i, lse2 + bh * n_q + c0 + i);
+        cp_async4(sD + buf * BN + i, delta + bh * n_q + c0 + i);
+      } else {
+        sL[buf * BN + i] = INF;
+        sD[buf * BN + i] = 0.f;
+      }
     }
   };
   if (total > 0) load(0);
