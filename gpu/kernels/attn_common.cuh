@@ -75,10 +75,14 @@ __device__ __forceinline__ unsigned smem_addr(const void* p) {
   asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
   return a;
 }
-// 16-byte global->shared copy; zero-fills when !valid (gmem must still be a valid address)
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem)), "l"(gmem),
+// 16-byte global->shared copy to shared address saddr (smem_addr); zero-fills when !valid (gmem
+// must still be a valid address)
+__device__ __forceinline__ void cp_async16(unsigned saddr, const void* gmem, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(saddr), "l"(gmem),
                "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+  cp_async16(smem_addr(smem), gmem, valid);
 }
 // 4-byte global->shared copy (always valid source)
 __device__ __forceinline__ void cp_async4(void* smem, const void* gmem) {

@@ -32,37 +32,59 @@ template <> struct MmaOp<f16_t> {
   }
 };
 
-__device__ __forceinline__ void ldsm_x4(unsigned (&r)[4], const void* p) {
+// ldmatrix at a shared address (smem_addr). The fragment helpers below add their offsets to the
+// tile's address in 32 bits, so that one address conversion serves a whole tile and the constant
+// parts fold into the instruction.
+__device__ __forceinline__ void ldsm_x4(unsigned (&r)[4], unsigned addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(p))
+               : "r"(addr)
                : "memory");
 }
-__device__ __forceinline__ void ldsm_x4_t(unsigned (&r)[4], const void* p) {
+__device__ __forceinline__ void ldsm_x4_t(unsigned (&r)[4], unsigned addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(p))
+               : "r"(addr)
                : "memory");
+}
+// shared address of element (row, col) of a row-major tile with LDS elements per row
+template <int LDS, typename T>
+__device__ __forceinline__ unsigned tile_addr(const T* tile, int row, int col) {
+  return smem_addr(tile) + (unsigned)(row * LDS + col) * (unsigned)sizeof(T);
+}
+// ldmatrix of the 8 x 8 matrices at rows r0 + (lane's row), columns c0 + (lane's column) of a
+// row-major tile: the lane's part and the tile's address are summed first, so that they are shared
+// by every call on the tile and the constant (r0, c0) part folds into the instruction's offset.
+template <int LDS, bool TRANS, typename T>
+__device__ __forceinline__ void ldsm_tile(unsigned (&r)[4], const T* tile, int lane_row, int lane_col,
+                                          int r0, int c0) {
+  const unsigned base = tile_addr<LDS>(tile, lane_row, lane_col);
+  const unsigned addr = base + (unsigned)((r0 * LDS + c0) * (int)sizeof(T));
+  if constexpr (TRANS) {
+    ldsm_x4_t(r, addr);
+  } else {
+    ldsm_x4(r, addr);
+  }
 }
 
 // A fragment (16 x 16) of a row-major tile: rows row0.., columns 16 ks..
 template <int LDS, typename T>
 __device__ __forceinline__ void frag_a(unsigned (&a)[4], const T* tile, int row0, int ks, int lane) {
-  ldsm_x4(a, tile + (row0 + (lane & 7) + ((lane >> 3) & 1) * 8) * LDS + ks * 16 + (lane >> 4) * 8);
+  ldsm_tile<LDS, false>(a, tile, (lane & 7) + ((lane >> 3) & 1) * 8, (lane >> 4) * 8, row0, ks * 16);
 }
 // B fragments of two n-tiles for C = A B^T: B^T's rows 16 np.. (n) of a row-major tile, columns
 // 16 ks.. (k); b[0..1] is n-tile 2 np, b[2..3] n-tile 2 np + 1
 template <int LDS, typename T>
 __device__ __forceinline__ void frag_bt(unsigned (&b)[4], const T* tile, int np, int ks, int lane) {
-  ldsm_x4(b, tile + (np * 16 + (lane & 7) + ((lane >> 4) << 3)) * LDS + ks * 16 +
-                 ((lane >> 3) & 1) * 8);
+  ldsm_tile<LDS, false>(b, tile, (lane & 7) + ((lane >> 4) << 3), ((lane >> 3) & 1) * 8, np * 16,
+                        ks * 16);
 }
 // B fragments of two n-tiles for C = A B: rows 16 ks.. (k) of a row-major tile, columns 16 np..
 // (n), through ldmatrix.trans
 template <int LDS, typename T>
 __device__ __forceinline__ void frag_b(unsigned (&b)[4], const T* tile, int np, int ks, int lane) {
-  ldsm_x4_t(b, tile + (ks * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LDS + np * 16 +
-                   (lane >> 4) * 8);
+  ldsm_tile<LDS, true>(b, tile, (lane & 7) + ((lane >> 3) & 1) * 8, (lane >> 4) * 8, ks * 16,
+                       np * 16);
 }
 
 // The accumulator tiles 2 ks and 2 ks + 1 of a 16 x (8 NT) fp32 C fragment, rounded to T, as the A
@@ -113,14 +135,30 @@ __device__ __forceinline__ void warp_wb(float (&c)[ND][4], const float (&w)[NT][
 
 // cp.async of rows [r0, r0 + nvalid) x columns [0, ncols) of a row-major matrix with row length
 // ncols into a ROWS x LDS tile; the rest of the ROWS x D tile is zero-filled. ncols % 8 == 0.
+// Unrolled: each thread copies 16-byte pieces at a fixed column, every THREADS / (D / 8) rows.
 template <int ROWS, int D, int THREADS, typename T>
 __device__ __forceinline__ void tile_async(T* dst, const T* src, long long r0, int nvalid, int ncols,
                                            int tid) {
   constexpr int CPR = D / 8, LDS = D + 8;
-  for (int x = tid; x < ROWS * CPR; x += THREADS) {
-    const int r = x / CPR, cc = (x % CPR) * 8;
-    const bool ok = r < nvalid && cc < ncols;
-    cp_async16(dst + r * LDS + cc, ok ? src + (r0 + r) * ncols + cc : src, ok);
+  if constexpr (THREADS % CPR == 0 && ROWS % (THREADS / CPR) == 0) {
+    constexpr int RSTEP = THREADS / CPR;
+    const int rr = tid / CPR, cc = (tid % CPR) * 8;
+    const bool col_ok = cc < ncols;
+    const T* from = src + (r0 + rr) * ncols + cc;
+    const long long step = (long long)RSTEP * ncols;
+    const unsigned to = tile_addr<LDS>(dst, rr, cc);
+#pragma unroll
+    for (int i = 0; i < ROWS / RSTEP; ++i) {
+      const bool ok = col_ok && rr + i * RSTEP < nvalid;
+      cp_async16(to + (unsigned)(i * RSTEP * LDS * sizeof(T)), ok ? from : src, ok);
+      from += step;
+    }
+  } else {
+    for (int x = tid; x < ROWS * CPR; x += THREADS) {
+      const int r = x / CPR, cc = (x % CPR) * 8;
+      const bool ok = r < nvalid && cc < ncols;
+      cp_async16(dst + r * LDS + cc, ok ? src + (r0 + r) * ncols + cc : src, ok);
+    }
   }
 }
 
