@@ -80,10 +80,11 @@ struct BwdMmaCfg {
 
 // p and ds of one 16 x 64 tile from the scores s (q.k) and dp (dO.v), in place: s <- p, dp <- ds.
 // lse2/delta of element e: stat(e, col, lse2, delta); ok(e, col): allowed and in range, not asked
-// when FULL (a full block's chunk of 64 in-range keys or queries).
-template <bool FULL, int NT, typename Ok, typename Stat>
+// when FULL (a full block's chunk of 64 in-range keys or queries). SC: with softcap. Both are
+// template flags so that the 64 elements form one branch-free block the compiler can interleave.
+template <bool FULL, bool SC, int NT, typename Ok, typename Stat>
 __device__ __forceinline__ void p_and_ds(float (&s)[NT][4], float (&dp)[NT][4], Ok ok, Stat stat,
-                                         float scale, float softcap, bool sc, int t4) {
+                                         float scale, float softcap, int t4) {
   constexpr float LOG2E = 1.4426950408889634f;
   const float sl2 = scale * LOG2E;
 #pragma unroll
@@ -95,7 +96,7 @@ __device__ __forceinline__ void p_and_ds(float (&s)[NT][4], float (&dp)[NT][4], 
       stat(e, col, l2, dl);
       const float x = s[nt][e];
       float t = 0.f, p;
-      if (sc) {
+      if constexpr (SC) {
         t = tanhf(x * scale / softcap);
         p = ex2(softcap * t * LOG2E - l2);
       } else {
@@ -103,7 +104,7 @@ __device__ __forceinline__ void p_and_ds(float (&s)[NT][4], float (&dp)[NT][4], 
       }
       if (!FULL && !ok(e, col)) p = 0.f;
       float ds = p * (dp[nt][e] - dl);
-      if (sc) ds *= 1.f - t * t;
+      if constexpr (SC) ds *= 1.f - t * t;
       s[nt][e] = p;
       dp[nt][e] = ds;
     }
@@ -117,16 +118,25 @@ __device__ __forceinline__ void chunk_p_and_ds(float (&s)[NT][4], float (&dp)[NT
                                                int words, Stat stat, float scale, float softcap,
                                                bool sc, int t4) {
   if (ch.mi < 0 && ch.nvalid == 8 * NT) {
-    p_and_ds<true, NT>(s, dp, [](int, int) { return true; }, stat, scale, softcap, sc, t4);
+    const auto all = [](int, int) { return true; };
+    if (sc) {
+      p_and_ds<true, true, NT>(s, dp, all, stat, scale, softcap, t4);
+    } else {
+      p_and_ds<true, false, NT>(s, dp, all, stat, scale, softcap, t4);
+    }
     return;
   }
   unsigned mw[2][2];
   chunk_mask(mw, mbits, ch.mi, row, rows, words, ch.c);
   const int nv = ch.nvalid;
-  p_and_ds<false, NT>(
-      s, dp,
-      [&](int e, int col) { return col < nv && ((mw[e >> 1][col >> 5] >> (col & 31)) & 1u); },
-      stat, scale, softcap, sc, t4);
+  const auto ok = [&](int e, int col) {
+    return col < nv && ((mw[e >> 1][col >> 5] >> (col & 31)) & 1u);
+  };
+  if (sc) {
+    p_and_ds<false, true, NT>(s, dp, ok, stat, scale, softcap, t4);
+  } else {
+    p_and_ds<false, false, NT>(s, dp, ok, stat, scale, softcap, t4);
+  }
 }
 
 template <int N>
