@@ -190,6 +190,20 @@ def test_bsr_kernel_matches_oracle(case: str, dtype: str, softcap: float | None)
 
 @needs_gpu
 @pytest.mark.gpu
+@pytest.mark.parametrize("scale", [-0.4, 0.0], ids=["negative", "zero"])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_mma_forward_nonpositive_scale(dtype: str, scale: float) -> None:
+    """The tensor-core forward folds a positive scale into the exponent after the row max; a
+    negative or zero scale takes its other path (scores scaled first), which must agree too."""
+    rng = np.random.default_rng(zlib.crc32(repr((dtype, scale)).encode()))
+    mask = with_empty_rows(block_mask(rng, 1, 200, 200, (64, 64)), [3])[0]
+    q, k, v = make_inputs(rng, dtype, 1, 2, 2, 200, 200, 64, 64)
+    check(q, k, v, Pattern.from_dense(mask), dtype, scale=scale, softcap=None, kernel="bsr",
+          block=(64, 64))  # fmt: skip
+
+
+@needs_gpu
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_bsr_simt_on_half_and_single(dtype: str) -> None:
     """The SIMT BSR kernel (used for float32/64 block patterns and non-finite v) on its own."""
