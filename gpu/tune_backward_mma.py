@@ -41,6 +41,7 @@ def main() -> None:
     ap.add_argument("--fwd-shapes", nargs="+", default=["4x2", "8x1"],
                     help="forward CTA shapes WARPSxMT")  # fmt: skip
     ap.add_argument("--no-flex", action="store_true")
+    ap.add_argument("--no-backward", action="store_true", help="time the forward only")
     ap.add_argument("--once", action="store_true", help="one forward and backward, no timing")
     ap.add_argument(
         "--ref-forward",
@@ -128,7 +129,8 @@ def run_case(bench: Any, case: Any, args: Any, stream: Any, gen: Any) -> None:
         o2, l2 = ref()
         same = bool((o2 == out).all()) and bool((l2 == lse).all())
         print(f"  forward mma (reference src) {ms:8.3f} ms  same bits: {same}", flush=True)
-    for warps, side in ((w, c) for w in args.warps for c in (False, True)):
+    bwd_runs = [] if args.no_backward else [(w, c) for w in args.warps for c in (False, True)]
+    for warps, side in bwd_runs:
 
         def bwd(w: int = warps, c: bool = side) -> Any:
             with stream:
@@ -146,7 +148,7 @@ def run_case(bench: Any, case: Any, args: Any, stream: Any, gen: Any) -> None:
         ref = bench.sampled_grad_reference(case, q, k, v, dout, rows, torch)
         err = (grads[0][0][:, rows].double() - ref).abs().max().item()
         print(f"    dq err64 on 64 rows {err:.2e} (max |dq| {ref.abs().max().item():.2e})")
-    if not args.no_flex:
+    if not args.no_flex and not args.no_backward:
         flex = torch.compile(flex_attention, dynamic=False)
         bm = create_block_mask(
             bench.make_mask_mod(case), None, None, n, n, device="cuda", BLOCK_SIZE=128,
