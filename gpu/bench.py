@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from sparse_ref.bench.flops import useful_flops  # noqa: E402
+from sparse_ref.golden.store import write_atomic  # noqa: E402
 
 PEAK = {"float32": 67e12, "bfloat16": 990e12}
 T0 = time.perf_counter()
@@ -544,9 +545,10 @@ def publish(json_path: Path) -> None:
     results_dir = ROOT / "gpu" / "results"
     results_dir.mkdir(exist_ok=True)
     table = markdown_table(data["meta"], data["results"])
-    (results_dir / f"{slug}.json").write_text(json.dumps(data, indent=1) + "\n")
-    (results_dir / f"{slug}.md").write_text(
-        f"# gpu/bench.py on {data['meta']['device']}\n\n{table}"
+    write_atomic(results_dir / f"{slug}.json", (json.dumps(data, indent=1) + "\n").encode())
+    write_atomic(
+        results_dir / f"{slug}.md",
+        f"# gpu/bench.py on {data['meta']['device']}\n\n{table}".encode(),
     )
     docs = ROOT / "docs" / "gpu.md"
     text = docs.read_text()
@@ -554,7 +556,7 @@ def publish(json_path: Path) -> None:
         raise SystemExit(f"{docs} has no {DOCS_BEGIN!r} ... {DOCS_END!r} section to replace")
     head, rest = text.split(DOCS_BEGIN, 1)
     tail = rest.split(DOCS_END, 1)[1]
-    docs.write_text(f"{head}{DOCS_BEGIN}\n{table}{DOCS_END}{tail}")
+    write_atomic(docs, f"{head}{DOCS_BEGIN}\n{table}{DOCS_END}{tail}".encode())
     print(f"wrote {results_dir / slug}.json, {results_dir / slug}.md and {docs}")
 
 
@@ -611,11 +613,11 @@ def main() -> None:
     def dump() -> None:
         blob = json.dumps({"meta": meta, "results": results}, indent=1)
         if args.json:
-            args.json.write_text(blob)
+            write_atomic(args.json, blob.encode())
         if args.out:
             args.out.mkdir(parents=True, exist_ok=True)
-            (args.out / f"{card_slug(dev)}.json").write_text(blob)
-            (args.out / f"{card_slug(dev)}.md").write_text(markdown_table(meta, results))
+            write_atomic(args.out / f"{card_slug(dev)}.json", blob.encode())
+            write_atomic(args.out / f"{card_slug(dev)}.md", markdown_table(meta, results).encode())
 
     stream = cp.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream)
     gen = torch.Generator(device="cuda").manual_seed(0)
