@@ -1,8 +1,7 @@
 """Tuning run for the tensor-core kernels (``bsr_forward.cu``'s ``bsr_forward_mma``,
 ``bsr_backward_mma.cu``) on the bench cases of ``gpu/bench.py`` (B=1, H=16, d=128, bfloat16): times
 the forward per CTA shape (and optionally an older forward source) and the whole backward per CTA
-size, with the dq kernel on the caller's stream and on a side stream, next to FlexAttention's
-forward and backward; checks out and dq on sampled rows against float64 and dk/dv against
+size, next to FlexAttention's forward and backward; checks out and dq on sampled rows against float64 and dk/dv against
 FlexAttention's. ``--once`` runs one forward and backward for a profiler (``ncu -k regex:bsr_ ...
 --once --no-flex`` gives each kernel's time).
 
@@ -129,19 +128,17 @@ def run_case(bench: Any, case: Any, args: Any, stream: Any, gen: Any) -> None:
         o2, l2 = ref()
         same = bool((o2 == out).all()) and bool((l2 == lse).all())
         print(f"  forward mma (reference src) {ms:8.3f} ms  same bits: {same}", flush=True)
-    bwd_runs = [] if args.no_backward else [(w, c) for w in args.warps for c in (False, True)]
-    for warps, side in bwd_runs:
+    for warps in [] if args.no_backward else args.warps:
 
-        def bwd(w: int = warps, c: bool = side) -> Any:
+        def bwd(w: int = warps) -> Any:
             with stream:
                 return backward_mma.backward_bsr_mma(
                     *views[:3], views[3], bsr, tbsr, scale, None, dtype="bfloat16", out=out,
-                    lse=lse, warps=w, concurrent_dq=c,
+                    lse=lse, warps=w,
                 )  # fmt: skip
 
         ms, _ = bench.timed(bwd, torch)
-        label = f"warps={warps}{' side dq' if side else ''}"
-        print(f"  backward mma {label:16s}{ms:8.3f} ms  {flops / ms / 1e9:6.1f} "
+        print(f"  backward mma warps={warps}       {ms:8.3f} ms  {flops / ms / 1e9:6.1f} "
               "TFLOP/s useful", flush=True)  # fmt: skip
         grads = [torch.from_dlpack(g.view(cp.int16)).view(torch.bfloat16) for g in bwd()]
         rows = torch.randint(0, n, (64,), device="cuda", generator=gen)

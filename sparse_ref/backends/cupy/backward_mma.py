@@ -31,9 +31,6 @@ __all__ = [
 
 #: warps per CTA of the dq and dk/dv kernels (16 rows, or keys, per warp); 4 gives two CTAs per SM
 MMA_BWD_WARPS = 4
-#: run the dq kernel on a side stream beside the dk/dv kernel (each fills the SMs that the other's
-#: long CTAs, global rows and global columns, leave idle at its end)
-CONCURRENT_DQ = False
 _CHUNK = 64  # keys (queries) per chunk of the walk: BwdMmaCfg::BN
 
 
@@ -178,7 +175,6 @@ def backward_bsr_mma(
     out: Any = None,
     lse: Any = None,
     warps: int | None = None,
-    concurrent_dq: bool | None = None,
 ) -> tuple[Any, Any, Any]:
     """``(dq, dk, dv)`` on tensor cores, CuPy arrays in (float16, or bfloat16 as uint16 with
     ``dtype='bfloat16'``) and out, shaped and typed like ``(q, k, v)``.
@@ -186,9 +182,7 @@ def backward_bsr_mma(
     ``tbsr = device_bsr_transpose(bsr)``. ``out (B, H, n_q, d_v)`` and ``lse (B, H, n_q)`` float32
     are the forward's (``bsr_forward_mma`` runs when either is None). All of q, k, v, dout (and
     out) must be finite: entries outside the pattern inside a stored block meet a weight of
-    exactly 0. ``warps``: CTA size override (default ``MMA_BWD_WARPS``). ``concurrent_dq``: run the
-    dq kernel on a side stream beside the dk/dv kernel (default ``CONCURRENT_DQ``); the results are
-    the same bits either way, and the caller's stream is ordered after both."""
+    exactly 0. ``warps``: CTA size override (default ``MMA_BWD_WARPS``)."""
     cp = _require()
     B, H, Hkv, n_q, n_k, d, dv, P = _geometry(q, k, v, bsr)
     if dtype not in ("float16", "bfloat16"):
@@ -239,13 +233,7 @@ def backward_bsr_mma(
         bsr.order, common[0], common[1], np.int32(P), *common[2:],
         np.int32(bsr.mbits.shape[-1]), np.int32(subs), *tail,
     )  # fmt: skip
-    concurrent = CONCURRENT_DQ if concurrent_dq is None else bool(concurrent_dq)
-    cur = cp.cuda.get_current_stream()
-    dq_stream = _side_stream(cp, cur) if concurrent else cur
-    if concurrent:
-        dq_stream.wait_event(cur.record())
-    with dq_stream:
-        kdq((H * -(-n_q // bq) * subs, B), (32 * warps,), args, shared_mem=smem)
+    kdq((H * -(-n_q // bq) * subs, B), (32 * warps,), args, shared_mem=smem)
     subs_k = -(-bk // bm)
     targs = (
         q, k, v, dout, lse2, delta, dk, dvo, tbsr.indptr, tbsr.brows, tbsr.mask_index,
@@ -253,22 +241,7 @@ def backward_bsr_mma(
         *common[2:], np.int32(tbsr.mbits.shape[-1]), np.int32(subs_k), *tail,
     )  # fmt: skip
     kdkdv((Hkv * -(-n_k // bk) * subs_k, B), (32 * warps,), targs, shared_mem=smem)
-    if concurrent:
-        # later work on the caller's stream (including reuse of lse2 and delta's memory, which
-        # CuPy's pool hands out on that stream) waits for dq
-        cur.wait_event(dq_stream.record())
     return dq, dk, dvo
-
-
-_SIDE_STREAMS: dict[tuple[int, int], Any] = {}
-
-
-def _side_stream(cp: Any, cur: Any) -> Any:
-    """A non-blocking stream on ``cur``'s device, one per (device, stream) and process."""
-    key = (cp.cuda.Device().id, int(cur.ptr))
-    if key not in _SIDE_STREAMS:
-        _SIDE_STREAMS[key] = cp.cuda.Stream(non_blocking=True)
-    return _SIDE_STREAMS[key]
 
 
 def mma_applies(dtype: str, q: Any, v: Any, finite: bool) -> bool:
