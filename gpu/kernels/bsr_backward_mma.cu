@@ -203,9 +203,7 @@ bsr_backward_mma_dq(const T* __restrict__ q, const T* __restrict__ k, const T* _
   cp_async_commit();
   Chunk next;  // the chunk whose tiles were loaded last
   auto load = [&](int buf) {
-    next = walk.next();
-    tile_async<BN, D, THREADS>(sK + buf * BN * LDS, kb, next.c0, next.nvalid, d, tid);
-    tile_async<BN, D, THREADS>(sV + buf * BN * LDS, vb, next.c0, next.nvalid, dv, tid);
+    next = load_kv_chunk<BN, D, THREADS>(walk, sK, sV, buf, kb, vb, d, dv, tid);
   };
   if (total > 0) load(0);
   cp_async_commit();

@@ -229,6 +229,18 @@ struct ChunkCursor {
   }
 };
 
+// The K and V tiles (BN x D, LDS = D + 8 per row) of the walk's next chunk into buffer buf of sK
+// and sV: keys [c0, c0 + nvalid) of kb (row length d) and vb (row length dv). Returns the chunk.
+template <int BN, int D, int THREADS, typename T>
+__device__ __forceinline__ Chunk load_kv_chunk(ChunkCursor& walk, T* sK, T* sV, int buf,
+                                               const T* kb, const T* vb, int d, int dv, int tid) {
+  constexpr int LDS = D + 8;
+  const Chunk ch = walk.next();
+  tile_async<BN, D, THREADS>(sK + buf * BN * LDS, kb, ch.c0, ch.nvalid, d, tid);
+  tile_async<BN, D, THREADS>(sV + buf * BN * LDS, vb, ch.c0, ch.nvalid, dv, tid);
+  return ch;
+}
+
 // 2^x on the MUFU unit, subnormal results flushed to zero (exp2f adds a rescaling around it for
 // them). p = 2^(s - m) below 2^-126 against a row sum >= 1 is far below every tolerance.
 __device__ __forceinline__ float ex2(float x) {
