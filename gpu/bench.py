@@ -646,6 +646,7 @@ def main() -> None:
             from torch.nn.attention.flex_attention import create_block_mask
 
             flex = fresh_flex(torch)
+            log("building FlexAttention's block mask (torch.compile of create_block_mask)")
             block_mask = create_block_mask(
                 make_mask_mod(case), None, None, n, n, device="cuda", BLOCK_SIZE=128, _compile=True
             )
