@@ -192,7 +192,9 @@ struct ChunkCursor {
         cpb((blen_ + 63) / 64), blen(blen_), n(n_), idx(idx_), mi(mask_index_), seg(-1), c(0) {
     enter_next_segment();
   }
-  // the number of chunks (under 2^31: a block row of 2^31 chunks of 64 would span 2^37 keys)
+  // the number of chunks, which the kernels keep in an int: one segment (a block row or column)
+  // has at most n / 64 chunks plus one per stored block, and the G segments of the dk/dv kernel
+  // (a kv head's query heads) stay below 2^31 chunks for any Q that fits in device memory
   __device__ __forceinline__ long long total() const {
     long long t = 0;
     for (int s = 0; s < nseg; ++s) t += (ptr[s * stride + 1] - ptr[s * stride]) * cpb;
