@@ -1,8 +1,8 @@
 """Tuning run for the tensor-core kernels (``bsr_forward.cu``'s ``bsr_forward_mma``,
 ``bsr_backward_mma.cu``) on the bench cases of ``gpu/bench.py`` (B=1, H=16, d=128, bfloat16): times
 the forward per CTA shape (and optionally an older forward source) and the whole backward per CTA
-size, next to FlexAttention's forward and backward; checks out and dq on sampled rows against float64 and dk/dv against
-FlexAttention's. ``--once`` runs one forward and backward for a profiler (``ncu -k regex:bsr_ ...
+size, next to FlexAttention's forward and backward; checks out and dq on sampled rows against
+float64 and dk/dv against FlexAttention's. ``--once`` runs one forward and backward for a profiler (``ncu -k regex:bsr_ ...
 --once --no-flex`` gives each kernel's time).
 
     PYTHONPATH=. python gpu/tune_backward_mma.py [--cases window1k bigbird] [--warps 4 8]
@@ -75,6 +75,7 @@ def run_case(bench: Any, case: Any, args: Any, stream: Any, gen: Any) -> None:
 
     from sparse_ref.backends import cupy as gpu
     from sparse_ref.backends.cupy import backward_mma
+    from sparse_ref.bench.flops import useful_flops
 
     B, H, D = bench.B, bench.H, bench.D
     scale = 1.0 / math.sqrt(D)
@@ -89,7 +90,7 @@ def run_case(bench: Any, case: Any, args: Any, stream: Any, gen: Any) -> None:
         torch.randn(B, H, n, D, device="cuda", generator=gen).to(torch.bfloat16) for _ in range(4)
     )
     views = [cp.from_dlpack(x.view(torch.int16)).view(cp.uint16) for x in (q, k, v, dout)]
-    flops = gpu.useful_backward_flops(case.nnz() * H, D)
+    flops = useful_flops(case.nnz() * H, D, backward=True)
     print(f"\n== {case.name}: useful backward {flops / 1e9:.0f} GFLOP", flush=True)
 
     def fwd() -> Any:
@@ -105,7 +106,7 @@ def run_case(bench: Any, case: Any, args: Any, stream: Any, gen: Any) -> None:
             )  # fmt: skip
         torch.cuda.synchronize()
         return
-    fwd_flops = 4.0 * case.nnz() * H * D
+    fwd_flops = useful_flops(case.nnz() * H, D)
     for shape in args.fwd_shapes:
         w, m = (int(x) for x in shape.split("x"))
 

@@ -1,6 +1,7 @@
 """The checks every CuPy launch makes before a kernel indexes anything (``arrays._geometry``, and
-``arrays._check_backward`` for the backward), on the host: no GPU needed. The kernels do no bounds checks, so a pattern with the wrong number of
-heads or the wrong shape must be a ValueError here, never an illegal memory access there."""
+``arrays._check_backward`` for the backward), on the host: no GPU needed. The kernels do no bounds
+checks, so a pattern with the wrong number of heads or the wrong shape must be a ValueError here,
+never an illegal memory access there."""
 
 from __future__ import annotations
 
