@@ -192,12 +192,14 @@ def ref_forward(commit: str, views: list[Any], bsr: Any, scale: float, stream: A
     import cupy as cp
     import numpy as np
 
-    name = "sparse_ref::bsr_forward_mma<sparse_ref::bf16_t, 128, 4, 2>"
+    from sparse_ref.backends.cupy.tiles import _mma_smem, mma_kernel_name
+
+    name = mma_kernel_name("bfloat16", 128, 4, 2)
     path = Path(commit)
     code = path.read_text() if path.is_file() else source_at(commit, "bsr_forward.cu")
     mod = cp.RawModule(code=code, options=("-std=c++17",), name_expressions=[name])
     kern = mod.get_function(name)
-    smem = (128 + 4 * 64) * 136 * 2
+    smem = _mma_smem(128, 4, 2)
     kern.max_dynamic_shared_size_bytes = smem
     q, k, v = views[:3]
     B, H, n, _ = q.shape
