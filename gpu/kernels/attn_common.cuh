@@ -98,6 +98,21 @@ __device__ __forceinline__ double shfl_xor(double x, int m) { return __shfl_xor_
 
 static constexpr int BIG_INDEX = 0x7fffffff;
 
+// The planes of query head `head` of batch element `batch` under GQA: bh indexes the (B, H) planes
+// of q, dout, out, lse and dq; bhk the (B, Hkv) planes of k and v of its kv head head / (H / Hkv).
+struct HeadPlanes {
+  long long bh, bhk;
+  __device__ __forceinline__ HeadPlanes(int batch, int head, int H, int Hkv)
+      : bh((long long)batch * H + head), bhk((long long)batch * Hkv + head / (H / Hkv)) {}
+};
+
+// The offsets of row `row` in a pattern's indptr of P planes of nrows + 1 int64 offsets each (CSR
+// rows or block rows); one plane serves every head when P == 1.
+__device__ __forceinline__ const long long* row_offsets(const long long* indptr, int P, int head,
+                                                        int nrows, int row) {
+  return indptr + (long long)(P == 1 ? 0 : head) * (nrows + 1) + row;
+}
+
 // The rows a CTA owns in a kernel over a block form (forward, backward dq) or its transpose
 // (backward dk/dv). blockIdx.x runs over (sub-tile, head) with heads fastest; each block row is
 // `subs` sub-tiles of BM rows, and block rows come in `order` (each head's block rows sorted by

@@ -71,7 +71,7 @@ struct BlockWalk {
 
   template <typename S>
   __device__ __forceinline__ int begin(const S& sm, int h) {
-    const long long* ip = indptr + (long long)(P == 1 ? 0 : h) * (nb + 1) + bi;
+    const long long* ip = row_offsets(indptr, P, h, nb, bi);
     kb0 = ip[0];
     total = (ip[1] - kb0) * cpb();
     cur = first_from(0);

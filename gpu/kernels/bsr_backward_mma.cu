@@ -189,12 +189,11 @@ bsr_backward_mma_dq(const T* __restrict__ q, const T* __restrict__ k, const T* _
   if (tile.nrows <= 0) return;
   const int h = tile.head, b = tile.batch, nbq = tile.nb, sub = tile.sub, bi = tile.brow;
   const int r0 = tile.row0, nrows = tile.nrows;
-  const int hk = h / (H / Hkv);
-  const long long bh = (long long)b * H + h, bhk = (long long)b * Hkv + hk;
-  const T* kb = k + bhk * n_k * d;
-  const T* vb = v + bhk * n_k * dv;
-  const long long* ip = indptr + (long long)(P == 1 ? 0 : h) * (nbq + 1) + bi;
-  ChunkCursor walk(bcols, mask_index, ip, 0, 1, bk, n_k);
+  const HeadPlanes pl(b, h, H, Hkv);
+  const long long bh = pl.bh;
+  const T* kb = k + pl.bhk * n_k * d;
+  const T* vb = v + pl.bhk * n_k * dv;
+  ChunkCursor walk(bcols, mask_index, row_offsets(indptr, P, h, nbq, bi), 0, 1, bk, n_k);
   const int total = (int)walk.total();
   const int wrow = warp * 16;
 
@@ -280,8 +279,7 @@ bsr_backward_mma_dkdv(const T* __restrict__ q, const T* __restrict__ k, const T*
   const long long bhk = (long long)b * Hkv + hk;
   const int wrow = warp * 16;
   // the query heads hk*group .. of the group one after the other, a segment of the walk each
-  ChunkCursor walk(t_brows, t_mask_index,
-                   t_indptr + (long long)(P == 1 ? 0 : hk * group) * (nbk + 1) + bj,
+  ChunkCursor walk(t_brows, t_mask_index, row_offsets(t_indptr, P, hk * group, nbk, bj),
                    P == 1 ? 0 : nbk + 1, group, bq, n_q);
   const int total = (int)walk.total();
 

@@ -45,8 +45,8 @@ bsr_backward_dq(const T* __restrict__ q, const T* __restrict__ k, const T* __res
   if (tile.nrows <= 0) return;
   const int h = tile.head, b = tile.batch, nbq = tile.nb, sub = tile.sub, bi = tile.brow;
   const int r0 = tile.row0, nrows = tile.nrows;
-  const int hk = h / (H / Hkv);
-  const long long bh = (long long)b * H + h, bhk = (long long)b * Hkv + hk;
+  const HeadPlanes pl(b, h, H, Hkv);
+  const long long bh = pl.bh, bhk = pl.bhk;
   BlockWalk<BM, BN> walk{indptr, bcols, mask_index, mbits, P, nbq, bi, sub * BM, nrows, bq, bk,
                          mwords, n_k, 0, 0, 0, 0};
   backward_dq_rows<T, A, TM, TN, DMAX>(sm, walk, h, q + bh * n_q * d, dout + bh * n_q * dv,

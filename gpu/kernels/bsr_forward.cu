@@ -19,7 +19,7 @@
 // Both are deterministic: fixed reduction order, no atomics.
 #include "simt_core.cuh"
 #include "block_walk.cuh"
-#include "mma_common.cuh"
+#include "fragment_softmax.cuh"
 
 namespace sparse_ref {
 
@@ -40,11 +40,11 @@ bsr_forward_simt(const T* __restrict__ q, const T* __restrict__ k, const T* __re
   if (tile.nrows <= 0) return;
   const int h = tile.head, b = tile.batch, nbq = tile.nb, sub = tile.sub, bi = tile.brow;
   const int r0 = tile.row0, nrows = tile.nrows;
-  const int hk = h / (H / Hkv);
-  const long long bh = (long long)b * H + h, bhk = (long long)b * Hkv + hk;
-  const T* kb = k + bhk * n_k * d;
-  const T* vb = v + bhk * n_k * dv;
-  const long long* ip = indptr + (long long)(P == 1 ? 0 : h) * (nbq + 1) + bi;
+  const HeadPlanes pl(b, h, H, Hkv);
+  const long long bh = pl.bh;
+  const T* kb = k + pl.bhk * n_k * d;
+  const T* vb = v + pl.bhk * n_k * dv;
+  const long long* ip = row_offsets(indptr, P, h, nbq, bi);
   const long long kb0 = ip[0], kb1 = ip[1];
   const int cpb = (bk + C::BN - 1) / C::BN;  // key tiles per stored block
 
@@ -118,7 +118,6 @@ bsr_forward_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __res
   using Cfg = MmaCfg<D, WARPS, MT>;
   constexpr int BM = Cfg::BM, BN = Cfg::BN, LDS = Cfg::LDS, THREADS = Cfg::THREADS;
   constexpr int NT = BN / 8, ND = D / 8, KS = D / 16;
-  constexpr float LOG2E = 1.4426950408889634f, LN2 = 0.6931471805599453f;
   const float INF = __int_as_float(0x7f800000);
   static_assert(D % 16 == 0, "D must be a multiple of 16");
   static_assert(MT == 1 || MT == 2, "MT must be 1 or 2");
@@ -133,13 +132,12 @@ bsr_forward_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __res
   if (tile.nrows <= 0) return;
   const int h = tile.head, b = tile.batch, nbq = tile.nb, sub = tile.sub, bi = tile.brow;
   const int r0 = tile.row0, nrows = tile.nrows;
-  const int hk = h / (H / Hkv);
-  const long long bh = (long long)b * H + h, bhk = (long long)b * Hkv + hk;
+  const HeadPlanes pl(b, h, H, Hkv);
+  const long long bh = pl.bh;
   const T* qb = q + bh * n_q * d;
-  const T* kb = k + bhk * n_k * d;
-  const T* vb = v + bhk * n_k * dv;
-  const long long* ip = indptr + (long long)(P == 1 ? 0 : h) * (nbq + 1) + bi;
-  ChunkCursor walk(bcols, mask_index, ip, 0, 1, bk, n_k);
+  const T* kb = k + pl.bhk * n_k * d;
+  const T* vb = v + pl.bhk * n_k * dv;
+  ChunkCursor walk(bcols, mask_index, row_offsets(indptr, P, h, nbq, bi), 0, 1, bk, n_k);
   const int total = (int)walk.total();
   const int wrow = warp * 16 * MT;  // first row of this warp within the CTA
 
@@ -170,13 +168,7 @@ bsr_forward_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __res
     m2[mt][0] = m2[mt][1] = -INF;
     l[mt][0] = l[mt][1] = 0.f;
   }
-  // Scores enter the softmax as s * mul in log2 units. With a positive scale and no softcap, s is
-  // the raw q.k and mul = scale log2(e), so the row max is taken before scaling and each weight is
-  // one fma and one ex2: p = 2^(s mul - m). Otherwise s is transformed in place first
-  // (softcap tanh(scale s / softcap) log2(e), or s scale log2(e)) and mul = 1.
-  const float sl2 = scale * LOG2E;
-  const bool sc = use_softcap != 0, pre = sc || !(sl2 > 0.f);
-  const float mul = pre ? 1.f : sl2;
+  const ScoreScale ss(scale, softcap, use_softcap);
 
   for (int t = 0; t < total; ++t) {
     const Chunk ch = next;
@@ -215,73 +207,10 @@ bsr_forward_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __res
       }
     }
 
-    if (pre) {
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const float x = s[mt][nt][e];
-            s[mt][nt][e] = sc ? softcap * tanhf(x * scale / softcap) * LOG2E : x * sl2;
-          }
-    }
-    if (ch.mi >= 0 || ch.nvalid < BN) {  // a partial block or a chunk past n: mask (uniform)
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt) {
-        unsigned mw[2][2];
-        chunk_mask(mw, mbits, ch.mi, sub * BM + wrow + 16 * mt + g, bq, mwords, ch.c);
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int col = nt * 8 + 2 * t4 + (e & 1);
-            const bool ok = col < ch.nvalid && ((mw[e >> 1][nt >> 2] >> (col & 31)) & 1u);
-            if (!ok) s[mt][nt][e] = -INF;
-          }
-      }
-    }
-
-    float alpha[MT][2];  // rescale factors of the running sums
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt) {
-#pragma unroll
-      for (int hh = 0; hh < 2; ++hh) {
-        float mx = -INF;
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt)
-          mx = fmaxf(mx, fmaxf(s[mt][nt][2 * hh], s[mt][nt][2 * hh + 1]));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        const float mnew = fmaxf(m2[mt][hh], mx * mul);
-        const float mu = (mnew == -INF) ? 0.f : mnew;
-        alpha[mt][hh] = ex2(m2[mt][hh] - mu);
-        m2[mt][hh] = mnew;
-        float rs = 0.f;
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-          const float p0 = ex2(fmaf(s[mt][nt][2 * hh], mul, -mu));
-          const float p1 = ex2(fmaf(s[mt][nt][2 * hh + 1], mul, -mu));
-          s[mt][nt][2 * hh] = p0;
-          s[mt][nt][2 * hh + 1] = p1;
-          rs += p0 + p1;
-        }
-        l[mt][hh] = l[mt][hh] * alpha[mt][hh] + rs;
-      }
-    }
-    // Rescale the accumulators only where a row max moved (alpha == 1 leaves them bitwise as
-    // they are): past the first chunks of a long row this skips 4 MT ND multiplies per step.
-    bool moved = false;
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt) moved |= (alpha[mt][0] != 1.f) | (alpha[mt][1] != 1.f);
-    if (__any_sync(0xffffffffu, moved)) {
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int nd = 0; nd < ND; ++nd)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) o[mt][nd][e] *= alpha[mt][e >> 1];
-    }
+    if (ss.pre) ss.transform(s);
+    if (ch.mi >= 0 || ch.nvalid < BN)  // a partial block or a chunk past n (uniform)
+      mask_scores(s, ch, mbits, sub * BM + wrow + g, bq, mwords, t4);
+    online_softmax(s, o, m2, l, ss.mul);
 
 #pragma unroll
     for (int ks = 0; ks < BN / 16; ++ks) {
@@ -302,29 +231,7 @@ bsr_forward_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __res
     __syncthreads();
   }
 
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-    for (int hh = 0; hh < 2; ++hh) {
-      float lt = l[mt][hh];
-      lt += __shfl_xor_sync(0xffffffffu, lt, 1);
-      lt += __shfl_xor_sync(0xffffffffu, lt, 2);
-      const int r = wrow + 16 * mt + g + 8 * hh;
-      if (r >= nrows) continue;
-      const long long row = bh * n_q + r0 + r;
-      const bool empty = (lt == 0.f);
-      T* orow = out + row * dv;
-#pragma unroll
-      for (int nd = 0; nd < ND; ++nd) {
-        const int col = nd * 8 + 2 * t4;
-        if (col < dv) {
-          const float a0 = empty ? 0.f : o[mt][nd][2 * hh] / lt;
-          const float a1 = empty ? 0.f : o[mt][nd][2 * hh + 1] / lt;
-          *reinterpret_cast<unsigned*>(orow + col) = pack2<T>(a0, a1);
-        }
-      }
-      if (t4 == 0) lse[row] = empty ? -INF : m2[mt][hh] * LN2 + logf(lt);
-    }
+  store_rows<T>(o, m2, l, out, lse, bh, n_q, r0, nrows, wrow, dv, g, t4);
 }
 
 }  // namespace sparse_ref

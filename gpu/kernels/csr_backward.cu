@@ -31,7 +31,7 @@ struct CsrWalk {
 
   template <typename S>
   __device__ __forceinline__ int begin(const S& sm, int h) {
-    const long long* ip = indptr + (long long)(P == 1 ? 0 : h) * (n_rows + 1) + r0;
+    const long long* ip = row_offsets(indptr, P, h, n_rows, r0);
     if (tid < BM) {
       long long p = 0, e = 0;
       if (tid < nrows) {
@@ -89,8 +89,8 @@ csr_backward_dq(const T* __restrict__ q, const T* __restrict__ k, const T* __res
   const int ntiles = (n_q + BM - 1) / BM;
   const int r0 = order[(long long)(P == 1 ? 0 : h) * ntiles + blockIdx.x / H] * BM;
   const int nrows = min(BM, n_q - r0);
-  const int hk = h / (H / Hkv);
-  const long long bh = (long long)b * H + h, bhk = (long long)b * Hkv + hk;
+  const HeadPlanes pl(b, h, H, Hkv);
+  const long long bh = pl.bh, bhk = pl.bhk;
   CsrWalk<BM, BN> walk{indptr, indices, P, n_q, n_k, r0, nrows, tid, warp, lane};
   backward_dq_rows<T, A, TM, TN, DMAX>(sm, walk, h, q + bh * n_q * d, dout + bh * n_q * dv,
                                        k + bhk * n_k * d, v + bhk * n_k * dv, dq + bh * n_q * d,

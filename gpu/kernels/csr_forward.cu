@@ -45,11 +45,11 @@ csr_forward_simt(const T* __restrict__ q, const T* __restrict__ k, const T* __re
   const int ntiles = (n_q + BM - 1) / BM;
   const int r0 = order[(long long)(P == 1 ? 0 : h) * ntiles + blockIdx.x / H] * BM;
   const int nrows = min(BM, n_q - r0);
-  const int hk = h / (H / Hkv);
-  const long long bh = (long long)b * H + h, bhk = (long long)b * Hkv + hk;
-  const T* kb = k + bhk * n_k * d;
-  const T* vb = v + bhk * n_k * dv;
-  const long long* ip = indptr + (long long)(P == 1 ? 0 : h) * (n_q + 1) + r0;
+  const HeadPlanes pl(b, h, H, Hkv);
+  const long long bh = pl.bh;
+  const T* kb = k + pl.bhk * n_k * d;
+  const T* vb = v + pl.bhk * n_k * dv;
+  const long long* ip = row_offsets(indptr, P, h, n_q, r0);
 
   C::template load_tile<BM>(sm.q, q + bh * n_q * d, r0, nrows, d);
   cp_async_commit();
