@@ -200,3 +200,55 @@ def flash2(q, k, v, pattern, dout, *, scale, softcap, block=8, rescale=True):  #
     dk = dk.reshape(b, hkv, group, *dk.shape[2:]).sum(axis=2)
     dv = dv.reshape(b, hkv, group, *dv.shape[2:]).sum(axis=2)
     return out.astype(q.dtype), lse, *(x.astype(q.dtype) for x in (dq, dk, dv))
+
+
+# ------------------------------------------------------------------ half-precision device inputs
+# (the tensor-core GPU tests: test_gpu_backward_mma, test_gpu_forward_wgmma)
+
+try:
+    import ml_dtypes
+
+    BF16: Any = np.dtype(ml_dtypes.bfloat16)
+except ImportError:  # bfloat16 cases skip
+    BF16 = None
+
+
+def half(dtype: str) -> Any:
+    """The NumPy dtype of ``"float16"`` or ``"bfloat16"`` (ml_dtypes; the test skips without it)."""
+    if dtype == "bfloat16":
+        if BF16 is None:
+            import pytest
+
+            pytest.skip("ml_dtypes is needed for bfloat16 references")
+        return BF16
+    return np.dtype(np.float16)
+
+
+def half_inputs(
+    pattern: Pattern, dtype: str, *, heads: int, kv_heads: int, d: int, dv: int, seed: int
+) -> list[np.ndarray]:
+    """q, k, v, dout (B = 1): standard normal in float64, rounded to ``dtype``."""
+    rng = np.random.default_rng(seed)
+    n_q, n_k = pattern.shape
+    shapes = [
+        (1, heads, n_q, d),
+        (1, kv_heads, n_k, d),
+        (1, kv_heads, n_k, dv),
+        (1, heads, n_q, dv),
+    ]
+    return [rng.standard_normal(s).astype(half(dtype)) for s in shapes]
+
+
+def to_device(x: np.ndarray) -> Any:
+    """A CuPy copy of ``x`` (bfloat16 as its uint16 bits, as the kernels take it)."""
+    import cupy
+
+    return cupy.asarray(x.view(np.uint16) if x.dtype == BF16 else x)
+
+
+def to_host(x: Any, dtype: np.dtype) -> np.ndarray:
+    """A CuPy array back on the host, viewed as ``dtype`` (bfloat16 from its uint16 bits)."""
+    import cupy
+
+    out = cupy.asnumpy(x)
+    return out.view(BF16) if dtype == BF16 else out

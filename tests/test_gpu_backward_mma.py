@@ -16,59 +16,18 @@ from typing import Any
 import numpy as np
 import pytest
 from block_cases import STRUCTURES
+from helpers import BF16, to_device, to_host
+from helpers import half_inputs as inputs
 
 import sparse_ref
 from sparse_ref import Pattern, patterns
 from sparse_ref.backends import cupy as gpu
 from sparse_ref.testing import assert_grads_close_to_oracle
 
-try:
-    import ml_dtypes
-
-    BF16: Any = np.dtype(ml_dtypes.bfloat16)
-except ImportError:  # bfloat16 cases skip
-    BF16 = None
-
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not gpu.is_available(), reason="CuPy with a CUDA GPU is not available"),
 ]
-
-
-def half(dtype: str) -> Any:
-    if dtype == "bfloat16":
-        if BF16 is None:
-            pytest.skip("ml_dtypes is needed for bfloat16 references")
-        return BF16
-    return np.dtype(np.float16)
-
-
-def inputs(
-    pattern: Pattern, dtype: str, *, heads: int, kv_heads: int, d: int, dv: int, seed: int
-) -> list[np.ndarray]:
-    """q, k, v, dout: standard normal in float64, rounded to ``dtype``."""
-    rng = np.random.default_rng(seed)
-    n_q, n_k = pattern.shape
-    shapes = [
-        (1, heads, n_q, d),
-        (1, kv_heads, n_k, d),
-        (1, kv_heads, n_k, dv),
-        (1, heads, n_q, dv),
-    ]
-    return [rng.standard_normal(s).astype(half(dtype)) for s in shapes]
-
-
-def to_device(x: np.ndarray) -> Any:
-    import cupy
-
-    return cupy.asarray(x.view(np.uint16) if x.dtype == BF16 else x)
-
-
-def to_host(x: Any, dtype: np.dtype) -> np.ndarray:
-    import cupy
-
-    out = cupy.asnumpy(x)
-    return out.view(BF16) if dtype == BF16 else out
 
 
 def grads(
