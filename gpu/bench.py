@@ -319,10 +319,13 @@ def run_dtype(
                 impls.append((f"sparse-ref csr simt{tag}", ours("csr", simt=cfg)))
             impls.append((f"sparse-ref bsr simt{tag}", ours("bsr", mma=False, simt=cfg)))
     else:
+        if gpu.has_wgmma():  # the default on Hopper; the mma.sync kernel beside it
+            impls.append(("sparse-ref bsr wgmma", ours("bsr", wgmma=True)))
         shapes = [(8, 1), (4, 1), (4, 2)] if args.variants else [(None, None)]
         for warps, mt in shapes:
             tag = f" {warps}w x{mt}" if warps else ""
-            impls.append((f"sparse-ref bsr mma{tag}", ours("bsr", warps=warps, mt=mt)))
+            impl = ours("bsr", wgmma=False, warps=warps, mt=mt)
+            impls.append((f"sparse-ref bsr mma.sync{tag}", impl))
     if flex is not None and not args.no_forward:
         impls.append(("FlexAttention", lambda: flex(q, k, v, block_mask=block_mask, scale=scale)))
     if not args.no_sdpa and not args.no_forward and n <= 16384:
@@ -619,7 +622,11 @@ def main() -> None:
             write_atomic(args.out / f"{card_slug(dev)}.json", blob.encode())
             write_atomic(args.out / f"{card_slug(dev)}.md", markdown_table(meta, results).encode())
 
-    stream = cp.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream)
+    current = torch.cuda.current_stream()
+    if hasattr(cp.cuda.Stream, "from_external"):  # CuPy >= 14 (ExternalStream is deprecated)
+        stream = cp.cuda.Stream.from_external(current)
+    else:
+        stream = cp.cuda.ExternalStream(current.cuda_stream)
     gen = torch.Generator(device="cuda").manual_seed(0)
 
     for cname in args.cases:
@@ -647,8 +654,8 @@ def main() -> None:
 
             flex = fresh_flex(torch)
             log("building FlexAttention's block mask (torch.compile of create_block_mask)")
-            block_mask = create_block_mask(
-                make_mask_mod(case), None, None, n, n, device="cuda", BLOCK_SIZE=128, _compile=True
+            block_mask = torch.compile(create_block_mask)(
+                make_mask_mod(case), None, None, n, n, device="cuda", BLOCK_SIZE=128
             )
         log("block mask built")
         rows = torch.randint(0, n, (64,), device="cuda", generator=gen)

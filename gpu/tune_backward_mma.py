@@ -38,7 +38,8 @@ def main() -> None:
     ap.add_argument("--cases", nargs="+", default=["window1k", "bigbird"])
     ap.add_argument("--warps", nargs="+", type=int, default=[4, 8], help="backward CTA sizes")
     ap.add_argument("--fwd-shapes", nargs="+", default=["4x2", "8x1"],
-                    help="forward CTA shapes WARPSxMT")  # fmt: skip
+                    help="forward kernels: mma.sync CTA shapes WARPSxMT, 'wgmma', "
+                         "'wgmmaN' (N stages)")  # fmt: skip
     ap.add_argument("--no-flex", action="store_true")
     ap.add_argument("--no-backward", action="store_true", help="time the forward only")
     ap.add_argument("--once", action="store_true", help="one forward and backward, no timing")
@@ -108,12 +109,15 @@ def run_case(bench: Any, case: Any, args: Any, stream: Any, gen: Any) -> None:
         return
     fwd_flops = useful_flops(case.nnz() * H, D)
     for shape in args.fwd_shapes:
-        w, m = (int(x) for x in shape.split("x"))
+        if shape.startswith("wgmma"):  # wgmma, or wgmmaN: N stages
+            kw: dict[str, Any] = {"wgmma": True, "stages": int(shape[5:]) if shape[5:] else None}
+        else:
+            kw = dict(zip(("warps", "mt"), (int(x) for x in shape.split("x")), strict=True))
 
-        def fwd_shape(w: int = w, m: int = m) -> Any:
+        def fwd_shape(kw: dict[str, Any] = kw) -> Any:
             with stream:
                 return gpu.forward_bsr(
-                    *views[:3], bsr, scale, None, dtype="bfloat16", mma=True, warps=w, mt=m
+                    *views[:3], bsr, scale, None, dtype="bfloat16", mma=True, **kw
                 )
 
         ms, _ = bench.timed(fwd_shape, torch)
@@ -121,7 +125,7 @@ def run_case(bench: Any, case: Any, args: Any, stream: Any, gen: Any) -> None:
         rows = torch.randint(0, n, (64,), device="cuda", generator=gen)
         ref = bench.sampled_reference(case, q, k, v, rows, torch)
         err = (o_s[0][:, rows].double() - ref).abs().max().item()
-        print(f"  forward mma {shape:4s}            {ms:8.3f} ms  {fwd_flops / ms / 1e9:6.1f} "
+        print(f"  forward {shape:5s}              {ms:8.3f} ms  {fwd_flops / ms / 1e9:6.1f} "
               f"TFLOP/s useful  out err64 {err:.2e}", flush=True)  # fmt: skip
     if args.ref_forward:
         ref = ref_forward(args.ref_forward, views, bsr, scale, stream)

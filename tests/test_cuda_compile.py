@@ -18,6 +18,7 @@ import pytest
 
 from sparse_ref.backends import cupy as gpu
 from sparse_ref.backends.cupy.backward_mma import mma_backward_kernel_names
+from sparse_ref.backends.cupy.sources import ARCH_OPTIONS
 
 KERNELS = Path(__file__).resolve().parent.parent / "gpu" / "kernels"
 SOURCES = sorted(KERNELS.glob("*.cu"))
@@ -48,8 +49,12 @@ def test_nvcc_compiles(src: Path, tmp_path: Path) -> None:
     nvcc = _nvcc()
     if nvcc is None:
         pytest.skip("nvcc not found (install the CUDA toolkit to compile-check the kernels)")
+    # sm_90a where the backend compiles for it (nvcc's -arch=sm_90a also emits compute_90 PTX,
+    # which cannot hold wgmma)
+    sm90a = "-arch=sm_90a" in ARCH_OPTIONS.get(src.name, ())
+    arch = ("-gencode=arch=compute_90a,code=sm_90a",) if sm90a else ("-arch=sm_90",)
     cmd = [
-        nvcc, "-std=c++17", "-arch=sm_90", "-c", "-DSPARSE_REF_INSTANTIATE", f"-I{KERNELS}",
+        nvcc, "-std=c++17", *arch, "-c", "-DSPARSE_REF_INSTANTIATE", f"-I{KERNELS}",
         "-Xptxas", "-warn-spills", str(src), "-o", str(tmp_path / (src.stem + ".o")),
     ]  # fmt: skip
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -80,12 +85,16 @@ def _libnvrtc() -> ctypes.CDLL | None:
     return None
 
 
-def _nvrtc_compile(lib: ctypes.CDLL, source: str, names: list[str]) -> tuple[int, str]:
+def _nvrtc_compile(
+    lib: ctypes.CDLL, source: str, names: list[str], extra: tuple[str, ...] = ()
+) -> tuple[int, str]:
+    """NVRTC with the backend's options for the source (``extra``) followed by ``-arch=sm_90``, as
+    CuPy appends it on an H100."""
     prog = ctypes.c_void_p()
     assert lib.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), b"k.cu", 0, None, None) == 0
     for n in names:
         assert lib.nvrtcAddNameExpression(prog, n.encode()) == 0
-    opts = [b"-std=c++17", b"--gpu-architecture=sm_90"]
+    opts = [b"-std=c++17", *(o.encode() for o in extra), b"-arch=sm_90"]
     arr = (ctypes.c_char_p * len(opts))(*opts)
     rc = lib.nvrtcCompileProgram(prog, len(opts), arr)
     size = ctypes.c_size_t()
@@ -122,6 +131,14 @@ _NVRTC_CASES = [
     ("bsr_forward.cu", _BSR_NAMES),
     ("csr_backward.cu", _BWD_NAMES),
     ("bsr_backward_simt.cu", _BSR_BWD_NAMES),
+    (
+        "bsr_forward_wgmma.cu",
+        [
+            gpu.wgmma_kernel_name(t, w, st)
+            for t in ("bfloat16", "float16")
+            for w, st in ((1, 2), (2, 2), (2, 3))
+        ],
+    ),
 ]
 
 
@@ -132,5 +149,5 @@ def test_nvrtc_compiles_backend_source(file: str, names: list[str]) -> None:
         pytest.skip("libnvrtc not found (pip install nvidia-cuda-nvrtc to check the CuPy path)")
     source = gpu.kernel_source(file)
     assert '#include "' not in source
-    rc, log = _nvrtc_compile(lib, source, names)
+    rc, log = _nvrtc_compile(lib, source, names, ARCH_OPTIONS.get(file, ()))
     assert rc == 0, f"NVRTC failed on {file}:\n{log}"

@@ -266,9 +266,17 @@ __device__ __forceinline__ void chunk_mask(unsigned (&mw)[2][2], const unsigned*
     }
 }
 
+// Writes of shared memory through the generic proxy (cp.async, st.shared) made visible to the
+// async proxy, through which wgmma reads its shared-memory operands; each writing thread, before
+// the barrier that precedes the reads.
+__device__ __forceinline__ void fence_proxy_async() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
 // Double buffering over the steps of a walk: issue step t + 1's loads (load(its buffer)) before
-// waiting for step t's, then a barrier, after which step t's buffer (t & 1) is ready.
-template <typename Load>
+// waiting for step t's, then a barrier, after which step t's buffer (t & 1) is ready (to wgmma as
+// well when ASYNC_PROXY).
+template <bool ASYNC_PROXY = false, typename Load>
 __device__ __forceinline__ void await_step(Load& load, int t, int total) {
   if (t + 1 < total) {
     load((t + 1) & 1);
@@ -277,6 +285,7 @@ __device__ __forceinline__ void await_step(Load& load, int t, int total) {
   } else {
     cp_async_wait<0>();
   }
+  if constexpr (ASYNC_PROXY) fence_proxy_async();
   __syncthreads();
 }
 

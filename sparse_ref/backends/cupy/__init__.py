@@ -7,6 +7,9 @@ Kernels (one ``.cu`` template each, instantiated per dtype by name; see ``gpu/RE
 * ``bsr_forward_simt`` (``bsr_forward.cu``): the same SIMT core over a block form.
 * ``bsr_forward_mma`` (``bsr_forward.cu``): float16/bfloat16 on tensor cores (``mma.sync.m16n8k16``,
   float32 accumulation) over a block form; needs ``d, d_v <= 128`` and multiples of 8.
+* ``bsr_forward_wgmma`` (``bsr_forward_wgmma.cu``, compiled for sm_90a): the same on Hopper's
+  warpgroup tensor cores (``wgmma.mma_async``, 128-byte swizzled shared-memory tiles), for head
+  dims ``96 < max(d, d_v) <= 128`` on compute capability 9.0 devices (:func:`has_wgmma`).
 * ``csr_backward_dq`` and ``csr_backward_dkdv`` (``csr_backward.cu``): the gradients, SIMT in the
   accumulation dtype above: dq (and each row's softmax statistics) over the pattern's rows, then
   dk/dv over its transpose (:func:`device_csr_transpose`), no atomics.
@@ -15,18 +18,20 @@ Kernels (one ``.cu`` template each, instantiated per dtype by name; see ``gpu/RE
   (:func:`device_bsr_transpose`); what :func:`backward` runs for a pattern that carries a block
   form (float16/bfloat16 take the tensor-core backward of ``backward_mma`` where it applies).
 
-:func:`forward` picks: float16/bfloat16 -> ``bsr_forward_mma`` over ``pattern.stacked_bsr(block)``
-(built from the CSR when the pattern has no block form) where the head dims allow, else the SIMT
-kernels; float32/float64 -> ``bsr_forward_simt`` when the pattern carries a native block form,
-else ``csr_forward_simt``. Results are deterministic (fixed reduction order, no atomics). CTAs are
-launched heaviest row tile first (per head, by stored entries or blocks), so patterns with a few
-long rows (global tokens) do not leave a long tail. Tile shapes: ``SIMT_CONFIGS`` (defaults
+:func:`forward` picks: float16/bfloat16 -> ``bsr_forward_wgmma`` on Hopper for head dims in
+(96, 128], else ``bsr_forward_mma``, over ``pattern.stacked_bsr(block)`` (built from the CSR when
+the pattern has no block form) where the head dims allow, else the SIMT kernels; float32/float64
+-> ``bsr_forward_simt`` when the pattern carries a native block form, else ``csr_forward_simt``.
+Results are deterministic (fixed reduction order, no atomics). CTAs are launched heaviest row tile
+first (per head, by stored entries or blocks), so patterns with a few long rows (global tokens) do
+not leave a long tail. Tile shapes: ``SIMT_CONFIGS`` (defaults
 ``SIMT_CSR_DEFAULT`` / ``SIMT_DEFAULT``) and ``MMA_DEFAULT_MT``, chosen from the H200 measurements
 in ``gpu/README.md``.
 
 The package has one module per concern:
 
-* ``runtime``: CuPy and a visible GPU (:func:`is_available`, :func:`array_module`);
+* ``runtime``: CuPy and a visible GPU (:func:`is_available`, :func:`array_module`,
+  :func:`has_wgmma`);
 * ``sources``: the ``.cu`` sources and their compilation (:func:`kernel_source`);
 * ``tiles``: tile configurations, shared-memory sizes and kernel name expressions;
 * ``metadata``: the pattern's device forms (CSR, block form, transposes, launch orders), cached;
@@ -56,7 +61,7 @@ from .metadata import (
     native_block,
     pack_masks,
 )
-from .runtime import array_module, is_available
+from .runtime import array_module, has_wgmma, is_available
 from .sources import compiled, kernel_dir, kernel_source
 from .tiles import (
     BWD_TILES,
@@ -69,11 +74,13 @@ from .tiles import (
     bwd_kernel_names,
     csr_kernel_name,
     mma_kernel_name,
+    wgmma_kernel_name,
 )
 
 __all__ = [
     "is_available",
     "array_module",
+    "has_wgmma",
     "forward",
     "forward_csr",
     "forward_bsr",
@@ -87,6 +94,7 @@ __all__ = [
     "csr_kernel_name",
     "bsr_kernel_name",
     "mma_kernel_name",
+    "wgmma_kernel_name",
     "clear_cache",
     "backward",
     "backward_csr",

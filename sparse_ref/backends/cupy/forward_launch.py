@@ -1,5 +1,6 @@
-"""Forward launches: ``csr_forward_simt``, ``bsr_forward_simt`` and ``bsr_forward_mma`` on CuPy
-arrays, and :func:`forward`, which picks one for a pattern and dtype."""
+"""Forward launches: ``csr_forward_simt``, ``bsr_forward_simt``, ``bsr_forward_mma`` and
+``bsr_forward_wgmma`` on CuPy arrays, and :func:`forward`, which picks one for a pattern and
+dtype."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 
 from .arrays import _all_finite, _geometry, _outputs, _scalar, _to_kernel_arrays
 from .metadata import DeviceBSR, DeviceCSR, _csr_order, _pattern_bsr, _pattern_csr, native_block
-from .runtime import _require
+from .runtime import _require, has_wgmma
 from .sources import kernel as _kernel
 from .tiles import (
     _mma_d,
@@ -19,7 +20,10 @@ from .tiles import (
     _simt_dmax,
     _simt_name,
     _simt_smem,
+    _wgmma_shape,
+    _wgmma_smem,
     mma_kernel_name,
+    wgmma_kernel_name,
 )
 
 __all__ = ["DEFAULT_BLOCK", "forward", "forward_csr", "forward_bsr"]
@@ -75,9 +79,15 @@ def forward_bsr(
     warps: int | None = None,
     mt: int | None = None,
     simt: str | None = None,
+    wgmma: bool | None = None,
+    stages: int | None = None,
 ) -> tuple[Any, Any]:
     """A BSR kernel on CuPy arrays: tensor cores for float16/bfloat16 when ``mma`` (default: when
-    the dtype and head dims allow and ``v_finite``), else the SIMT kernel."""
+    the dtype and head dims allow and ``v_finite``), else the SIMT kernel. On tensor cores,
+    ``wgmma`` picks Hopper's warpgroup kernel ``bsr_forward_wgmma`` (default: on a compute
+    capability 9.0 device when 96 < max(d, d_v) <= 128 and no ``warps``/``mt`` are given) over
+    ``bsr_forward_mma`` (``mma.sync``); ``stages`` is its schedule (2: one chunk at a time; 3: the
+    next chunk's scores overlap this one's softmax; default from :func:`tiles._wgmma_shape`)."""
     cp = _require()
     B, H, Hkv, n_q, n_k, d, dv, P = _geometry(q, k, v, bsr)
     out, lse = _outputs(cp, q, dtype, B, H, n_q, dv)
@@ -88,15 +98,33 @@ def forward_bsr(
     D = _mma_d(d, dv) if dtype in ("float16", "bfloat16") else None
     if mma is None:
         mma = D is not None and v_finite
+    if wgmma and not mma:
+        raise ValueError(
+            "wgmma=True needs the tensor-core path (float16/bfloat16, finite v, mma not False)"
+        )
     if mma:
         if D is None:
             raise ValueError(
                 "the tensor-core kernel needs float16/bfloat16 and d, d_v <= 128, multiples of 8"
             )
-        warps, mt = _mma_shape(bq, D, warps, mt)
-        bm = 16 * warps * mt
-        smem = _mma_smem(D, warps, mt)
-        kern = _kernel("bsr_forward.cu", mma_kernel_name(dtype, D, warps, mt), smem)
+        if wgmma is None:
+            wgmma = D == 128 and warps is None and mt is None and has_wgmma()
+        if wgmma:
+            if D != 128 or not has_wgmma():
+                raise ValueError(
+                    "the wgmma kernel needs a compute capability 9.0 GPU and 96 < max(d, d_v) <= 128"
+                )
+            if warps is not None or mt is not None:
+                raise ValueError(
+                    "warps and mt shape the mma.sync kernel; pass wgmma=False with them"
+                )
+            wgs, stages = _wgmma_shape(bq, stages)
+            bm, smem, threads = 64 * wgs, _wgmma_smem(wgs, stages), 128 * wgs
+            kern = _kernel("bsr_forward_wgmma.cu", wgmma_kernel_name(dtype, wgs, stages), smem)
+        else:
+            warps, mt = _mma_shape(bq, D, warps, mt)
+            bm, smem, threads = 16 * warps * mt, _mma_smem(D, warps, mt), 32 * warps
+            kern = _kernel("bsr_forward.cu", mma_kernel_name(dtype, D, warps, mt), smem)
         subs = -(-bq // bm)
         margs = (
             q, k, v, out, lse, bsr.indptr, bsr.bcols, bsr.mask_index, bsr.mbits, bsr.order,
@@ -104,7 +132,7 @@ def forward_bsr(
             np.int32(dv), np.int32(bq), np.int32(bk), np.int32(mwords), np.int32(subs),
             np.float32(scale), np.float32(softcap or 1.0), np.int32(softcap is not None),
         )  # fmt: skip
-        kern((H * -(-n_q // bq) * subs, B), (32 * warps,), margs, shared_mem=smem)
+        kern((H * -(-n_q // bq) * subs, B), (threads,), margs, shared_mem=smem)
         return out, lse
     dmax = _simt_dmax(d, dv)
     cfg = _simt_config(dtype, dmax, simt)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["is_available", "array_module"]
+__all__ = ["is_available", "array_module", "has_wgmma"]
 
 _INSTALL_HINT = "install sparse-ref[gpu] (CuPy built for your CUDA version, e.g. cupy-cuda13x)"
 
@@ -29,6 +29,12 @@ def _require() -> Any:
     if count == 0:
         raise RuntimeError("the 'cupy' backend needs a CUDA GPU, but none is visible")
     return cp
+
+
+def has_wgmma() -> bool:
+    """True when the current device runs ``sm_90a`` code (Hopper, compute capability 9.0): the
+    warpgroup tensor-core forward (``bsr_forward_wgmma.cu``) runs there and nowhere else."""
+    return str(_require().cuda.Device().compute_capability) == "90"
 
 
 def is_available() -> bool:

@@ -14,7 +14,7 @@ from typing import Any
 
 from .runtime import _require
 
-__all__ = ["kernel_dir", "kernel_source", "compiled"]
+__all__ = ["kernel_dir", "kernel_source", "compiled", "ARCH_OPTIONS"]
 
 
 @functools.cache
@@ -51,12 +51,18 @@ def kernel_source(name: str) -> str:
     return expand(name)
 
 
+#: NVRTC options beyond ``-std=c++17`` per source. wgmma needs the architecture-specific sm_90a
+#: target; NVRTC compiles for it even with the ``-arch=sm_90`` that CuPy appends.
+ARCH_OPTIONS = {"bsr_forward_wgmma.cu": ("-arch=sm_90a",)}
+
+
 @functools.cache
 def compiled(file: str, names: tuple[str, ...], smem: int) -> tuple[Any, ...]:
     """The kernels ``names`` (C++ name expressions) of ``gpu/kernels/<file>``, compiled together
     in one NVRTC run, each allowed ``smem`` bytes of dynamic shared memory."""
     cp = _require()
-    module = cp.RawModule(code=kernel_source(file), options=("-std=c++17",), name_expressions=names)
+    options = ("-std=c++17", *ARCH_OPTIONS.get(file, ()))
+    module = cp.RawModule(code=kernel_source(file), options=options, name_expressions=names)
     kerns = tuple(module.get_function(n) for n in names)
     if smem > 48 * 1024:
         for kern in kerns:

@@ -20,6 +20,7 @@ __all__ = [
     "csr_kernel_name",
     "bsr_kernel_name",
     "mma_kernel_name",
+    "wgmma_kernel_name",
     "bwd_kernel_names",
 ]
 
@@ -104,6 +105,11 @@ def mma_kernel_name(dtype: str, d: int, warps: int, mt: int = 1) -> str:
     return f"sparse_ref::bsr_forward_mma<{_CTYPES[dtype][0]}, {d}, {warps}, {mt}>"
 
 
+def wgmma_kernel_name(dtype: str, warpgroups: int, stages: int) -> str:
+    """``bsr_forward_wgmma`` (``bsr_forward_wgmma.cu``, sm_90 only, head dims <= 128)."""
+    return f"sparse_ref::bsr_forward_wgmma<{_CTYPES[dtype][0]}, {warpgroups}, {stages}>"
+
+
 def _simt_smem(dtype: str, dmax: int, cfg: SimtConfig) -> int:
     size = 8 if dtype == "float64" else 4
     vw = 16 // size
@@ -115,6 +121,24 @@ def _simt_smem(dtype: str, dmax: int, cfg: SimtConfig) -> int:
 
 def _mma_smem(d: int, warps: int, mt: int) -> int:
     return (16 * warps * mt + 4 * 64) * (d + 8) * 2
+
+
+def _wgmma_smem(warpgroups: int, stages: int) -> int:
+    """``WgmmaCfg<WG, STAGES>::SMEM_BYTES``: Q, ``stages`` K and V tiles of 64 keys (d = 128,
+    16-bit), and 1 KiB to align them to 1024 bytes."""
+    return (64 * warpgroups + 2 * stages * 64) * 128 * 2 + 1024
+
+
+def _wgmma_shape(bq: int, stages: int | None) -> tuple[int, int]:
+    """``(warpgroups, stages)`` of the wgmma forward: two warpgroups (128 rows) for blocks of 128
+    rows or more, with the 3-stage overlapped schedule by default; one warpgroup, 2 stages, for
+    smaller blocks (two CTAs per SM)."""
+    wgs = 2 if bq >= 128 else 1
+    if stages is None:
+        stages = 3 if wgs == 2 else 2
+    if stages not in (2, 3) or (wgs == 1 and stages != 2):
+        raise ValueError(f"wgmma stages must be 2 or 3 (2 for blocks under 128 rows), got {stages}")
+    return wgs, stages
 
 
 def _mma_shape(bq: int, D: int, warps: int | None, mt: int | None) -> tuple[int, int]:
