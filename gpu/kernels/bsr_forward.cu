@@ -207,10 +207,9 @@ bsr_forward_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __res
       }
     }
 
-    if (ss.pre) ss.transform(s);
-    if (ch.mi >= 0 || ch.nvalid < BN)  // a partial block or a chunk past n (uniform)
-      mask_scores(s, ch, mbits, sub * BM + wrow + g, bq, mwords, t4);
-    online_softmax(s, o, m2, l, ss.mul);
+    float alpha[MT][2];
+    chunk_weights(s, ch, ss, mbits, sub * BM + wrow + g, bq, mwords, t4, m2, l, alpha);
+    rescale_rows(o, alpha);
 
 #pragma unroll
     for (int ks = 0; ks < BN / 16; ++ks) {

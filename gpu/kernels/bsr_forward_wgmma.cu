@@ -1,14 +1,14 @@
 // BSR (block-sparse) sparse-attention forward on Hopper's warpgroup tensor cores (sm_90a only).
 //
-// Pattern block form and semantics as bsr_forward.cu. bsr_forward_wgmma<T, WG>: fp16/bf16, head
-// dims d, d_v <= 128 and multiples of 8, fp32 accumulation. A CTA of WG warpgroups (128 threads
-// each) owns 64 WG query rows of one block row (several CTAs when bq is larger); warpgroup w owns
-// rows 64 w .. 64 w + 63 and keeps its 64 x 128 output accumulator in registers. Q stays in shared
-// memory for the whole walk; key chunks of 64 (a stored block is 1 or more chunks) are
-// double-buffered in shared memory with cp.async, all tiles in wgmma's 128-byte swizzled layout
-// (wgmma_common.cuh). Per chunk and warpgroup: S = Q K^T is eight wgmma.m64n64k16 reading both
-// operands from shared memory; the online softmax (fragment_softmax.cuh) turns S into P in
-// registers; O += P V is four wgmma.m64n128k16 with P from registers and V from shared memory.
+// Pattern block form and semantics as bsr_forward.cu. bsr_forward_wgmma<T, WG, STAGES>: fp16/bf16,
+// head dims d, d_v <= 128 and multiples of 8, fp32 accumulation. A CTA of WG warpgroups (128
+// threads each) owns 64 WG query rows of one block row (several CTAs when bq is larger); warpgroup
+// w owns rows 64 w .. 64 w + 63 and keeps its 64 x 128 output accumulator in registers. Q stays in
+// shared memory for the whole walk; key chunks of 64 (a stored block is 1 or more chunks) go
+// through STAGES shared-memory buffers, loaded with cp.async, all tiles in wgmma's 128-byte
+// swizzled layout (wgmma_common.cuh). Per chunk and warpgroup: S = Q K^T is eight wgmma.m64n64k16
+// reading both operands from shared memory; the online softmax (fragment_softmax.cuh) turns S into
+// P in registers; O += P V is four wgmma.m64n128k16 with P from registers and V from shared memory.
 // Full blocks skip the mask, partial blocks read their packed mask words. Deterministic: fixed
 // reduction order, no atomics.
 #include "wgmma_common.cuh"
@@ -109,12 +109,9 @@ bsr_forward_wgmma(const T* __restrict__ q, const T* __restrict__ k, const T* __r
   m2[0][0] = m2[0][1] = -INF;
   l[0][0] = l[0][1] = 0.f;
   const ScoreScale ss(scale, softcap, use_softcap);
-  // scores of chunk ch to weights, o rescaled
-  auto softmax = [&](float (&s)[1][8][4], const Chunk& ch) {
-    if (ss.pre) ss.transform(s);
-    if (ch.mi >= 0 || ch.nvalid < BN)  // a partial block or a chunk past n (uniform)
-      mask_scores(s, ch, mbits, sub * BM + wrow + g, bq, mwords, t4);
-    online_softmax(s, o, m2, l, ss.mul);
+  float alpha[1][2];  // the rescale factors of o's rows for the chunk whose weights came last
+  auto weights = [&](float (&s)[1][8][4], const Chunk& ch) {
+    chunk_weights(s, ch, ss, mbits, sub * BM + wrow + g, bq, mwords, t4, m2, l, alpha);
   };
 
   if constexpr (STAGES == 2) {
@@ -129,27 +126,28 @@ bsr_forward_wgmma(const T* __restrict__ q, const T* __restrict__ k, const T* __r
       issue_scores<T, Q_PANEL, KV_PANEL>(s[0], q_rows, sK + (t & 1) * KV_BYTES);
       wgmma_wait<0>();
       wgmma_hold(s[0]);
-      softmax(s, ch);
+      weights(s, ch);
+      rescale_rows(o, alpha);
       issue_pv<T, KV_PANEL>(o[0], s[0], sV + (t & 1) * KV_BYTES);
       wgmma_wait<0>();
       wgmma_hold(o[0]);
       __syncthreads();
     }
   } else {
-    Chunk c0 = {}, c1 = {}, c2 = {};  // chunks t, t + 1, t + 2
     if (total > 0) {
-      c0 = load(0);
+      const Chunk first = load(0);
       cp_async_commit();
+      Chunk c1 = {}, c2 = {};  // in step t: chunks t + 1 and t + 2
       if (total > 1) c1 = load(1);
       cp_async_commit();
-      float sa[1][8][4], sb[1][8][4], alpha[1][2];
+      float sa[1][8][4], sb[1][8][4];
       cp_async_wait<1>();  // Q and chunk 0
       fence_proxy_async();
       __syncthreads();
       issue_scores<T, Q_PANEL, KV_PANEL>(sa[0], q_rows, sK);
       wgmma_wait<0>();
       wgmma_hold(sa[0]);
-      softmax(sa, c0);  // o is still zero
+      weights(sa, first);  // o is still zero: nothing to rescale
       // Step t: cur holds the weights of chunk t; the scores of chunk t + 1 go to nxt (past the
       // last chunk from a stale buffer, and not used).
       auto step = [&](float (&cur)[1][8][4], float (&nxt)[1][8][4], int t) {
@@ -163,16 +161,10 @@ bsr_forward_wgmma(const T* __restrict__ q, const T* __restrict__ k, const T* __r
         wgmma_wait<1>();  // the scores of chunk t + 1; P V still runs
         wgmma_hold(nxt[0]);
         const bool more = t + 1 < total;
-        if (more) {
-          if (ss.pre) ss.transform(nxt);
-          if (c1.mi >= 0 || c1.nvalid < BN)
-            mask_scores(nxt, c1, mbits, sub * BM + wrow + g, bq, mwords, t4);
-          softmax_weights(nxt, m2, l, ss.mul, alpha);
-        }
+        if (more) weights(nxt, c1);
         wgmma_wait<0>();
         wgmma_hold(o[0]);
         if (more) rescale_rows(o, alpha);
-        c0 = c1;
         c1 = c2;
       };
       for (int t = 0;; t += 2) {

@@ -111,13 +111,18 @@ __device__ __forceinline__ void rescale_rows(float (&o)[MT][ND][4], const float 
   }
 }
 
-// One chunk of the online softmax: softmax_weights, then rescale_rows.
-template <int MT, int NT, int ND>
-__device__ __forceinline__ void online_softmax(float (&s)[MT][NT][4], float (&o)[MT][ND][4],
-                                               float (&m2)[MT][2], float (&l)[MT][2], float mul) {
-  float alpha[MT][2];
-  softmax_weights(s, m2, l, mul, alpha);
-  rescale_rows(o, alpha);
+// The weights of chunk ch from its scores: the transform of the `pre` path, the mask where the
+// chunk needs one (a partial block, or keys past n; uniform over the warp), then softmax_weights.
+// row: as mask_scores.
+template <int MT, int NT>
+__device__ __forceinline__ void chunk_weights(float (&s)[MT][NT][4], const Chunk& ch,
+                                              const ScoreScale& ss,
+                                              const unsigned* __restrict__ mbits, int row, int bq,
+                                              int mwords, int t4, float (&m2)[MT][2],
+                                              float (&l)[MT][2], float (&alpha)[MT][2]) {
+  if (ss.pre) ss.transform(s);
+  if (ch.mi >= 0 || ch.nvalid < 8 * NT) mask_scores(s, ch, mbits, row, bq, mwords, t4);
+  softmax_weights(s, m2, l, ss.mul, alpha);
 }
 
 // out = o / l and lse = m2 ln 2 + ln l for the warp's rows wrow + 16 mt + g (+ 8) of the CTA's
