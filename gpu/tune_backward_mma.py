@@ -1,9 +1,10 @@
 """Tuning run for the tensor-core kernels (``bsr_forward.cu``'s ``bsr_forward_mma``,
-``bsr_backward_mma.cu``) on the bench cases of ``gpu/bench.py`` (B=1, H=16, d=128, bfloat16): times
-the forward per CTA shape (and optionally an older forward source) and the whole backward per CTA
-size, next to FlexAttention's forward and backward; checks out and dq on sampled rows against
-float64 and dk/dv against FlexAttention's. ``--once`` runs one forward and backward for a profiler (``ncu -k regex:bsr_ ...
---once --no-flex`` gives each kernel's time).
+``bsr_forward_wgmma.cu``, ``bsr_backward_mma.cu``) on the bench cases of ``gpu/bench.py`` (B=1,
+H=16, d=128, bfloat16): times the forward per kernel and CTA shape (``--fwd-shapes 4x2 wgmma2
+wgmma3``; optionally an older ``bsr_forward.cu`` beside it) and the whole backward per CTA size,
+next to FlexAttention's forward (and backward, unless ``--no-backward``); checks out and dq on
+sampled rows against float64 and dk/dv against FlexAttention's. ``--once`` runs one forward and
+backward for a profiler (``ncu -k regex:bsr_ ... --once --no-flex`` gives each kernel's time).
 
     PYTHONPATH=. python gpu/tune_backward_mma.py [--cases window1k bigbird] [--warps 4 8]
     python gpu/tune_backward_mma.py --write-ref a81de5f .tune/fw_orig.cu   # here, with git
@@ -150,25 +151,25 @@ def run_case(bench: Any, case: Any, args: Any, stream: Any, gen: Any) -> None:
         ref = bench.sampled_grad_reference(case, q, k, v, dout, rows, torch)
         err = (grads[0][0][:, rows].double() - ref).abs().max().item()
         print(f"    dq err64 on 64 rows {err:.2e} (max |dq| {ref.abs().max().item():.2e})")
-    if not args.no_flex and not args.no_backward:
+    if not args.no_flex:
         flex = torch.compile(flex_attention, dynamic=False)
-        bm = create_block_mask(
-            bench.make_mask_mod(case), None, None, n, n, device="cuda", BLOCK_SIZE=128,
-            _compile=True,
-        )  # fmt: skip
+        bm = torch.compile(create_block_mask)(
+            bench.make_mask_mod(case), None, None, n, n, device="cuda", BLOCK_SIZE=128
+        )
         ms, _ = bench.timed(lambda: flex(q, k, v, block_mask=bm, scale=scale), torch)
         print(f"  FlexAttention forward       {ms:8.3f} ms", flush=True)
-        qg, kg, vg = (x.detach().requires_grad_() for x in (q, k, v))
-        out_f = flex(qg, kg, vg, block_mask=bm, scale=scale)
-        ms, _ = bench.timed(
-            lambda: torch.autograd.grad(out_f, (qg, kg, vg), dout, retain_graph=True), torch
-        )
-        print(f"  FlexAttention backward      {ms:8.3f} ms", flush=True)
-        fg = torch.autograd.grad(out_f, (qg, kg, vg), dout, retain_graph=True)
-        for name, a, b in zip(("dq", "dk", "dv"), grads, fg, strict=True):
-            rel = ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
-            print(f"    {name} vs Flex: max diff / max |flex| = {rel:.2e}")
-        del out_f, fg, qg, kg, vg
+        if not args.no_backward:
+            qg, kg, vg = (x.detach().requires_grad_() for x in (q, k, v))
+            out_f = flex(qg, kg, vg, block_mask=bm, scale=scale)
+            ms, _ = bench.timed(
+                lambda: torch.autograd.grad(out_f, (qg, kg, vg), dout, retain_graph=True), torch
+            )
+            print(f"  FlexAttention backward      {ms:8.3f} ms", flush=True)
+            fg = torch.autograd.grad(out_f, (qg, kg, vg), dout, retain_graph=True)
+            for name, a, b in zip(("dq", "dk", "dv"), grads, fg, strict=True):
+                rel = ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
+                print(f"    {name} vs Flex: max diff / max |flex| = {rel:.2e}")
+            del out_f, fg, qg, kg, vg
         torch._dynamo.reset()
 
 
