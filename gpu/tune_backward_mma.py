@@ -39,8 +39,8 @@ def main() -> None:
     ap.add_argument("--cases", nargs="+", default=["window1k", "bigbird"])
     ap.add_argument("--warps", nargs="+", type=int, default=[4, 8], help="backward CTA sizes")
     ap.add_argument("--fwd-shapes", nargs="+", default=["4x2", "8x1"],
-                    help="forward kernels: mma.sync CTA shapes WARPSxMT, 'wgmma', "
-                         "'wgmmaN' (N stages)")  # fmt: skip
+                    help="forward kernels: mma.sync CTA shapes WARPSxMT, 'wgmma', 'wgmmaS' "
+                         "(S stages), 'wgmmaWxS' (W warpgroups)")  # fmt: skip
     ap.add_argument("--no-flex", action="store_true")
     ap.add_argument("--no-backward", action="store_true", help="time the forward only")
     ap.add_argument("--once", action="store_true", help="one forward and backward, no timing")
@@ -110,8 +110,13 @@ def run_case(bench: Any, case: Any, args: Any, stream: Any, gen: Any) -> None:
         return
     fwd_flops = useful_flops(case.nnz() * H, D)
     for shape in args.fwd_shapes:
-        if shape.startswith("wgmma"):  # wgmma, or wgmmaN: N stages
-            kw: dict[str, Any] = {"wgmma": True, "stages": int(shape[5:]) if shape[5:] else None}
+        if shape.startswith("wgmma"):  # wgmma, wgmmaS (S stages) or wgmmaWxS (W warpgroups)
+            wgs, _, st = shape[5:].rpartition("x")
+            kw: dict[str, Any] = {
+                "wgmma": True,
+                "stages": int(st) if st else None,
+                "warpgroups": int(wgs) if wgs else None,
+            }
         else:
             kw = dict(zip(("warps", "mt"), (int(x) for x in shape.split("x")), strict=True))
 

@@ -136,7 +136,7 @@ _NVRTC_CASES = [
         [
             gpu.wgmma_kernel_name(t, w, st)
             for t in ("bfloat16", "float16")
-            for w, st in ((1, 2), (2, 2), (2, 3))
+            for w, st in ((1, 2), (1, 3), (2, 2), (2, 3))
         ],
     ),
 ]

@@ -2,10 +2,11 @@
 head dims in (96, 128]) against the float64 oracle with the DESIGN §9 rule (marker ``gpu``).
 
 Every block structure of ``block_cases`` (ragged last blocks, partial blocks, empty block rows,
-``n_q != n_k``) at blocks of 64 (one warpgroup per CTA) and 128 (two), GQA/MQA, per-head patterns,
-softcap, non-positive scales, head dims ``d != d_v`` below 128, bitwise determinism, a NaN query,
-agreement with the ``mma.sync`` kernel, and the errors where the kernel cannot run. Skips off a
-compute capability 9.0 GPU (the kernel is built for sm_90a).
+``n_q != n_k``) at blocks of 64 (one warpgroup per CTA) and 128 (two), every CTA shape and
+schedule (1 or 2 warpgroups, 2 or 3 stages), GQA/MQA, per-head patterns, softcap, non-positive
+scales, head dims ``d != d_v`` below 128, bitwise determinism, a NaN query, agreement with the
+``mma.sync`` kernel, and the errors where the kernel cannot run. Skips off a compute capability
+9.0 GPU (the kernel is built for sm_90a).
 """
 
 from __future__ import annotations
@@ -72,6 +73,16 @@ def test_block_structures(name: str, block: int) -> None:
     pattern = STRUCTURES[name](block)
     arrays = inputs(pattern, "bfloat16", heads=2, kv_heads=1, d=128, dv=128, seed=block)
     check(arrays, pattern, block, 1.0 / np.sqrt(128))
+
+
+@pytest.mark.parametrize(("warpgroups", "stages"), [(1, 2), (1, 3), (2, 2), (2, 3)])
+@pytest.mark.parametrize("name", ["global_local", "all_partial", "causal_top_left_nq>nk"])
+def test_cta_shapes_and_schedules(name: str, warpgroups: int, stages: int) -> None:
+    """Every CTA shape and schedule, at blocks of 128 (one warpgroup: two CTAs per block row)."""
+    pattern = STRUCTURES[name](128)
+    arrays = inputs(pattern, "bfloat16", heads=2, kv_heads=1, d=128, dv=128, seed=stages)
+    out, lse = forward(arrays, pattern, 128, 0.1, warpgroups=warpgroups, stages=stages)
+    assert_close_to_oracle(out, *arrays, pattern, lse=lse, scale=0.1, dtype=arrays[0].dtype)
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
@@ -151,3 +162,5 @@ def test_default_dispatch_and_errors() -> None:
         forward(arrays, pattern, 128, 0.1, wgmma=True, mma=False)
     with pytest.raises(ValueError, match="wgmma=False"):
         forward(arrays, pattern, 128, 0.1, wgmma=True, warps=4)
+    with pytest.raises(ValueError, match="does not run"):
+        forward(arrays, pattern, 128, 0.1, wgmma=False, stages=3)

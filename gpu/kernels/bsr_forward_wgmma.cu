@@ -54,12 +54,13 @@ __device__ __forceinline__ void issue_pv(float (&o)[16][4], const float (&p)[8][
 }
 
 // STAGES = 2: per chunk, S = Q K^T, wait, softmax, O += P V, wait; K/V double-buffered.
+// WG = 1 fits two CTAs per SM with either schedule (3 stages: 113 KiB of shared memory each).
 // STAGES = 3 (FlashAttention-3's intra-warpgroup overlap): per chunk t, S of chunk t + 1 and then
 // O += P V of chunk t are issued; once S is back, its softmax weights are computed while the
 // tensor cores still work on P V; then O is rescaled. Nothing is in flight across steps. Chunk
 // t + 2 loads during step t into the buffer of chunk t - 1, which every warpgroup has finished with.
 template <typename T, int WG, int STAGES>
-__global__ void __launch_bounds__(128 * WG, (STAGES == 2 && WG == 1) ? 2 : 1)
+__global__ void __launch_bounds__(128 * WG, WG == 1 ? 2 : 1)
 bsr_forward_wgmma(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                   T* __restrict__ out, float* __restrict__ lse, const long long* __restrict__ indptr,
                   const int* __restrict__ bcols, const int* __restrict__ mask_index,
@@ -191,6 +192,7 @@ namespace sparse_ref {
 SR_WGMMA_FWD(bf16_t, 2, 3)
 SR_WGMMA_FWD(bf16_t, 2, 2)
 SR_WGMMA_FWD(bf16_t, 1, 2)
+SR_WGMMA_FWD(bf16_t, 1, 3)
 SR_WGMMA_FWD(f16_t, 2, 3)
 }  // namespace sparse_ref
 #endif

@@ -129,15 +129,18 @@ def _wgmma_smem(warpgroups: int, stages: int) -> int:
     return (64 * warpgroups + 2 * stages * 64) * 128 * 2 + 1024
 
 
-def _wgmma_shape(bq: int, stages: int | None) -> tuple[int, int]:
-    """``(warpgroups, stages)`` of the wgmma forward: two warpgroups (128 rows) for blocks of 128
-    rows or more, with the 3-stage overlapped schedule by default; one warpgroup, 2 stages, for
-    smaller blocks (two CTAs per SM)."""
-    wgs = 2 if bq >= 128 else 1
+def _wgmma_shape(bq: int, stages: int | None, warpgroups: int | None) -> tuple[int, int]:
+    """``(warpgroups, stages)`` of the wgmma forward. Default: two warpgroups (128 rows) for blocks
+    of 128 rows or more, with the 3-stage overlapped schedule (measured on the H100); one
+    warpgroup, 2 stages, for smaller blocks (two CTAs per SM). One warpgroup with 3 stages also
+    fits two CTAs per SM (113 KiB of shared memory each)."""
+    wgs = warpgroups if warpgroups is not None else (2 if bq >= 128 else 1)
+    if wgs not in (1, 2):
+        raise ValueError(f"wgmma warpgroups must be 1 or 2, got {wgs}")
     if stages is None:
         stages = 3 if wgs == 2 else 2
-    if stages not in (2, 3) or (wgs == 1 and stages != 2):
-        raise ValueError(f"wgmma stages must be 2 or 3 (2 for blocks under 128 rows), got {stages}")
+    if stages not in (2, 3):
+        raise ValueError(f"wgmma stages must be 2 or 3, got {stages}")
     return wgs, stages
 
 
