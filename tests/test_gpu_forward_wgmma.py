@@ -155,6 +155,12 @@ def test_default_dispatch_and_errors() -> None:
     auto = gpu.forward(*dev, pattern, 0.1, None, kernel="bsr", block=(128, 128))
     forced = forward(arrays, pattern, 128, 0.1, wgmma=True)
     assert np.array_equal(np.asarray(auto[0].get()), forced[0])
+    off = gpu.forward(*dev, pattern, 0.1, None, kernel="bsr", block=(128, 128), wgmma=False)
+    assert np.array_equal(
+        np.asarray(off[0].get()), forward(arrays, pattern, 128, 0.1, wgmma=False)[0]
+    )
+    with pytest.raises(ValueError, match="kernel='csr'"):
+        gpu.forward(*dev, pattern, 0.1, None, kernel="csr", wgmma=True)
     small = inputs(pattern, "float16", heads=2, kv_heads=2, d=64, dv=64, seed=2)
     with pytest.raises(ValueError, match="wgmma kernel needs"):
         forward(small, pattern, 128, 0.1, wgmma=True)

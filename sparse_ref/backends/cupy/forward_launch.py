@@ -172,6 +172,7 @@ def forward(
     simt: str | None = None,
     warps: int | None = None,
     mt: int | None = None,
+    wgmma: bool | None = None,
 ) -> tuple[Any, Any]:
     """``(out, lse)`` of sparse attention on the GPU.
 
@@ -190,6 +191,8 @@ def forward(
             the slower SIMT path that skips them, as the oracle does.
         simt, warps, mt: kernel shape overrides (``SIMT_CONFIGS`` name; tensor-core CTA warps and
             16-row m-tiles per warp), for benchmarks and tests.
+        wgmma: on the tensor-core path, Hopper's ``wgmma`` kernel (True) or the ``mma.sync`` one
+            (False); ``None`` picks ``wgmma`` where it runs (see :func:`forward_bsr`).
 
     Returns:
         ``out`` like q (dtype and shape ``(B, H, n_q, d_v)``) and ``lse (B, H, n_q)``, float64 for
@@ -202,6 +205,8 @@ def forward(
     if kernel == "auto":
         kernel = "bsr" if (name in ("float16", "bfloat16") or nblock is not None) else "csr"
     if kernel == "csr":
+        if wgmma:
+            raise ValueError("wgmma=True applies to the block-form kernels, not kernel='csr'")
         out, lse = forward_csr(
             qa, ka, va, _pattern_csr(pattern), scale, softcap, dtype=name, v_finite=v_finite,
             simt=simt,
@@ -212,7 +217,7 @@ def forward(
         mma = False if kernel == "bsr_simt" else None
         out, lse = forward_bsr(
             qa, ka, va, bsr, scale, softcap, dtype=name, v_finite=v_finite, mma=mma, simt=simt,
-            warps=warps, mt=mt,
+            warps=warps, mt=mt, wgmma=wgmma,
         )  # fmt: skip
     else:
         raise ValueError(f"kernel must be 'auto', 'csr', 'bsr' or 'bsr_simt', got {kernel!r}")
