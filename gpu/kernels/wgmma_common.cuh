@@ -19,7 +19,8 @@
 //
 // Accumulator layout (m64nNk16): warp w of the warpgroup holds rows 16 w .. 16 w + 15, laid out as
 // mma.sync.m16n8k16's C fragment repeated over the N / 8 n-tiles; a register A operand is each
-// warp's 16 x 16 A fragment of mma.sync. So the softmax and c_to_a of mma_common.cuh apply as is.
+// warp's 16 x 16 A fragment of mma.sync. So fragment_softmax.cuh and mma_common.cuh's c_to_a
+// apply as they are.
 #pragma once
 #include "mma_common.cuh"
 
