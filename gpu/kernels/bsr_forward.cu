@@ -118,7 +118,6 @@ bsr_forward_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __res
   using Cfg = MmaCfg<D, WARPS, MT>;
   constexpr int BM = Cfg::BM, BN = Cfg::BN, LDS = Cfg::LDS, THREADS = Cfg::THREADS;
   constexpr int NT = BN / 8, ND = D / 8, KS = D / 16;
-  const float INF = __int_as_float(0x7f800000);
   static_assert(D % 16 == 0, "D must be a multiple of 16");
   static_assert(MT == 1 || MT == 2, "MT must be 1 or 2");
 
@@ -161,13 +160,7 @@ bsr_forward_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __res
 
   float o[MT][ND][4];
   float m2[MT][2], l[MT][2];  // running max in log2 units, partial sums
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt) {
-#pragma unroll
-    for (int nd = 0; nd < ND; ++nd) o[mt][nd][0] = o[mt][nd][1] = o[mt][nd][2] = o[mt][nd][3] = 0.f;
-    m2[mt][0] = m2[mt][1] = -INF;
-    l[mt][0] = l[mt][1] = 0.f;
-  }
+  start_rows(o, m2, l);
   const ScoreScale ss(scale, softcap, use_softcap);
 
   for (int t = 0; t < total; ++t) {

@@ -72,7 +72,6 @@ bsr_forward_wgmma(const T* __restrict__ q, const T* __restrict__ k, const T* __r
   constexpr unsigned Q_BYTES = Cfg::Q_BYTES, KV_BYTES = Cfg::KV_BYTES;
   constexpr int Q_PANEL = Q_BYTES / 2, KV_PANEL = KV_BYTES / 2;
   static_assert(STAGES == 2 || STAGES == 3, "STAGES must be 2 or 3");
-  const float INF = __int_as_float(0x7f800000);
 
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const unsigned sQ = (smem_addr(smem_raw) + 1023u) & ~1023u;
@@ -105,10 +104,7 @@ bsr_forward_wgmma(const T* __restrict__ q, const T* __restrict__ k, const T* __r
 
   float o[1][ND][4];
   float m2[1][2], l[1][2];  // running max in log2 units, partial sums
-#pragma unroll
-  for (int nd = 0; nd < ND; ++nd) o[0][nd][0] = o[0][nd][1] = o[0][nd][2] = o[0][nd][3] = 0.f;
-  m2[0][0] = m2[0][1] = -INF;
-  l[0][0] = l[0][1] = 0.f;
+  start_rows(o, m2, l);
   const ScoreScale ss(scale, softcap, use_softcap);
   float alpha[1][2];  // the rescale factors of o's rows for the chunk whose weights came last
   auto weights = [&](float (&s)[1][8][4], const Chunk& ch) {

@@ -59,6 +59,19 @@ __device__ __forceinline__ void mask_scores(float (&s)[MT][NT][4], const Chunk& 
   }
 }
 
+// Empty rows to start a walk: o = 0, running max m2 = -inf, partial sums l = 0.
+template <int MT, int ND>
+__device__ __forceinline__ void start_rows(float (&o)[MT][ND][4], float (&m2)[MT][2],
+                                           float (&l)[MT][2]) {
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+    for (int nd = 0; nd < ND; ++nd) o[mt][nd][0] = o[mt][nd][1] = o[mt][nd][2] = o[mt][nd][3] = 0.f;
+    m2[mt][0] = m2[mt][1] = -__int_as_float(0x7f800000);
+    l[mt][0] = l[mt][1] = 0.f;
+  }
+}
+
 // The softmax statistics of one chunk: the running max m2 (log2 units) and partial sums l of each
 // row advance, s becomes the weights p, and alpha the factor the row's accumulator must be
 // rescaled by (rescale_rows).
