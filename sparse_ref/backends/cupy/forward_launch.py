@@ -111,11 +111,11 @@ def forward_bsr(
             )
         if wgmma is None:
             wgmma = D == 128 and warps is None and mt is None and has_wgmma()
+        elif wgmma and (D != 128 or not has_wgmma()):
+            raise ValueError(
+                "the wgmma kernel needs a compute capability 9.0 GPU and 96 < max(d, d_v) <= 128"
+            )
         if wgmma:
-            if D != 128 or not has_wgmma():
-                raise ValueError(
-                    "the wgmma kernel needs a compute capability 9.0 GPU and 96 < max(d, d_v) <= 128"
-                )
             if warps is not None or mt is not None:
                 raise ValueError(
                     "warps and mt shape the mma.sync kernel; pass wgmma=False with them"
