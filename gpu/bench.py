@@ -233,6 +233,17 @@ def make_mask_mod(case: Case) -> Callable[[Any, Any, Any, Any], Any]:
     return mask_mod
 
 
+def flex_block_mask(case: Case, torch: Any) -> Any:
+    """FlexAttention's 128-block mask of the case (``torch.compile`` of ``create_block_mask``: the
+    first one of a process compiles for minutes on a fresh machine)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    n = case.n
+    return torch.compile(create_block_mask)(
+        make_mask_mod(case), None, None, n, n, device="cuda", BLOCK_SIZE=128
+    )
+
+
 def sampled_reference(case: Case, q: Any, k: Any, v: Any, rows: Any, torch: Any) -> Any:
     """float64 attention for the given rows of every head (dense over keys, masked)."""
     n = case.n
@@ -650,13 +661,9 @@ def main() -> None:
               f"{time.perf_counter() - t0:.1f}s", flush=True)  # fmt: skip
         flex = block_mask = None
         if not args.no_flex:
-            from torch.nn.attention.flex_attention import create_block_mask
-
             flex = fresh_flex(torch)
             log("building FlexAttention's block mask (torch.compile of create_block_mask)")
-            block_mask = torch.compile(create_block_mask)(
-                make_mask_mod(case), None, None, n, n, device="cuda", BLOCK_SIZE=128
-            )
+            block_mask = flex_block_mask(case, torch)
         log("block mask built")
         rows = torch.randint(0, n, (64,), device="cuda", generator=gen)
         for dtype in args.dtypes:

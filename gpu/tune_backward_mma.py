@@ -73,7 +73,7 @@ def run_case(bench: Any, case: Any, args: Any, stream: Any, gen: Any) -> None:
     """Time and check one bench case."""
     import cupy as cp
     import torch
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    from torch.nn.attention.flex_attention import flex_attention
 
     from sparse_ref.backends import cupy as gpu
     from sparse_ref.backends.cupy import backward_mma
@@ -158,9 +158,7 @@ def run_case(bench: Any, case: Any, args: Any, stream: Any, gen: Any) -> None:
         print(f"    dq err64 on 64 rows {err:.2e} (max |dq| {ref.abs().max().item():.2e})")
     if not args.no_flex:
         flex = torch.compile(flex_attention, dynamic=False)
-        bm = torch.compile(create_block_mask)(
-            bench.make_mask_mod(case), None, None, n, n, device="cuda", BLOCK_SIZE=128
-        )
+        bm = bench.flex_block_mask(case, torch)
         ms, _ = bench.timed(lambda: flex(q, k, v, block_mask=bm, scale=scale), torch)
         print(f"  FlexAttention forward       {ms:8.3f} ms", flush=True)
         if not args.no_backward:
