@@ -40,7 +40,8 @@ def main() -> None:
     ap.add_argument("--warps", nargs="+", type=int, default=[4, 8], help="backward CTA sizes")
     ap.add_argument("--fwd-shapes", nargs="+", default=["4x2", "8x1"],
                     help="forward kernels: mma.sync CTA shapes WARPSxMT, 'wgmma', 'wgmmaS' "
-                         "(S stages), 'wgmmaWxS' (W warpgroups)")  # fmt: skip
+                         "(S stages), 'wgmmaWxS' (W warpgroups), each wgmma one with '-kN' for "
+                         "N keys per step")  # fmt: skip
     ap.add_argument("--no-flex", action="store_true")
     ap.add_argument("--no-backward", action="store_true", help="time the forward only")
     ap.add_argument("--once", action="store_true", help="one forward and backward, no timing")
@@ -110,12 +111,14 @@ def run_case(bench: Any, case: Any, args: Any, stream: Any, gen: Any) -> None:
         return
     fwd_flops = useful_flops(case.nnz() * H, D)
     for shape in args.fwd_shapes:
-        if shape.startswith("wgmma"):  # wgmma, wgmmaS (S stages) or wgmmaWxS (W warpgroups)
-            wgs, _, st = shape[5:].rpartition("x")
+        if shape.startswith("wgmma"):  # wgmma[[W x]S][-kN]
+            cta, _, keys = shape[5:].partition("-k")
+            wgs, _, st = cta.rpartition("x")
             kw: dict[str, Any] = {
                 "wgmma": True,
                 "stages": int(st) if st else None,
                 "warpgroups": int(wgs) if wgs else None,
+                "key_tile": int(keys) if keys else None,
             }
         else:
             kw = dict(zip(("warps", "mt"), (int(x) for x in shape.split("x")), strict=True))
@@ -131,7 +134,7 @@ def run_case(bench: Any, case: Any, args: Any, stream: Any, gen: Any) -> None:
         rows = torch.randint(0, n, (64,), device="cuda", generator=gen)
         ref = bench.sampled_reference(case, q, k, v, rows, torch)
         err = (o_s[0][:, rows].double() - ref).abs().max().item()
-        print(f"  forward {shape:5s}              {ms:8.3f} ms  {fwd_flops / ms / 1e9:6.1f} "
+        print(f"  forward {shape:14s}     {ms:8.3f} ms  {fwd_flops / ms / 1e9:6.1f} "
               f"TFLOP/s useful  out err64 {err:.2e}", flush=True)  # fmt: skip
     if args.ref_forward:
         ref = ref_forward(args.ref_forward, views, bsr, scale, stream)

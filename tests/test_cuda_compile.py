@@ -134,9 +134,10 @@ _NVRTC_CASES = [
     (
         "bsr_forward_wgmma.cu",
         [
-            gpu.wgmma_kernel_name(t, w, st)
+            gpu.wgmma_kernel_name(t, w, st, kt)
             for t in ("bfloat16", "float16")
-            for w, st in ((1, 2), (1, 3), (2, 2), (2, 3))
+            for w, st, kt in ((1, 2, 64), (1, 3, 64), (2, 2, 64), (2, 3, 64), (2, 2, 128),
+                              (2, 3, 128), (1, 3, 128))
         ],
     ),
 ]

@@ -2,8 +2,9 @@
 head dims in (96, 128]) against the float64 oracle with the DESIGN §9 rule (marker ``gpu``).
 
 Every block structure of ``block_cases`` (ragged last blocks, partial blocks, empty block rows,
-``n_q != n_k``) at blocks of 64 (one warpgroup per CTA) and 128 (two), every CTA shape and
-schedule (1 or 2 warpgroups, 2 or 3 stages), GQA/MQA, per-head patterns, softcap, non-positive
+``n_q != n_k``) at blocks of 64 (one warpgroup per CTA) and 128 (two), every CTA shape,
+schedule and key chunk (1 or 2 warpgroups, 2 or 3 stages, 64 or 128 keys; 128 over blocks of 64
+and 192 as well), GQA/MQA, per-head patterns, softcap, non-positive
 scales, head dims ``d != d_v`` below 128, bitwise determinism, a NaN query, agreement with the
 ``mma.sync`` kernel, and the errors where the kernel cannot run. Skips off a compute capability
 9.0 GPU (the kernel is built for sm_90a).
@@ -75,13 +76,30 @@ def test_block_structures(name: str, block: int) -> None:
     check(arrays, pattern, block, 1.0 / np.sqrt(128))
 
 
-@pytest.mark.parametrize(("warpgroups", "stages"), [(1, 2), (1, 3), (2, 2), (2, 3)])
+@pytest.mark.parametrize(
+    ("warpgroups", "stages", "key_tile"),
+    [(1, 2, 64), (1, 3, 64), (2, 2, 64), (2, 3, 64), (1, 3, 128), (2, 2, 128), (2, 3, 128)],
+)
 @pytest.mark.parametrize("name", ["global_local", "all_partial", "causal_top_left_nq>nk"])
-def test_cta_shapes_and_schedules(name: str, warpgroups: int, stages: int) -> None:
-    """Every CTA shape and schedule, at blocks of 128 (one warpgroup: two CTAs per block row)."""
+def test_cta_shapes_and_schedules(name: str, warpgroups: int, stages: int, key_tile: int) -> None:
+    """Every CTA shape, schedule and key chunk, at blocks of 128 (one warpgroup: two CTAs per
+    block row)."""
     pattern = STRUCTURES[name](128)
     arrays = inputs(pattern, "bfloat16", heads=2, kv_heads=1, d=128, dv=128, seed=stages)
-    out, lse = forward(arrays, pattern, 128, 0.1, warpgroups=warpgroups, stages=stages)
+    out, lse = forward(
+        arrays, pattern, 128, 0.1, warpgroups=warpgroups, stages=stages, key_tile=key_tile
+    )
+    assert_close_to_oracle(out, *arrays, pattern, lse=lse, scale=0.1, dtype=arrays[0].dtype)
+
+
+@pytest.mark.parametrize("block", [64, 192])
+@pytest.mark.parametrize("name", ["global_local", "all_partial", "layout_empty_rows"])
+def test_key_tile_128_over_narrower_blocks(name: str, block: int) -> None:
+    """128-key chunks over blocks that are not a multiple of 128 wide: a block of 64 is one chunk
+    half past its keys, a block of 192 a full chunk and a half one (their masks' words 4 to 5)."""
+    pattern = STRUCTURES[name](block)
+    arrays = inputs(pattern, "bfloat16", heads=2, kv_heads=1, d=128, dv=128, seed=block)
+    out, lse = forward(arrays, pattern, block, 0.1, key_tile=128)
     assert_close_to_oracle(out, *arrays, pattern, lse=lse, scale=0.1, dtype=arrays[0].dtype)
 
 
@@ -170,3 +188,7 @@ def test_default_dispatch_and_errors() -> None:
         forward(arrays, pattern, 128, 0.1, wgmma=True, warps=4)
     with pytest.raises(ValueError, match="does not run"):
         forward(arrays, pattern, 128, 0.1, wgmma=False, stages=3)
+    with pytest.raises(ValueError, match="does not run"):
+        forward(arrays, pattern, 128, 0.1, wgmma=False, key_tile=128)
+    with pytest.raises(ValueError, match="key_tile must be 64 or 128"):
+        forward(arrays, pattern, 128, 0.1, key_tile=96)

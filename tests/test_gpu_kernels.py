@@ -394,24 +394,30 @@ def test_kernel_names_and_source() -> None:
     assert "bsr_forward_mma" in src and "struct Simt" in src and '#include "' not in src
     assert (
         gpu.wgmma_kernel_name("float16", 1, 3)
-        == "sparse_ref::bsr_forward_wgmma<sparse_ref::f16_t, 1, 3>"
+        == "sparse_ref::bsr_forward_wgmma<sparse_ref::f16_t, 1, 3, 64>"
     )
     src = gpu.kernel_source("bsr_forward_wgmma.cu")
     assert "wgmma.mma_async" in src and "ChunkCursor" in src and '#include "' not in src
 
 
 def test_wgmma_shapes() -> None:
-    """The wgmma forward's CTA shape and schedule: defaults by block height, overrides, errors,
-    and shared memory that fits (two CTAs per SM for one warpgroup, up to 3 stages)."""
+    """The wgmma forward's CTA shape, schedule and key chunk: defaults by block shape, overrides,
+    errors, and shared memory that fits (two CTAs per SM for one warpgroup with 64-key chunks, up
+    to 3 stages)."""
     from sparse_ref.backends.cupy.tiles import _SMEM_LIMIT, _wgmma_shape, _wgmma_smem
 
-    assert _wgmma_shape(128, None, None) == (2, 3) and _wgmma_shape(256, None, None) == (2, 3)
-    assert _wgmma_shape(64, None, None) == (1, 2) and _wgmma_shape(16, None, None) == (1, 2)
-    assert _wgmma_shape(128, 2, None) == (2, 2) and _wgmma_shape(128, 3, 1) == (1, 3)
-    for stages, wgs in ((4, None), (1, None), (None, 3), (2, 0)):
-        with pytest.raises(ValueError, match="stages|warpgroups"):
-            _wgmma_shape(128, stages, wgs)
-    assert _wgmma_smem(2, 3) <= _SMEM_LIMIT
+    assert _wgmma_shape(128, 128, None, None, None) == (2, 3, 128)
+    assert _wgmma_shape(256, 256, None, None, None) == (2, 3, 128)
+    assert _wgmma_shape(128, 192, None, None, None) == (2, 3, 64)
+    assert _wgmma_shape(64, 64, None, None, None) == (1, 2, 64)
+    assert _wgmma_shape(16, 16, None, None, None) == (1, 2, 64)
+    assert _wgmma_shape(128, 128, 2, None, 64) == (2, 2, 64)
+    assert _wgmma_shape(128, 64, 3, 1, 128) == (1, 3, 128)
+    for stages, wgs, keys in ((4, None, None), (1, None, None), (None, 3, None), (2, 0, None),
+                              (None, None, 96), (None, None, 256)):  # fmt: skip
+        with pytest.raises(ValueError, match="stages|warpgroups|key_tile"):
+            _wgmma_shape(128, 128, stages, wgs, keys)
+    assert _wgmma_smem(2, 3, 128) <= _SMEM_LIMIT
     assert 2 * (_wgmma_smem(1, 3) + 1024) <= 228 * 1024  # two CTAs, 1 KiB reserved each
 
 

@@ -46,7 +46,7 @@ __device__ __forceinline__ void mask_scores(float (&s)[MT][NT][4], const Chunk& 
   const float INF = __int_as_float(0x7f800000);
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) {
-    unsigned mw[2][2];
+    unsigned mw[2][NT / 4];
     chunk_mask(mw, mbits, ch.mi, row + 16 * mt, bq, mwords, ch.c);
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt)

@@ -170,17 +170,18 @@ struct Chunk {
 };
 
 // The walk over the stored blocks of one block row (block column of the transposed form), each cut
-// into chunks of 64 along its other axis, in nseg segments one after another: segment s holds the
+// into chunks of CW (64 or 128) along its other axis, in nseg segments one after another: segment s holds the
 // stored blocks [ptr[s * stride], ptr[s * stride + 1]) (the query heads of a kv head's group in the
 // dk/dv kernel; one segment elsewhere). next() gives the chunks in order, with no division per
 // step and few live registers (two pointers and two counters advance); call it at most total()
 // times.
+template <int CW = 64>
 struct ChunkCursor {
   const int* idx0;         // block index along the other axis, per stored block
   const int* mask_index0;  // per stored block
   const long long* ptr;    // segment s's range at ptr[s * stride]
   long long stride;
-  int nseg, cpb, blen, n;  // segments; chunks per block, ceil(blen / 64); block length; extent
+  int nseg, cpb, blen, n;  // segments; chunks per block, ceil(blen / CW); block length; extent
   const int* idx;          // the current stored block's entries
   const int* mi;
   int left, seg, c;        // blocks left in the segment (the current one included); chunk in block
@@ -189,11 +190,11 @@ struct ChunkCursor {
                                          const long long* ptr_, long long stride_, int nseg_,
                                          int blen_, int n_)
       : idx0(idx_), mask_index0(mask_index_), ptr(ptr_), stride(stride_), nseg(nseg_),
-        cpb((blen_ + 63) / 64), blen(blen_), n(n_), idx(idx_), mi(mask_index_), seg(-1), c(0) {
+        cpb((blen_ + CW - 1) / CW), blen(blen_), n(n_), idx(idx_), mi(mask_index_), seg(-1), c(0) {
     enter_next_segment();
   }
   // the number of chunks, which the kernels keep in an int: one segment (a block row or column)
-  // has at most n / 64 chunks plus one per stored block, and the G segments of the dk/dv kernel
+  // has at most n / CW chunks plus one per stored block, and the G segments of the dk/dv kernel
   // (a kv head's query heads) stay below 2^31 chunks for any Q that fits in device memory
   __device__ __forceinline__ long long total() const {
     long long t = 0;
@@ -204,8 +205,8 @@ struct ChunkCursor {
     Chunk ch;
     ch.mi = *mi;
     const long long start = (long long)*idx * blen;
-    ch.c0 = start + (long long)c * 64;
-    ch.nvalid = (int)max(0LL, min(64LL, min(start + blen, (long long)n) - ch.c0));
+    ch.c0 = start + (long long)c * CW;
+    ch.nvalid = (int)max(0LL, min((long long)CW, min(start + blen, (long long)n) - ch.c0));
     ch.c = c;
     ch.seg = seg;
     if (++c == cpb) {
@@ -234,7 +235,7 @@ struct ChunkCursor {
 // The K and V tiles (BN x D, LDS = D + 8 per row) of the walk's next chunk into buffer buf of sK
 // and sV: keys [c0, c0 + nvalid) of kb (row length d) and vb (row length dv). Returns the chunk.
 template <int BN, int D, int THREADS, typename T>
-__device__ __forceinline__ Chunk load_kv_chunk(ChunkCursor& walk, T* sK, T* sV, int buf,
+__device__ __forceinline__ Chunk load_kv_chunk(ChunkCursor<>& walk, T* sK, T* sV, int buf,
                                                const T* kb, const T* vb, int d, int dv, int tid) {
   constexpr int LDS = D + 8;
   const Chunk ch = walk.next();
@@ -251,15 +252,16 @@ __device__ __forceinline__ float ex2(float x) {
   return y;
 }
 
-// The packed mask words of rows row and row + 8 (of a block of `rows` rows) for the 64 columns of
-// chunk c: mw[hh][w] covers columns 32 w.. of the chunk. Full blocks (mi < 0) give all ones.
-__device__ __forceinline__ void chunk_mask(unsigned (&mw)[2][2], const unsigned* __restrict__ mbits,
+// The packed mask words of rows row and row + 8 (of a block of `rows` rows) for the 32 W columns
+// of chunk c: mw[hh][w] covers columns 32 w.. of the chunk. Full blocks (mi < 0) give all ones.
+template <int W>
+__device__ __forceinline__ void chunk_mask(unsigned (&mw)[2][W], const unsigned* __restrict__ mbits,
                                            int mi, int row, int rows, int words, int c) {
 #pragma unroll
   for (int hh = 0; hh < 2; ++hh)
 #pragma unroll
-    for (int w = 0; w < 2; ++w) {
-      const int r = row + 8 * hh, wi = c * 2 + w;
+    for (int w = 0; w < W; ++w) {
+      const int r = row + 8 * hh, wi = c * W + w;
       mw[hh][w] = mi < 0 ? 0xffffffffu
                   : (r < rows && wi < words) ? __ldg(mbits + ((long long)mi * rows + r) * words + wi)
                                              : 0u;

@@ -1,5 +1,5 @@
 // Hopper warpgroup tensor-core helpers (sm_90a only: wgmma.mma_async) for bsr_forward_wgmma.cu:
-// 128-byte swizzled shared-memory tiles filled by cp.async, their matrix descriptors, and the two
+// 128-byte swizzled shared-memory tiles filled by cp.async, their matrix descriptors, and the
 // wgmma shapes the forward uses, with fp32 accumulation.
 //
 // Swizzled tiles. A tile of ROWS rows x 128 16-bit columns is two panels of ROWS x 64 columns,
@@ -90,15 +90,24 @@ __device__ __forceinline__ void wgmma_hold(float (&d)[N][4]) {
                "%34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, " \
                "%50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
 
-// ss_n64: D[64 x 64] = A B^T (+ D when accumulate), A (64 x 16) and B (64 x 16) K-major in shared
-// memory. rs_n128: D[64 x 128] += A B, A (64 x 16) in registers, B (16 x 128) MN-major.
+// ss: D[64 x 8 NT] = A B^T (+ D when accumulate) for NT = 8 or 16 (m64n64k16, m64n128k16), A
+// (64 x 16) and B (8 NT x 16) K-major in shared memory. rs_n128: D[64 x 128] += A B, A (64 x 16)
+// in registers, B (16 x 128) MN-major.
 #define SR_WGMMA(TY)                                                                                \
-  static __device__ __forceinline__ void ss_n64(float (&d)[8][4], unsigned long long a,           \
-                                                unsigned long long b, int accumulate) {           \
+  static __device__ __forceinline__ void ss(float (&d)[8][4], unsigned long long a,               \
+                                            unsigned long long b, int accumulate) {               \
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"                                      \
                  "wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY " " SR_D32                \
                  ", %32, %33, p, 1, 1, 0, 0;\n}\n"                                                 \
                  : SR_F32(d)                                                                       \
+                 : "l"(a), "l"(b), "r"(accumulate));                                               \
+  }                                                                                                \
+  static __device__ __forceinline__ void ss(float (&d)[16][4], unsigned long long a,              \
+                                            unsigned long long b, int accumulate) {               \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"                                      \
+                 "wgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY " " SR_D64               \
+                 ", %64, %65, p, 1, 1, 0, 0;\n}\n"                                                 \
+                 : SR_F64(d)                                                                       \
                  : "l"(a), "l"(b), "r"(accumulate));                                               \
   }                                                                                                \
   static __device__ __forceinline__ void rs_n128(float (&d)[16][4], const unsigned (&a)[4],       \

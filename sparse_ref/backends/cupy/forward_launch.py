@@ -82,14 +82,16 @@ def forward_bsr(
     wgmma: bool | None = None,
     stages: int | None = None,
     warpgroups: int | None = None,
+    key_tile: int | None = None,
 ) -> tuple[Any, Any]:
     """A BSR kernel on CuPy arrays: tensor cores for float16/bfloat16 when ``mma`` (default: when
     the dtype and head dims allow and ``v_finite``), else the SIMT kernel. On tensor cores,
     ``wgmma`` picks Hopper's warpgroup kernel ``bsr_forward_wgmma`` (default: on a compute
     capability 9.0 device when 96 < max(d, d_v) <= 128 and no ``warps``/``mt`` are given) over
     ``bsr_forward_mma`` (``mma.sync``); ``stages`` is its schedule (2: one chunk at a time; 3: the
-    next chunk's scores overlap this one's softmax) and ``warpgroups`` its CTA (1 or 2 warpgroups
-    of 64 rows each); defaults from :func:`tiles._wgmma_shape`."""
+    next chunk's scores overlap this one's softmax), ``warpgroups`` its CTA (1 or 2 warpgroups
+    of 64 rows each) and ``key_tile`` its keys per step (64 or 128); defaults from
+    :func:`tiles._wgmma_shape`."""
     cp = _require()
     B, H, Hkv, n_q, n_k, d, dv, P = _geometry(q, k, v, bsr)
     out, lse = _outputs(cp, q, dtype, B, H, n_q, dv)
@@ -120,13 +122,15 @@ def forward_bsr(
                 raise ValueError(
                     "warps and mt shape the mma.sync kernel; pass wgmma=False with them"
                 )
-            wgs, stages = _wgmma_shape(bq, stages, warpgroups)
-            bm, smem, threads = 64 * wgs, _wgmma_smem(wgs, stages), 128 * wgs
-            kern = _kernel("bsr_forward_wgmma.cu", wgmma_kernel_name(dtype, wgs, stages), smem)
+            wgs, stages, bn = _wgmma_shape(bq, bk, stages, warpgroups, key_tile)
+            bm, smem, threads = 64 * wgs, _wgmma_smem(wgs, stages, bn), 128 * wgs
+            name = wgmma_kernel_name(dtype, wgs, stages, bn)
+            kern = _kernel("bsr_forward_wgmma.cu", name, smem)
         else:
-            if stages is not None or warpgroups is not None:
+            if stages is not None or warpgroups is not None or key_tile is not None:
                 raise ValueError(
-                    "stages and warpgroups shape the wgmma kernel, which this call does not run"
+                    "stages, warpgroups and key_tile shape the wgmma kernel, which this call does "
+                    "not run"
                 )
             warps, mt = _mma_shape(bq, D, warps, mt)
             bm, smem, threads = 16 * warps * mt, _mma_smem(D, warps, mt), 32 * warps

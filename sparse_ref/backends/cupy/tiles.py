@@ -105,9 +105,9 @@ def mma_kernel_name(dtype: str, d: int, warps: int, mt: int = 1) -> str:
     return f"sparse_ref::bsr_forward_mma<{_CTYPES[dtype][0]}, {d}, {warps}, {mt}>"
 
 
-def wgmma_kernel_name(dtype: str, warpgroups: int, stages: int) -> str:
+def wgmma_kernel_name(dtype: str, warpgroups: int, stages: int, key_tile: int = 64) -> str:
     """``bsr_forward_wgmma`` (``bsr_forward_wgmma.cu``, sm_90 only, head dims <= 128)."""
-    return f"sparse_ref::bsr_forward_wgmma<{_CTYPES[dtype][0]}, {warpgroups}, {stages}>"
+    return f"sparse_ref::bsr_forward_wgmma<{_CTYPES[dtype][0]}, {warpgroups}, {stages}, {key_tile}>"
 
 
 def _simt_smem(dtype: str, dmax: int, cfg: SimtConfig) -> int:
@@ -123,17 +123,20 @@ def _mma_smem(d: int, warps: int, mt: int) -> int:
     return (16 * warps * mt + 4 * 64) * (d + 8) * 2
 
 
-def _wgmma_smem(warpgroups: int, stages: int) -> int:
-    """``WgmmaCfg<WG, STAGES>::SMEM_BYTES``: Q, ``stages`` K and V tiles of 64 keys (d = 128,
-    16-bit), and 1 KiB to align them to 1024 bytes."""
-    return (64 * warpgroups + 2 * stages * 64) * 128 * 2 + 1024
+def _wgmma_smem(warpgroups: int, stages: int, key_tile: int = 64) -> int:
+    """``WgmmaCfg<WG, STAGES, BN>::SMEM_BYTES``: Q, ``stages`` K and V tiles of ``key_tile`` keys
+    (d = 128, 16-bit), and 1 KiB to align them to 1024 bytes."""
+    return (64 * warpgroups + 2 * stages * key_tile) * 128 * 2 + 1024
 
 
-def _wgmma_shape(bq: int, stages: int | None, warpgroups: int | None) -> tuple[int, int]:
-    """``(warpgroups, stages)`` of the wgmma forward. Default: two warpgroups (128 rows) for blocks
-    of 128 rows or more, with the 3-stage overlapped schedule (measured on the H100); one
-    warpgroup, 2 stages, for smaller blocks (two CTAs per SM). One warpgroup with 3 stages also
-    fits two CTAs per SM (113 KiB of shared memory each)."""
+def _wgmma_shape(
+    bq: int, bk: int, stages: int | None, warpgroups: int | None, key_tile: int | None
+) -> tuple[int, int, int]:
+    """``(warpgroups, stages, key_tile)`` of the wgmma forward. Default: two warpgroups (128 rows)
+    for blocks of 128 rows or more, with the 3-stage overlapped schedule (measured on the H100);
+    one warpgroup, 2 stages, for smaller blocks (two CTAs per SM). Key chunks of 128 where the
+    blocks' width is a multiple of 128, else 64 (one warpgroup with 64-key chunks fits two CTAs
+    per SM with either schedule)."""
     wgs = warpgroups if warpgroups is not None else (2 if bq >= 128 else 1)
     if wgs not in (1, 2):
         raise ValueError(f"wgmma warpgroups must be 1 or 2, got {wgs}")
@@ -141,7 +144,15 @@ def _wgmma_shape(bq: int, stages: int | None, warpgroups: int | None) -> tuple[i
         stages = 3 if wgs == 2 else 2
     if stages not in (2, 3):
         raise ValueError(f"wgmma stages must be 2 or 3, got {stages}")
-    return wgs, stages
+    if key_tile is None:
+        key_tile = WGMMA_KEY_TILE if bk % WGMMA_KEY_TILE == 0 else 64
+    if key_tile not in (64, 128):
+        raise ValueError(f"wgmma key_tile must be 64 or 128, got {key_tile}")
+    return wgs, stages, key_tile
+
+
+#: keys per chunk of the wgmma forward where the blocks' width allows it
+WGMMA_KEY_TILE = 128
 
 
 def _mma_shape(bq: int, D: int, warps: int | None, mt: int | None) -> tuple[int, int]:
