@@ -20,7 +20,8 @@ template <int WG, int STAGES, int BN_>
 struct WgmmaCfg {
   static constexpr int BM = 64 * WG, BN = BN_, D = 128, THREADS = 128 * WG;
   static constexpr int Q_BYTES = BM * D * 2, KV_BYTES = BN * D * 2;  // one tile, swizzled
-  // Q, STAGES K and V buffers, and up to 1 KiB to align the tiles to the swizzle's 1024 bytes
+  // Q, STAGES K and V buffers, and 1 KiB to align the tiles to the swizzle's 1024 bytes, which
+  // also holds the mbarriers
   static constexpr int SMEM_BYTES = Q_BYTES + 2 * STAGES * KV_BYTES + 1024;
 };
 
@@ -62,7 +63,9 @@ __device__ __forceinline__ void issue_pv(float (&o)[16][4], const unsigned (&pa)
 // STAGES = 3 (FlashAttention-3's intra-warpgroup overlap): per chunk t, S of chunk t + 1 and then
 // O += P V of chunk t are issued; once S is back, its softmax weights are computed while the
 // tensor cores still work on P V; then O is rescaled. Nothing is in flight across steps. Chunk
-// t + 2 loads during step t into the buffer of chunk t - 1, which every warpgroup has finished with.
+// t + 2 loads during step t into the buffers of chunk t - 1. The warpgroups pass buffers through
+// mbarriers, not a CTA barrier per step, and drift apart, one's softmax overlapping the other's
+// products (FlashAttention-3's ping-pong, here unforced).
 // BN keys per chunk: 64, or 128 (blocks of 128 keys or more: half the steps, each with twice the
 // work; 225 KiB of shared memory with WG = 2, STAGES = 3). WG = 1 with 64-key chunks fits two CTAs
 // per SM with either schedule (3 stages: 113 KiB of shared memory each).
@@ -81,8 +84,11 @@ bsr_forward_wgmma(const T* __restrict__ q, const T* __restrict__ k, const T* __r
   static_assert(STAGES == 2 || STAGES == 3, "STAGES must be 2 or 3");
   static_assert(BN == 64 || BN == 128, "BN must be 64 or 128");
 
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  const unsigned sQ = (smem_addr(smem_raw) + 1023u) & ~1023u;
+  // the 3-stage schedule's mbarriers first, then the tiles from the next 1024-byte boundary: with a
+  // 128-byte aligned base that is at most the 1 KiB the size allows for alignment
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  const unsigned sBar = smem_addr(smem_raw);
+  const unsigned sQ = (sBar + 4 * STAGES * 8 + 1023u) & ~1023u;
   const unsigned sK = sQ + Q_BYTES, sV = sK + STAGES * KV_BYTES;
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t4 = lane & 3;
@@ -102,12 +108,12 @@ bsr_forward_wgmma(const T* __restrict__ q, const T* __restrict__ k, const T* __r
 
   tile_async_sw128<BM, THREADS>(sQ, qb, r0, nrows, d, tid);
   cp_async_commit();
-  // the K and V tiles of the walk's next chunk into buffer buf
-  auto load = [&](int buf) {
-    const Chunk ch = walk.next();
+  // the K or V tile of chunk ch into buffer buf
+  auto load_k = [&](int buf, const Chunk& ch) {
     tile_async_sw128<BN, THREADS>(sK + buf * KV_BYTES, kb, ch.c0, ch.nvalid, d, tid);
+  };
+  auto load_v = [&](int buf, const Chunk& ch) {
     tile_async_sw128<BN, THREADS>(sV + buf * KV_BYTES, vb, ch.c0, ch.nvalid, dv, tid);
-    return ch;
   };
 
   float o[1][ND][4];
@@ -124,8 +130,12 @@ bsr_forward_wgmma(const T* __restrict__ q, const T* __restrict__ k, const T* __r
 
   if constexpr (STAGES == 2) {
     Chunk next;  // the chunk whose tiles were loaded last
-    auto load_next = [&](int buf) { next = load(buf); };
-    if (total > 0) next = load(0);
+    auto load_next = [&](int buf) {
+      next = walk.next();
+      load_k(buf, next);
+      load_v(buf, next);
+    };
+    if (total > 0) load_next(0);
     cp_async_commit();
     for (int t = 0; t < total; ++t) {
       const Chunk ch = next;
@@ -142,36 +152,74 @@ bsr_forward_wgmma(const T* __restrict__ q, const T* __restrict__ k, const T* __r
       __syncthreads();
     }
   } else {
+    // mbarriers per buffer b, THREADS arrivals a phase: full_k/full_v (chunk's K/V tile landed: an
+    // arrival per thread once its copies have), free_k/free_v (every thread's wgmma is done
+    // reading it). Chunk c uses buffer c % STAGES, the (c / STAGES)-th phase of each.
+    enum { FULL_K, FULL_V, FREE_K, FREE_V };
+    auto bar = [&](int kind, int c) { return sBar + (unsigned)(kind * STAGES + c % STAGES) * 8; };
+    auto wait_bar = [&](int kind, int c) { mbar_wait(bar(kind, c), (unsigned)(c / STAGES) & 1u); };
+    auto put_k = [&](int c, const Chunk& ch) {
+      load_k(c % STAGES, ch);
+      mbar_arrive_on_copies(bar(FULL_K, c));
+    };
+    auto put_v = [&](int c, const Chunk& ch) {
+      load_v(c % STAGES, ch);
+      mbar_arrive_on_copies(bar(FULL_V, c));
+    };
+    if (tid == 0)
+      for (int i = 0; i < 4 * STAGES; ++i) mbar_init(sBar + 8 * i, THREADS);
+    __syncthreads();
     if (total > 0) {
-      const Chunk first = load(0);
-      cp_async_commit();
+      const Chunk first = walk.next();
+      put_k(0, first);
+      put_v(0, first);
       Chunk c1 = {}, c2 = {};  // in step t: chunks t + 1 and t + 2
-      if (total > 1) c1 = load(1);
-      cp_async_commit();
+      if (total > 1) {
+        c1 = walk.next();
+        put_k(1, c1);
+        put_v(1, c1);
+      }
       unsigned pa[KS][4], pb[KS][4];  // the weights of two consecutive chunks
-      cp_async_wait<1>();  // Q and chunk 0
+      cp_async_wait<0>();  // Q, the one committed group (the mbarriers track the chunks' copies)
       fence_proxy_async();
       __syncthreads();
+      wait_bar(FULL_K, 0);
+      fence_proxy_async();
       issue_scores<T, NT, Q_PANEL, KV_PANEL>(s[0], q_rows, sK);
       wgmma_wait<0>();
       wgmma_hold(s[0]);
+      mbar_arrive(bar(FREE_K, 0));
       weights(pa, first);  // o is still zero: nothing to rescale
-      // Step t: cur holds the weights of chunk t; the scores of chunk t + 1 go to s (past the
-      // last chunk from a stale buffer, and not used), their weights to nxt.
+      // Step t: cur holds the weights of chunk t; the scores of chunk t + 1 go to s, their weights
+      // to nxt. K of chunk t + 2 loads into the buffer of chunk t - 1 once every thread has its
+      // scores (step t - 2), V once every thread is done with step t - 1: a warpgroup can run up
+      // to a step ahead of the other, so one's softmax overlaps the other's products.
       auto step = [&](const unsigned (&cur)[KS][4], unsigned (&nxt)[KS][4], int t) {
-        cp_async_wait<0>();  // chunk t + 1
+        const bool more = t + 1 < total, ahead = t + 2 < total;
+        if (ahead) {
+          c2 = walk.next();
+          if (t >= 1) wait_bar(FREE_K, t - 1);
+          put_k(t + 2, c2);
+        }
+        if (more) wait_bar(FULL_K, t + 1);
+        wait_bar(FULL_V, t);
         fence_proxy_async();
-        __syncthreads();  // chunk t + 1 visible; every warpgroup is done with chunk t - 1
-        if (t + 2 < total) c2 = load((t + 2) % STAGES);
-        cp_async_commit();
+        // past the last chunk, the scores come from a buffer no copy is writing, and go unused
         issue_scores<T, NT, Q_PANEL, KV_PANEL>(s[0], q_rows, sK + ((t + 1) % STAGES) * KV_BYTES);
         issue_pv<T, KS, KV_PANEL>(o[0], cur, sV + (t % STAGES) * KV_BYTES);
         wgmma_wait<1>();  // the scores of chunk t + 1; P V still runs
         wgmma_hold(s[0]);
-        const bool more = t + 1 < total;
-        if (more) weights(nxt, c1);
+        if (more) {
+          mbar_arrive(bar(FREE_K, t + 1));
+          weights(nxt, c1);
+        }
+        if (ahead) {
+          if (t >= 1) wait_bar(FREE_V, t - 1);
+          put_v(t + 2, c2);
+        }
         wgmma_wait<0>();
         wgmma_hold(o[0]);
+        mbar_arrive(bar(FREE_V, t));
         if (more) rescale_rows(o, alpha);
         c1 = c2;
       };
