@@ -9,10 +9,12 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import glob
+import importlib.util
 import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,7 +22,8 @@ from sparse_ref.backends import cupy as gpu
 from sparse_ref.backends.cupy.backward_mma import mma_backward_kernel_names
 from sparse_ref.backends.cupy.sources import ARCH_OPTIONS
 
-KERNELS = Path(__file__).resolve().parent.parent / "gpu" / "kernels"
+ROOT = Path(__file__).resolve().parent.parent
+KERNELS = ROOT / "gpu" / "kernels"
 SOURCES = sorted(KERNELS.glob("*.cu"))
 
 
@@ -152,3 +155,41 @@ def test_nvrtc_compiles_backend_source(file: str, names: list[str]) -> None:
     assert '#include "' not in source
     rc, log = _nvrtc_compile(lib, source, names, ARCH_OPTIONS.get(file, ()))
     assert rc == 0, f"NVRTC failed on {file}:\n{log}"
+
+
+def _ablate_forward() -> Any:
+    spec = importlib.util.spec_from_file_location("_ablate_forward", ROOT / "gpu/ablate_forward.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+_ABLATIONS = ["full", "no-softmax", "no-pv", "no-copy"]
+
+
+@pytest.mark.parametrize("name", _ABLATIONS)
+def test_forward_ablations_apply_and_compile(name: str, tmp_path: Path) -> None:
+    """gpu/ablate_forward.py's patches still find their text in the wgmma kernel (each once), and
+    the patched kernel compiles for sm_90a (one instantiation, the one the script times)."""
+    ablate = _ablate_forward()
+    assert sorted(ablate.ABLATIONS) == sorted(_ABLATIONS)
+    source = gpu.kernel_source(ablate.SOURCE)
+    patched = ablate.ablated_source(source, name)
+    assert (patched == source) == (name == "full")
+    with pytest.raises(ValueError, match="exactly once"):
+        ablate.ablated_source(source.replace("chunk_weights(s, ch,", "chunk_weights(s,ch,"),
+                              "no-softmax")  # fmt: skip
+    nvcc = _nvcc()
+    if nvcc is None:
+        pytest.skip("nvcc not found (install the CUDA toolkit to compile-check the kernels)")
+    src = tmp_path / "ablated.cu"
+    src.write_text(patched + "\ntemplate __global__ void sparse_ref::bsr_forward_wgmma<"
+                   "sparse_ref::bf16_t, 2, 3, 128>(const sparse_ref::bf16_t*, const sparse_ref::"
+                   "bf16_t*, const sparse_ref::bf16_t*, sparse_ref::bf16_t*, float*, const long "
+                   "long*, const int*, const int*, const unsigned*, const int*, int, int, int, int, "
+                   "int, int, int, int, int, int, int, float, float, int);\n")  # fmt: skip
+    cmd = [nvcc, "-std=c++17", "-gencode=arch=compute_90a,code=sm_90a", "-c", str(src), "-o",
+           str(tmp_path / "ablated.o")]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, f"nvcc failed on ablation {name}:\n{res.stderr}"
