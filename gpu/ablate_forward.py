@@ -14,13 +14,12 @@ time counts. Against the unpatched kernel (``full``), a patch that saves much na
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "gpu"))  # tune_backward_mma, which runs each case
 
 SOURCE = "bsr_forward_wgmma.cu"
 _WEIGHTS = "chunk_weights(s, ch, ss, mbits, sub * BM + wrow + g, bq, mwords, t4, m2, l, alpha);"
@@ -47,24 +46,17 @@ def ablated_source(source: str, name: str) -> str:
     return source
 
 
-def _tune() -> Any:
-    spec = importlib.util.spec_from_file_location("tune", ROOT / "gpu" / "tune_backward_mma.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cases", nargs="+", default=["window4k"])
     ap.add_argument("--ablations", nargs="+", default=list(ABLATIONS), choices=list(ABLATIONS))
     ap.add_argument("--shape", default="wgmma2x3-k128", help="a --fwd-shapes entry (3 stages)")
     args = ap.parse_args()
+    import tune_backward_mma as tune
+
     from sparse_ref.backends.cupy import sources
 
     original = sources.kernel_source
-    tune = _tune()
     for name in args.ablations:
         patched = ablated_source(original(SOURCE), name)
         sources.kernel_source = lambda f, p=patched: p if f == SOURCE else original(f)

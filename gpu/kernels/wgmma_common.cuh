@@ -118,23 +118,18 @@ __device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity) {
 // ss: D[64 x 8 NT] = A B^T (+ D when accumulate) for NT = 8 or 16 (m64n64k16, m64n128k16), A
 // (64 x 16) and B (8 NT x 16) K-major in shared memory. rs_n128: D[64 x 128] += A B, A (64 x 16)
 // in registers, B (16 x 128) MN-major.
+#define SR_WGMMA_SS(TY, NT, N, DREGS, DOUT, IA, IB, IP)                                           \
+  static __device__ __forceinline__ void ss(float (&d)[NT][4], unsigned long long a,              \
+                                            unsigned long long b, int accumulate) {               \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" #IP ", 0;\n"                                 \
+                 "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." TY "." TY " " DREGS            \
+                 ", %" #IA ", %" #IB ", p, 1, 1, 0, 0;\n}\n"                                       \
+                 : DOUT(d)                                                                         \
+                 : "l"(a), "l"(b), "r"(accumulate));                                               \
+  }
 #define SR_WGMMA(TY)                                                                                \
-  static __device__ __forceinline__ void ss(float (&d)[8][4], unsigned long long a,               \
-                                            unsigned long long b, int accumulate) {               \
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"                                      \
-                 "wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY " " SR_D32                \
-                 ", %32, %33, p, 1, 1, 0, 0;\n}\n"                                                 \
-                 : SR_F32(d)                                                                       \
-                 : "l"(a), "l"(b), "r"(accumulate));                                               \
-  }                                                                                                \
-  static __device__ __forceinline__ void ss(float (&d)[16][4], unsigned long long a,              \
-                                            unsigned long long b, int accumulate) {               \
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"                                      \
-                 "wgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY " " SR_D64               \
-                 ", %64, %65, p, 1, 1, 0, 0;\n}\n"                                                 \
-                 : SR_F64(d)                                                                       \
-                 : "l"(a), "l"(b), "r"(accumulate));                                               \
-  }                                                                                                \
+  SR_WGMMA_SS(TY, 8, 64, SR_D32, SR_F32, 32, 33, 34)                                               \
+  SR_WGMMA_SS(TY, 16, 128, SR_D64, SR_F64, 64, 65, 66)                                             \
   static __device__ __forceinline__ void rs_n128(float (&d)[16][4], const unsigned (&a)[4],       \
                                                  unsigned long long b) {                           \
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"                                      \
@@ -149,6 +144,7 @@ template <> struct Wgmma<bf16_t> { SR_WGMMA("bf16") };
 template <> struct Wgmma<f16_t> { SR_WGMMA("f16") };
 
 #undef SR_WGMMA
+#undef SR_WGMMA_SS
 #undef SR_D64
 #undef SR_D32
 #undef SR_F64
