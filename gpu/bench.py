@@ -244,6 +244,14 @@ def flex_block_mask(case: Case, torch: Any) -> Any:
     )
 
 
+def torch_stream_for_cupy(cp: Any, torch: Any) -> Any:
+    """torch's current CUDA stream as a CuPy stream, so that our kernels and torch's run in order."""
+    current = torch.cuda.current_stream()
+    if hasattr(cp.cuda.Stream, "from_external"):  # CuPy >= 14 (ExternalStream is deprecated)
+        return cp.cuda.Stream.from_external(current)
+    return cp.cuda.ExternalStream(current.cuda_stream)
+
+
 def sampled_reference(case: Case, q: Any, k: Any, v: Any, rows: Any, torch: Any) -> Any:
     """float64 attention for the given rows of every head (dense over keys, masked)."""
     n = case.n
@@ -633,11 +641,7 @@ def main() -> None:
             write_atomic(args.out / f"{card_slug(dev)}.json", blob.encode())
             write_atomic(args.out / f"{card_slug(dev)}.md", markdown_table(meta, results).encode())
 
-    current = torch.cuda.current_stream()
-    if hasattr(cp.cuda.Stream, "from_external"):  # CuPy >= 14 (ExternalStream is deprecated)
-        stream = cp.cuda.Stream.from_external(current)
-    else:
-        stream = cp.cuda.ExternalStream(current.cuda_stream)
+    stream = torch_stream_for_cupy(cp, torch)
     gen = torch.Generator(device="cuda").manual_seed(0)
 
     for cname in args.cases:

@@ -61,7 +61,7 @@ def main() -> None:
     import torch
 
     bench = _bench()
-    stream = cp.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream)
+    stream = bench.torch_stream_for_cupy(cp, torch)
     gen = torch.Generator(device="cuda").manual_seed(0)
     print(f"GPU: {torch.cuda.get_device_name()}", flush=True)
     sys.modules.setdefault("gpu_bench", bench)  # torch.compile imports mask_mod's module

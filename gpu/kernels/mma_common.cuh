@@ -170,9 +170,9 @@ struct Chunk {
 };
 
 // The walk over the stored blocks of one block row (block column of the transposed form), each cut
-// into chunks of CW (64 or 128) along its other axis, in nseg segments one after another: segment s holds the
-// stored blocks [ptr[s * stride], ptr[s * stride + 1]) (the query heads of a kv head's group in the
-// dk/dv kernel; one segment elsewhere). next() gives the chunks in order, with no division per
+// into chunks of CW (64 or 128) along its other axis, in nseg segments one after another: segment
+// s holds the stored blocks [ptr[s * stride], ptr[s * stride + 1]) (the query heads of a kv head's
+// group in the dk/dv kernel; one segment elsewhere). next() gives the chunks in order, with no division per
 // step and few live registers (two pointers and two counters advance); call it at most total()
 // times.
 template <int CW = 64>
@@ -269,8 +269,9 @@ __device__ __forceinline__ void chunk_mask(unsigned (&mw)[2][W], const unsigned*
 }
 
 // Writes of shared memory through the generic proxy (cp.async, st.shared) made visible to the
-// async proxy, through which wgmma reads its shared-memory operands; each writing thread, before
-// the barrier that precedes the reads.
+// async proxy, through which wgmma reads its shared-memory operands: by each writing thread before
+// the barrier that precedes the reads, or by each reading thread after the mbarrier wait that
+// orders the writes before it (bsr_forward_wgmma's 3-stage schedule).
 __device__ __forceinline__ void fence_proxy_async() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
