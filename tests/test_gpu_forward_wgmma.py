@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 from block_cases import STRUCTURES
-from helpers import BF16, half_inputs, to_device
+from helpers import BF16, half_inputs, to_device, to_host
 
 from sparse_ref import Pattern
 from sparse_ref.backends import cupy as gpu
@@ -44,8 +44,6 @@ def forward(
     softcap: float | None = None, **kw: Any,
 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """``forward_bsr`` over the pattern's block form at ``block``; (out, lse) on the host."""
-    import cupy
-
     q = arrays[0]
     dtype = "bfloat16" if q.dtype == BF16 else "float16"
     bsr = gpu.device_bsr(
@@ -55,8 +53,7 @@ def forward(
     out, lse = gpu.forward_bsr(
         *(to_device(x) for x in arrays), bsr, scale, softcap, dtype=dtype, **kw
     )
-    out_np = cupy.asnumpy(out)
-    return (out_np.view(BF16) if q.dtype == BF16 else out_np), cupy.asnumpy(lse)
+    return to_host(out, q.dtype), to_host(lse, lse.dtype)
 
 
 def check(arrays, pattern, block, scale, softcap=None) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[no-untyped-def]
